@@ -1,0 +1,39 @@
+"""The identity of an image: everything that determines its pixels, hashed.
+
+Two requests that agree on all of these get the same image, so the key is what the cache is indexed by.
+The model is named by its fingerprint (a hash of its files), not only by its name, so that replacing the
+weights behind a name never serves stale images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def image_key(
+    *,
+    model_fingerprint: str,
+    prompt: str,
+    negative_prompt: str | None,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    height: int,
+    width: int,
+) -> str:
+    canonical = json.dumps(
+        {
+            "model": model_fingerprint,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt or "",
+            "seed": int(seed),
+            "steps": int(num_inference_steps),
+            "guidance": repr(float(guidance_scale)),
+            "height": int(height),
+            "width": int(width),
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,41 @@
+"""Every Redis key the generator uses, in one place so that API and workers cannot drift apart."""
+
+from __future__ import annotations
+
+PREFIX = "gift"
+
+ACTIVE_JOBS = f"{PREFIX}:active"  # zset: job id -> creation time, jobs that still have work queued
+MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
+WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
+STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
+GROUP = "workers"  # the consumer group of every job's work stream
+
+
+def job(job_id: str) -> str:
+    """Hash: the job's parameters, state and counters."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_images(job_id: str) -> str:
+    """Hash: image index -> the finished image's record (JSON). Written once per index (HSETNX)."""
+    return f"{PREFIX}:job:{job_id}:images"
+
+
+def job_work(job_id: str) -> str:
+    """Stream: the job's unfinished chunks of image indices, read through the consumer group."""
+    return f"{PREFIX}:job:{job_id}:work"
+
+
+def tenant_active(tenant: str) -> str:
+    """Set: the tenant's jobs that are not finished (the queued-jobs limit counts it)."""
+    return f"{PREFIX}:tenant:{tenant}:active"
+
+
+def png(sha256: str) -> str:
+    """String: PNG bytes, named by their own SHA-256."""
+    return f"{PREFIX}:png:{sha256}"
+
+
+def cache(content_key: str) -> str:
+    """String: the SHA-256 of the PNG made for an image key (see content_key.image_key)."""
+    return f"{PREFIX}:cache:{content_key}"

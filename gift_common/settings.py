@@ -1,0 +1,74 @@
+"""Every setting of every process, read once from the environment (prefix ``GIFT_``).
+
+One class so that the API, the worker, the client and docker-compose agree on names: the compose test
+checks that every variable the compose file sets is a field here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GIFT_", extra="ignore")
+
+    # --- shared ---------------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    home: Path = Field(default=Path.home() / ".cache" / "gift", description="local caches and built models")
+
+    # --- API --------------------------------------------------------------------------------------
+    api_keys: str | None = Field(default=None, description="comma-separated tenant:key pairs; unset = no auth")
+    default_model: str = "tinyworld"
+    max_prompts_per_job: int = 4096
+    max_prompt_chars: int = 1000
+    max_queued_jobs_per_tenant: int = 64
+    max_body_bytes: int = 2 * 1024 * 1024
+    worker_seen_seconds: float = 30.0
+    retry_after_seconds: int = 2
+
+    # --- queue and storage ------------------------------------------------------------------------
+    chunk_size: int = Field(default=8, ge=1, description="images per stream entry")
+    claim_timeout_seconds: float = Field(default=60.0, gt=0, description="idle time before work is taken over")
+    max_deliveries: int = Field(default=5, ge=1, description="a chunk delivered this often fails its job")
+    image_ttl_seconds: int = 7 * 24 * 3600
+    job_ttl_seconds: int = 7 * 24 * 3600
+
+    # --- worker -----------------------------------------------------------------------------------
+    batch_size: int = Field(default=16, ge=1)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    poll_seconds: float = Field(default=0.02, gt=0)
+    device: str = "auto"
+
+    # --- client -----------------------------------------------------------------------------------
+    generator_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_well_formed(cls, value: str | None) -> str | None:
+        if value:
+            parse_api_keys(value)
+        return value
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """Map each bearer key to its tenant; empty when auth is off."""
+        return parse_api_keys(self.api_keys) if self.api_keys else {}
+
+
+def parse_api_keys(value: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        tenant, sep, key = pair.partition(":")
+        if not sep or not tenant or not key:
+            raise ValueError(f"GIFT_API_KEYS entry {pair!r} is not of the form tenant:key")
+        keys[key] = tenant
+    return keys
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,95 @@
+"""The ``gift`` console script: one entry point, each command imported only when it runs.
+
+The API never imports torch, so each command's heavy imports stay inside its own function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, missing file): printed as one line, never a traceback."""
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from services.generator.api.main import serve
+
+    serve(host=args.host, port=args.port)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from services.generator.worker.main import run_worker
+
+    run_worker(models=[_parse_model(spec) for spec in args.model], batch_size=args.batch_size)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from services.trainer.main import run_training
+
+    run_training(config_path=args.config, resume=args.resume)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from services.demo import run_demo
+
+    run_demo(out_dir=args.out)
+
+
+def _parse_model(spec: str) -> tuple[str, Path]:
+    name, sep, directory = spec.partition("=")
+    if not sep or not name or not directory:
+        raise UserError(f"--model {spec!r}: expected NAME=DIR, for example sd15=/models/stable-diffusion-v1-5")
+    return name, Path(directory)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gift", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generator = commands.add_parser("generator", help="the image generator service").add_subparsers(
+        dest="generator_command", required=True
+    )
+    serve = generator.add_parser("serve", help="the HTTP API (FastAPI under uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    worker = generator.add_parser("worker", help="one synthesis worker")
+    worker.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a diffusers pipeline directory to serve under NAME (repeatable); the first is the default",
+    )
+    worker.add_argument("--batch-size", type=int, default=None, help="images per pipeline call")
+    worker.set_defaults(func=_worker)
+
+    train = commands.add_parser("train", help="one continual fine-tuning run")
+    train.add_argument("--config", type=Path, required=True)
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.set_defaults(func=_train)
+
+    demo = commands.add_parser("demo", help="the embedded default end to end")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as error:
+        print(f"gift: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
