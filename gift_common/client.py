@@ -1,0 +1,483 @@
+"""The HTTP client of the generator service (API.md), sync and async, for the trainer and any other Python tool.
+
+Both clients run the same operations: each is written once, in ``_Protocol``, as a generator that yields the
+steps it needs (``_Send`` an HTTP request, ``_Sleep`` before a retry) and receives their results. A client only
+carries steps out, with ``httpx.Client`` and ``time.sleep`` or ``httpx.AsyncClient`` and ``asyncio.sleep``, so
+request building, answer checking and the retry policy cannot drift apart between the two.
+
+Retries: 502, 503, 504 and connection errors or timeouts are retried with exponential backoff, honouring
+``Retry-After``. A ``POST /v1/jobs`` is retried too: if the first attempt reached the server before the
+connection broke, this submits a duplicate job; it costs no GPU time, as its images are served from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Self, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+from tqdm import tqdm
+
+from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
+from gift_common.settings import Settings
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_DELAY = 30.0  # seconds; also caps a server's Retry-After so that a client never stalls for long
+LONG_POLL_SECONDS = 1.0  # how long one status poll of wait() may be held by the server
+
+T = TypeVar("T")
+
+
+# --- errors -----------------------------------------------------------------------------------------------------
+
+
+class GeneratorError(Exception):
+    """Base of every error this client raises, so callers can catch the generator's failures in one clause."""
+
+
+class GeneratorUnavailable(GeneratorError):
+    """The generator could not be reached, or kept answering 502/503/504, through every retry."""
+
+    def __init__(self, url: str, cause: str, attempts: int) -> None:
+        super().__init__(url, cause, attempts)
+        self.url, self.cause, self.attempts = url, cause, attempts
+
+    def __str__(self) -> str:
+        return f"generator unavailable at {self.url} after {self.attempts} attempts; last cause: {self.cause}"
+
+
+class GeneratorHTTPError(GeneratorError):
+    """The generator refused a request (4xx) or failed on it (5xx); ``detail`` is the body's ``detail``."""
+
+    def __init__(self, status_code: int, detail: Any, method: str, url: str) -> None:
+        super().__init__(status_code, detail, method, url)
+        self.status_code, self.detail, self.method, self.url = status_code, detail, method, url
+
+    def __str__(self) -> str:
+        return f"{self.method} {urlsplit(self.url).path} -> {self.status_code}: {format_detail(self.detail)}"
+
+
+class IntegrityError(GeneratorError):
+    """Downloaded image bytes do not hash to the name they were asked by: never train on them."""
+
+    def __init__(self, sha256: str, actual: str) -> None:
+        super().__init__(sha256, actual)
+        self.sha256, self.actual = sha256, actual
+
+    def __str__(self) -> str:
+        return f"image {self.sha256} arrived with SHA-256 {self.actual}; the bytes are corrupt"
+
+
+class JobFailed(GeneratorError):
+    """The job ended ``failed``; ``job.error`` says why."""
+
+    def __init__(self, job: JobStatus) -> None:
+        super().__init__(job)
+        self.job = job
+
+    def __str__(self) -> str:
+        return f"job {self.job.id} failed after {self.job.done}/{self.job.total} images: {self.job.error}"
+
+
+class JobCancelled(GeneratorError):
+    """The job was cancelled (by this or another client) before it finished."""
+
+    def __init__(self, job: JobStatus) -> None:
+        super().__init__(job)
+        self.job = job
+
+    def __str__(self) -> str:
+        return f"job {self.job.id} was cancelled after {self.job.done}/{self.job.total} images"
+
+
+class JobTimeout(GeneratorError, TimeoutError):
+    """``wait`` gave up; the job goes on running on the server (cancel it if it is no longer wanted)."""
+
+    def __init__(self, job: JobStatus, timeout: float) -> None:
+        super().__init__(job, timeout)
+        self.job, self.timeout = job, timeout
+
+    def __str__(self) -> str:
+        return (
+            f"job {self.job.id} still {self.job.status} after {self.timeout:g} s "
+            f"({self.job.done}/{self.job.total} images)"
+        )
+
+
+def format_detail(detail: Any) -> str:
+    """One line from an error body's ``detail``: FastAPI's validation list becomes ``loc.path: msg; ...``."""
+    if isinstance(detail, list):
+        text = "; ".join(_format_detail_item(item) for item in detail)
+    else:
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+    return " ".join(text.split())
+
+
+def _format_detail_item(item: Any) -> str:
+    if not (isinstance(item, dict) and "msg" in item):
+        return str(item)
+    loc = ".".join(str(part) for part in item.get("loc", ()))
+    msg = str(item["msg"]).removeprefix("Value error, ")  # pydantic's wrapping of a validator's ValueError
+    return f"{loc}: {msg}" if loc else msg
+
+
+# --- the shared, I/O-free part ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Send:
+    """An HTTP request for a client to send; the client sends back the response or throws the TransportError in."""
+
+    method: str
+    url: str
+    timeout: float
+    params: dict[str, Any] | None = None
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+_Op: TypeAlias = Generator[_Send | _Sleep, Any, T]
+
+_JOB_STATUS = TypeAdapter(JobStatus)
+_MODELS = TypeAdapter(list[ModelInfo])
+
+
+class _Protocol:
+    """Every operation of the API as a generator of steps: what to send, how to read answers, when to retry."""
+
+    def __init__(self, base_url: str, *, timeout: float, retries: int, backoff: float) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, not {retries}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+    def submit(self, request: JobRequest) -> _Op[JobStatus]:
+        body = request.model_dump(mode="json", exclude_none=True)
+        response = yield from self._exchange("POST", "/v1/jobs", json=body)
+        return _parse(_JOB_STATUS, response)
+
+    def status(self, job_id: str, wait: float) -> _Op[JobStatus]:
+        params = {"wait": wait} if wait > 0 else None
+        response = yield from self._exchange("GET", f"/v1/jobs/{job_id}", params=params, extra_timeout=wait)
+        return _parse(_JOB_STATUS, response)
+
+    def wait(self, job_id: str, timeout: float | None, progress: bool) -> _Op[JobStatus]:
+        timeout = math.inf if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with tqdm(desc=f"job {job_id}", unit="img", disable=not progress) as bar:
+            while True:
+                job = yield from self.status(job_id, wait=_poll_seconds(deadline))
+                _show_progress(bar, job)
+                if job.status.terminal:
+                    return _succeeded(job)
+                if time.monotonic() >= deadline:
+                    raise JobTimeout(job, timeout)
+
+    def cancel(self, job_id: str) -> _Op[JobStatus]:
+        response = yield from self._exchange("DELETE", f"/v1/jobs/{job_id}")
+        return _parse(_JOB_STATUS, response)
+
+    def models(self) -> _Op[list[ModelInfo]]:
+        response = yield from self._exchange("GET", "/v1/models")
+        return _parse(_MODELS, response)
+
+    def image(self, sha256: str) -> _Op[bytes]:
+        response = yield from self._exchange("GET", f"/v1/images/{sha256}")
+        actual = hashlib.sha256(response.content).hexdigest()
+        if actual != sha256.lower():
+            raise IntegrityError(sha256, actual)
+        return response.content
+
+    def archive(self, job_id: str) -> _Op[bytes]:
+        response = yield from self._exchange("GET", f"/v1/jobs/{job_id}/archive")
+        return response.content
+
+    def generate(
+        self, request: JobRequest, timeout: float | None, progress: bool
+    ) -> _Op[tuple[JobStatus, list[bytes]]]:
+        job = yield from self.submit(request)
+        job = yield from self.wait(job.id, timeout, progress)
+        images = yield from self._download(job)
+        return job, images
+
+    def _download(self, job: JobStatus) -> _Op[list[bytes]]:
+        """Every image of a finished job in index order; an image the job lists twice is fetched once."""
+        listed = sorted(job.images, key=lambda info: info.index)
+        if [info.index for info in listed] != list(range(job.total)):
+            raise GeneratorError(f"job {job.id} succeeded but lists {len(listed)} of its {job.total} images")
+        fetched: dict[str, bytes] = {}
+        for info in listed:
+            if info.sha256 not in fetched:
+                fetched[info.sha256] = yield from self.image(info.sha256)
+        return [fetched[info.sha256] for info in listed]
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        extra_timeout: float = 0.0,
+    ) -> _Op[httpx.Response]:
+        """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
+        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json)
+        for attempt in range(self.retries + 1):
+            try:
+                response: httpx.Response = yield send
+            except httpx.TransportError as exc:
+                error, cause, retry_after = exc, f"{type(exc).__name__}: {exc}", None
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return _checked(response, method, send.url)
+                error, cause = None, f"{response.status_code} {format_detail(_detail(response))}"
+                retry_after = response.headers.get("Retry-After")
+            if attempt < self.retries:
+                yield _Sleep(retry_delay(attempt, self.backoff, retry_after))
+        raise GeneratorUnavailable(send.url, cause, self.retries + 1) from error
+
+
+def retry_delay(attempt: int, backoff: float, retry_after: str | None = None) -> float:
+    """Seconds to sleep before retry ``attempt`` (0-based): the server's Retry-After if given, else backoff."""
+    advised = _parse_retry_after(retry_after) if retry_after else None
+    delay = backoff * 2**attempt if advised is None else advised
+    return min(max(delay, 0.0), MAX_RETRY_DELAY)
+
+
+def _parse_retry_after(value: str) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date; None when it is neither."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+def _poll_seconds(deadline: float) -> float:
+    return min(LONG_POLL_SECONDS, max(0.0, deadline - time.monotonic()))
+
+
+def _show_progress(bar: tqdm, job: JobStatus) -> None:
+    bar.total, bar.n = job.total, job.done
+    bar.set_postfix(cached=job.cached, refresh=False)
+    bar.refresh()
+
+
+def _succeeded(job: JobStatus) -> JobStatus:
+    if job.status is JobState.failed:
+        raise JobFailed(job)
+    if job.status is JobState.cancelled:
+        raise JobCancelled(job)
+    return job
+
+
+def _checked(response: httpx.Response, method: str, url: str) -> httpx.Response:
+    if not response.is_success:
+        raise GeneratorHTTPError(response.status_code, _detail(response), method, url)
+    return response
+
+
+def _detail(response: httpx.Response) -> Any:
+    """The ``detail`` of an error body; the raw text (or reason) when a proxy answered with something else."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+def _parse(adapter: TypeAdapter[T], response: httpx.Response) -> T:
+    try:
+        return adapter.validate_json(response.content)
+    except ValidationError as error:
+        request = response.request
+        raise GeneratorError(
+            f"{request.method} {request.url.path} -> {response.status_code}: the body does not match the API "
+            f"({error.error_count()} errors; first: {format_detail(error.errors(include_url=False)[:1])})"
+        ) from error
+
+
+# --- the two clients --------------------------------------------------------------------------------------------
+
+
+class _ClientBase:
+    """Construction shared by both clients; subclasses say which httpx client carries the requests."""
+
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if base_url is None or api_key is None:
+            settings = Settings()
+            base_url = settings.generator_url if base_url is None else base_url
+            api_key = settings.api_key if api_key is None else api_key
+        self._ops = _Protocol(base_url, timeout=timeout, retries=retries, backoff=backoff)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = self._http_class(headers=headers, timeout=timeout, transport=transport)
+
+    @property
+    def base_url(self) -> str:
+        return self._ops.base_url
+
+
+class GeneratorClient(_ClientBase):
+    """Blocking client of the generator (API.md). Defaults come from GIFT_GENERATOR_URL and GIFT_API_KEY."""
+
+    _http_class = httpx.Client
+    _http: httpx.Client
+    _sleep = staticmethod(time.sleep)
+
+    def submit(self, request: JobRequest) -> JobStatus:
+        """Queue a job; return its first status (``queued``, or already finished when all images are cached)."""
+        return self._run(self._ops.submit(request))
+
+    def status(self, job_id: str, wait: float = 0) -> JobStatus:
+        """The job's status; with ``wait`` > 0 (at most 30) the server holds the answer until it is terminal."""
+        return self._run(self._ops.status(job_id, wait))
+
+    def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = True) -> JobStatus:
+        """Long-poll until the job succeeds; raise JobFailed, JobCancelled or JobTimeout (a TimeoutError)."""
+        return self._run(self._ops.wait(job_id, timeout, progress))
+
+    def cancel(self, job_id: str) -> JobStatus:
+        return self._run(self._ops.cancel(job_id))
+
+    def models(self) -> list[ModelInfo]:
+        return self._run(self._ops.models())
+
+    def image(self, sha256: str) -> bytes:
+        """The PNG bytes named by ``sha256``, checked against it (IntegrityError if they differ)."""
+        return self._run(self._ops.image(sha256))
+
+    def archive(self, job_id: str) -> bytes:
+        """The finished job as a WebDataset tar: ``{index:06d}.png``, ``.txt`` (prompt), ``.json`` (parameters)."""
+        return self._run(self._ops.archive(job_id))
+
+    def generate(
+        self, request: JobRequest, *, timeout: float | None = None, progress: bool = True
+    ) -> tuple[JobStatus, list[bytes]]:
+        """Submit, wait, and download every image (verified) in prompt order."""
+        return self._run(self._ops.generate(request, timeout, progress))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, op: _Op[T]) -> T:
+        """Carry out the operation's steps, feeding each result (or transport error) back into it."""
+        outcome: Any = None
+        try:
+            while True:
+                step = op.throw(outcome) if isinstance(outcome, httpx.TransportError) else op.send(outcome)
+                outcome = self._perform(step)
+        except StopIteration as finished:
+            return finished.value
+        finally:
+            op.close()
+
+    def _perform(self, step: _Send | _Sleep) -> httpx.Response | httpx.TransportError | None:
+        if isinstance(step, _Sleep):
+            self._sleep(step.seconds)
+            return None
+        try:
+            return self._http.request(step.method, step.url, params=step.params, json=step.json, timeout=step.timeout)
+        except httpx.TransportError as error:
+            return error
+
+
+class AsyncGeneratorClient(_ClientBase):
+    """Asyncio client of the generator with the same methods as GeneratorClient, to be awaited."""
+
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
+    _sleep = staticmethod(asyncio.sleep)
+
+    async def submit(self, request: JobRequest) -> JobStatus:
+        return await self._run(self._ops.submit(request))
+
+    async def status(self, job_id: str, wait: float = 0) -> JobStatus:
+        return await self._run(self._ops.status(job_id, wait))
+
+    async def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = True) -> JobStatus:
+        return await self._run(self._ops.wait(job_id, timeout, progress))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await self._run(self._ops.cancel(job_id))
+
+    async def models(self) -> list[ModelInfo]:
+        return await self._run(self._ops.models())
+
+    async def image(self, sha256: str) -> bytes:
+        return await self._run(self._ops.image(sha256))
+
+    async def archive(self, job_id: str) -> bytes:
+        return await self._run(self._ops.archive(job_id))
+
+    async def generate(
+        self, request: JobRequest, *, timeout: float | None = None, progress: bool = True
+    ) -> tuple[JobStatus, list[bytes]]:
+        return await self._run(self._ops.generate(request, timeout, progress))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _run(self, op: _Op[T]) -> T:
+        outcome: Any = None
+        try:
+            while True:
+                step = op.throw(outcome) if isinstance(outcome, httpx.TransportError) else op.send(outcome)
+                outcome = await self._perform(step)
+        except StopIteration as finished:
+            return finished.value
+        finally:
+            op.close()
+
+    async def _perform(self, step: _Send | _Sleep) -> httpx.Response | httpx.TransportError | None:
+        if isinstance(step, _Sleep):
+            await self._sleep(step.seconds)
+            return None
+        try:
+            return await self._http.request(
+                step.method, step.url, params=step.params, json=step.json, timeout=step.timeout
+            )
+        except httpx.TransportError as error:
+            return error
