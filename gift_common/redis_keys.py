@@ -4,11 +4,15 @@ from __future__ import annotations
 
 PREFIX = "gift"
 
-ACTIVE_JOBS = f"{PREFIX}:active"  # zset: job id -> creation time, jobs that still have work queued
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
 GROUP = "workers"  # the consumer group of every job's work stream
+
+
+def active(model: str) -> str:
+    """Zset: job id -> creation time, the model's jobs that still have work queued (what workers read)."""
+    return f"{PREFIX}:active:{model}"
 
 
 def job(job_id: str) -> str:

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     job_ttl_seconds: int = 7 * 24 * 3600
 
     # --- worker -----------------------------------------------------------------------------------
+    models: str | None = Field(default=None, description="NAME=DIR,... served when --model is not given")
     batch_size: int = Field(default=16, ge=1)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     poll_seconds: float = Field(default=0.02, gt=0)

@@ -10,9 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
-class UserError(Exception):
-    """A problem the user can fix (bad input, missing file): printed as one line, never a traceback."""
+from gift_common.errors import UserError
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -22,9 +20,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from services.generator.worker.main import run_worker
+    from services.generator.worker.main import parse_model_spec, run_worker
 
-    run_worker(models=[_parse_model(spec) for spec in args.model], batch_size=args.batch_size)
+    run_worker(models=[parse_model_spec(spec) for spec in args.model], batch_size=args.batch_size)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -37,13 +35,6 @@ def _demo(args: argparse.Namespace) -> None:
     from services.demo import run_demo
 
     run_demo(out_dir=args.out)
-
-
-def _parse_model(spec: str) -> tuple[str, Path]:
-    name, sep, directory = spec.partition("=")
-    if not sep or not name or not directory:
-        raise UserError(f"--model {spec!r}: expected NAME=DIR, for example sd15=/models/stable-diffusion-v1-5")
-    return name, Path(directory)
 
 
 def build_parser() -> argparse.ArgumentParser:

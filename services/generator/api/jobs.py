@@ -1,0 +1,271 @@
+"""What the API does with jobs, on Redis alone: accept, report, cancel, and read back stored bytes.
+
+The API never loads a model. It still answers a job whose images are all in the cache at once: the cache is
+keyed by content (see gift_common.content_key), and the model's fingerprint and native size come from the
+workers' registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gift_common import redis_keys
+from gift_common.content_key import image_key
+from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
+from gift_common.settings import Settings
+from services.generator import stats, store
+
+log = logging.getLogger("gift.api")
+
+KEY_BATCH = 512  # Redis round trips are batched by this many keys
+
+
+class JobError(Exception):
+    """A request the API refuses; carries the HTTP status and the detail the client sees."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    info: ModelInfo
+    fingerprint: str
+
+
+class JobService:
+    """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for PNG bytes."""
+
+    def __init__(self, redis: Redis, blobs: Redis, settings: Settings):
+        self.redis, self.blobs, self.settings = redis, blobs, settings
+
+    # --- models -----------------------------------------------------------------------------------
+
+    async def registered_models(self) -> dict[str, RegisteredModel]:
+        raw = await self.redis.hgetall(redis_keys.MODELS)
+        models = {}
+        for name, value in raw.items():
+            entry = json.loads(value)
+            info = ModelInfo(
+                name=name, height=entry["height"], width=entry["width"], default=name == self.settings.default_model
+            )
+            models[name] = RegisteredModel(info, entry["fingerprint"])
+        return models
+
+    async def models(self) -> list[ModelInfo]:
+        return [m.info for _, m in sorted((await self.registered_models()).items())]
+
+    # --- submit -----------------------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
+        self._check_limits(request)
+        models = await self.registered_models()
+        request = request.model_copy(update={"model": request.model or self.settings.default_model})
+        if request.model not in models and request.model != self.settings.default_model:
+            names = ", ".join(sorted(models)) or "none registered yet"
+            raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
+        await self._check_tenant_quota(tenant)
+
+        job_id = uuid.uuid4().hex
+        created_at = store.now_iso()
+        hits = await self._cache_hits(request, models.get(request.model))
+        fields = store.new_job_fields(job_id, tenant, request, created_at)
+        misses = [i for i in range(len(request.prompts)) if i not in hits]
+        await self._create(job_id, tenant, request, fields, hits, misses)
+        log.info(
+            "job %s accepted: tenant=%s model=%s images=%d cached=%d queued=%d",
+            job_id, tenant, request.model, len(request.prompts), len(hits), len(misses),
+        )  # fmt: skip
+        status = await self.status(job_id, tenant)
+        assert status is not None
+        return status
+
+    def _check_limits(self, request: JobRequest) -> None:
+        limit = self.settings.max_prompts_per_job
+        if len(request.prompts) > limit:
+            raise JobError(422, f"prompts: {len(request.prompts)} prompts; this server accepts at most {limit}")
+        for i, prompt in enumerate(request.prompts):
+            if len(prompt) > self.settings.max_prompt_chars:
+                raise JobError(422, f"prompts.{i}: {len(prompt)} characters; at most {self.settings.max_prompt_chars}")
+        if request.negative_prompt and len(request.negative_prompt) > self.settings.max_prompt_chars:
+            raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
+
+    async def _check_tenant_quota(self, tenant: str) -> None:
+        queued = await self.redis.scard(redis_keys.tenant_active(tenant))
+        if queued >= self.settings.max_queued_jobs_per_tenant:
+            raise JobError(
+                429,
+                f"tenant {tenant!r} has {queued} unfinished jobs; the limit is "
+                f"{self.settings.max_queued_jobs_per_tenant}: wait for some to finish",
+            )
+
+    async def _cache_hits(self, request: JobRequest, model: RegisteredModel | None) -> dict[int, str]:
+        """Indices whose image is already stored, with its SHA-256; the cache's TTLs are refreshed."""
+        if model is None:
+            return {}
+        keys = [
+            redis_keys.cache(
+                image_key(
+                    model_fingerprint=model.fingerprint,
+                    prompt=prompt,
+                    negative_prompt=request.negative_prompt,
+                    seed=request.seed_of(i),
+                    num_inference_steps=request.num_inference_steps,
+                    guidance_scale=request.guidance_scale,
+                    height=request.height or model.info.height,
+                    width=request.width or model.info.width,
+                )
+            )
+            for i, prompt in enumerate(request.prompts)
+        ]
+        hits: dict[int, str] = {}
+        for start in range(0, len(keys), KEY_BATCH):
+            shas = await self.redis.mget(keys[start : start + KEY_BATCH])
+            found = {start + i: sha for i, sha in enumerate(shas) if sha}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i, sha in found.items():
+                    pipe.expire(redis_keys.png(sha), self.settings.image_ttl_seconds)
+                    pipe.expire(keys[i], self.settings.image_ttl_seconds)
+                alive = await pipe.execute()
+            hits.update({i: sha for (i, sha), png_alive in zip(found.items(), alive[::2], strict=True) if png_alive})
+        return hits
+
+    async def _create(
+        self,
+        job_id: str,
+        tenant: str,
+        request: JobRequest,
+        fields: dict[str, str],
+        hits: dict[int, str],
+        misses: list[int],
+    ) -> None:
+        """Write the job, its cached images and its work in one transaction: accepted means stored."""
+        ttl = self.settings.job_ttl_seconds
+        assert request.model is not None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if not misses:
+                fields = {**fields, "status": JobState.succeeded.value, "finished_at": fields["created_at"]}
+            fields["cached"] = str(len(hits))
+            pipe.hset(redis_keys.job(job_id), mapping=fields)
+            if hits:
+                records = {
+                    str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha)
+                    for i, sha in hits.items()
+                }
+                pipe.hset(redis_keys.job_images(job_id), mapping=records)
+                pipe.hincrby(*stats.counter_increment("cache_hits", len(hits)))
+            if misses:
+                work = redis_keys.job_work(job_id)
+                pipe.xgroup_create(work, redis_keys.GROUP, id="0", mkstream=True)
+                for chunk in store.chunks(misses, self.settings.chunk_size):
+                    pipe.xadd(work, {"indices": store.encode_indices(chunk)})
+                pipe.zadd(redis_keys.active(request.model), {job_id: time.time()})
+                pipe.sadd(redis_keys.tenant_active(tenant), job_id)
+            else:
+                pipe.expire(redis_keys.job(job_id), ttl)
+                pipe.expire(redis_keys.job_images(job_id), ttl)
+                pipe.hincrby(*stats.counter_increment("jobs_succeeded"))
+            await pipe.execute()
+
+    # --- read ---------------------------------------------------------------------------------------
+
+    async def status(self, job_id: str, tenant: str, *, images: bool = True) -> JobStatus | None:
+        """The job as its tenant sees it; None when it does not exist or belongs to another tenant."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(redis_keys.job(job_id))
+            pipe.hlen(redis_keys.job_images(job_id))
+            if images:
+                pipe.hgetall(redis_keys.job_images(job_id))
+            fields, done, *records = await pipe.execute()
+        if not fields or fields.get("tenant") != tenant:
+            return None
+        return store.status_from({**fields, "done": str(done)}, records[0] if images else None)
+
+    async def wait(self, job_id: str, tenant: str, seconds: float, *, images: bool = True) -> JobStatus | None:
+        """Long-poll: the status once the job is terminal, or after ``seconds``, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            status = await self.status(job_id, tenant, images=False)
+            if status is None or status.status.terminal or loop.time() >= deadline:
+                break
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        return await self.status(job_id, tenant, images=images) if status and images else status
+
+    async def cancel(self, job_id: str, tenant: str) -> JobStatus | None:
+        status = await self.status(job_id, tenant, images=False)
+        if status is None:
+            return None
+        if status.status in (JobState.succeeded, JobState.failed):
+            raise JobError(409, f"job {job_id} already {status.status.value}; only unfinished jobs can be cancelled")
+        fields = await self.redis.hmget(redis_keys.job(job_id), ["model", "tenant"])
+        keys = store.job_keys(job_id, fields[0], fields[1])
+        args = [job_id, JobState.cancelled.value, "", store.now_iso(), self.settings.job_ttl_seconds]
+        state = await self.redis.eval(store.END_JOB, len(keys), *keys, *args)
+        if state == JobState.cancelled.value:
+            log.info("job %s cancelled by tenant %s after %d of %d images", job_id, tenant, status.done, status.total)
+        return await self.status(job_id, tenant)
+
+    async def image(self, sha256: str) -> bytes | None:
+        return await self.blobs.get(redis_keys.png(sha256))
+
+    async def archive_members(self, status: JobStatus) -> AsyncIterator[tuple[int, bytes]]:
+        """The PNG bytes of a finished job's images in index order, fetched a batch at a time."""
+        for start in range(0, len(status.images), 64):
+            batch = status.images[start : start + 64]
+            blobs = await self.blobs.mget([redis_keys.png(image.sha256) for image in batch])
+            for image, blob in zip(batch, blobs, strict=True):
+                if blob is None:
+                    raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
+                yield image.index, blob
+
+    async def missing_images(self, status: JobStatus) -> list[int]:
+        """Indices whose bytes are gone (evicted): checked before an archive starts streaming."""
+        missing = []
+        for start in range(0, len(status.images), KEY_BATCH):
+            batch = status.images[start : start + KEY_BATCH]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for image in batch:
+                    pipe.exists(redis_keys.png(image.sha256))
+                exists = await pipe.execute()
+            missing += [image.index for image, ok in zip(batch, exists, strict=True) if not ok]
+        return missing
+
+    async def request_of(self, job_id: str) -> JobRequest:
+        return JobRequest.model_validate_json(await self.redis.hget(redis_keys.job(job_id), "request"))
+
+    async def metrics_snapshot(self, worker_seen_seconds: float) -> dict:
+        """One read of everything /metrics reports."""
+        names = {*await self.redis.hkeys(redis_keys.MODELS), self.settings.default_model}
+        queued_jobs, queued_images = {}, 0
+        for name in names:
+            active = redis_keys.active(name)
+            queued_jobs[name], images = await self.redis.eval(_QUEUED_IMAGES, 1, active, redis_keys.PREFIX)
+            queued_images += images
+        return {
+            "stats": await self.redis.hgetall(redis_keys.STATS),
+            "queued_jobs": queued_jobs,
+            "queued_images": queued_images,
+            "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),
+        }
+
+
+# KEYS: a model's active zset. ARGV: key prefix. Returns {jobs, images not yet made}.
+_QUEUED_IMAGES = """
+local jobs = redis.call('ZRANGE', KEYS[1], 0, -1)
+local images = 0
+for _, id in ipairs(jobs) do
+  local total = tonumber(redis.call('HGET', ARGV[1] .. ':job:' .. id, 'total') or '0')
+  images = images + total - redis.call('HLEN', ARGV[1] .. ':job:' .. id .. ':images')
+end
+return {#jobs, images}
+"""

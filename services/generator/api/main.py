@@ -1,0 +1,84 @@
+"""The generator API process: builds the FastAPI app from settings and serves it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from gift_common.settings import Settings, get_settings
+from services.generator.api.jobs import JobError, JobService
+from services.generator.api.middleware import BodySizeLimit, RequestMetrics
+from services.generator.api.routes import ops, v1
+
+log = logging.getLogger("gift.api")
+
+
+def connect(url: str, *, decode: bool) -> Redis:
+    """A client that fails fast while Redis is down (the API answers 503) and reconnects by itself."""
+    return Redis.from_url(
+        url,
+        decode_responses=decode,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        health_check_interval=15,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis, blobs = connect(settings.redis_url, decode=True), connect(settings.redis_url, decode=False)
+        app.state.settings = settings
+        app.state.jobs = JobService(redis, blobs, settings)
+        auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
+        log.info("generator API ready: redis=%s auth=%s", settings.redis_url, auth)
+        yield
+        await redis.aclose()
+        await blobs.aclose()
+
+    app = FastAPI(
+        title="GIFT generator",
+        version="1",
+        description="Batch text-to-image synthesis over a Redis job queue (see API.md).",
+        lifespan=lifespan,
+    )
+    app.include_router(v1)
+    app.include_router(ops)
+    app.add_exception_handler(JobError, _job_error)
+    app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
+    app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+async def _job_error(_request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, JobError)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+
+async def _redis_down(request: Request, error: Exception) -> JSONResponse:
+    retry_after = request.app.state.settings.retry_after_seconds
+    log.warning("redis unreachable while serving %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": "the job queue (Redis) is unreachable; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def serve(host: str, port: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,159 @@
+"""The generator's data model in Redis: how a job is stored, and the atomic scripts that change it.
+
+Shared by the API (which creates, reads and cancels jobs) and the workers (which read work and record
+images), so that both sides change a job only through the same few atomic steps:
+
+- ``job`` hash: the request, the tenant, the state and the ``cached`` counter;
+- ``job_images`` hash: index -> finished image record, written once per index (HSETNX), so a chunk that is
+  redone after a worker died cannot record or count an image twice; ``done`` is its length;
+- ``job_work`` stream: the job's unfinished chunks, read through one consumer group; a chunk is acknowledged
+  only after all its images are recorded, so a worker's death leaves it pending for another to take over;
+- ``active:{model}`` zset: jobs with work left, what workers poll round-robin.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from gift_common import redis_keys
+from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
+
+LIVE_STATES = (JobState.queued.value, JobState.running.value)
+
+# Record finished images of one job; finish the job when the last one is in.
+# KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, then (index, record, cached) triples.
+# Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
+RECORD_IMAGES = """
+local state = redis.call('HGET', KEYS[1], 'status')
+if state ~= 'queued' and state ~= 'running' then return {-1, 0, 0} end
+for i = 4, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 and ARGV[i + 2] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'cached', 1)
+  end
+end
+local done = redis.call('HLEN', KEYS[2])
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+if done < total then
+  redis.call('HSET', KEYS[1], 'status', 'running')
+  return {1, done, total}
+end
+redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {2, done, total}
+"""
+
+# End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
+# KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl.
+# Returns the state the job has afterwards.
+END_JOB = """
+local state = redis.call('HGET', KEYS[1], 'status')
+if not state then return false end
+if state ~= 'queued' and state ~= 'running' then return state end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return ARGV[2]
+"""
+
+# One round-robin pass over a model's active jobs: at most one new chunk per job, up to a maximum.
+# Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.
+# KEYS: active. ARGV: key prefix, group, consumer, max chunks, cursor.
+# Returns {next cursor, {job id, entry id, indices}...}.
+READ_ROUND = """
+local jobs = redis.call('ZRANGE', KEYS[1], 0, -1)
+local n = #jobs
+local out = {}
+if n == 0 then return {0, out} end
+local start = tonumber(ARGV[5]) % n
+local visited = 0
+while visited < n and #out < tonumber(ARGV[4]) do
+  local id = jobs[(start + visited) % n + 1]
+  visited = visited + 1
+  local work = ARGV[1] .. ':job:' .. id .. ':work'
+  if redis.call('EXISTS', work) == 1 then
+    local got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', 1, 'STREAMS', work, '>')
+    if got then
+      local entry = got[1][2][1]
+      table.insert(out, {id, entry[1], entry[2][2]})
+    end
+  end
+end
+return {(start + visited) % n, out}
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def parse_time(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: str) -> dict[str, str]:
+    return {
+        "id": job_id,
+        "tenant": tenant,
+        "model": request.model or "",
+        "status": JobState.queued.value,
+        "total": str(len(request.prompts)),
+        "cached": "0",
+        "created_at": created_at,
+        "request": request.model_dump_json(),
+    }
+
+
+def image_record(index: int, prompt: str, seed: int, sha256: str) -> str:
+    return json.dumps({"index": index, "prompt": prompt, "seed": seed, "sha256": sha256})
+
+
+def status_from(fields: dict[str, str], records: dict[str, str] | None) -> JobStatus:
+    """Build the public JobStatus; ``records`` is the images hash, or None when images are not wanted."""
+    parsed = [json.loads(record) for record in (records or {}).values()]
+    images = sorted(
+        (ImageInfo(**image, url=f"/v1/images/{image['sha256']}") for image in parsed), key=lambda image: image.index
+    )
+    return JobStatus(
+        id=fields["id"],
+        status=JobState(fields["status"]),
+        total=int(fields["total"]),
+        done=int(fields.get("done", len(images))),
+        cached=int(fields.get("cached", 0)),
+        error=fields.get("error") or None,
+        created_at=datetime.fromisoformat(fields["created_at"]),
+        finished_at=datetime.fromisoformat(fields["finished_at"]) if fields.get("finished_at") else None,
+        images=images,
+    )
+
+
+def job_keys(job_id: str, model: str, tenant: str) -> list[str]:
+    """The KEYS of RECORD_IMAGES and END_JOB, in their order."""
+    return [
+        redis_keys.job(job_id),
+        redis_keys.job_images(job_id),
+        redis_keys.active(model),
+        redis_keys.tenant_active(tenant),
+        redis_keys.job_work(job_id),
+    ]
+
+
+def chunks(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def encode_indices(indices: list[int]) -> str:
+    return ",".join(map(str, indices))
+
+
+def decode_indices(text: str | bytes) -> list[int]:
+    text = text.decode() if isinstance(text, bytes) else text
+    return [int(i) for i in text.split(",") if i]

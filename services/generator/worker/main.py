@@ -1,0 +1,226 @@
+"""The worker process: read work round-robin, serve cache hits, run pipeline calls, record, acknowledge.
+
+One worker per GPU; any number against one Redis, on any host. A heartbeat thread keeps this worker's held
+chunks claimed, so only a dead worker's work is ever taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from redis import Redis
+from redis import exceptions as redis_errors
+
+from gift_common.content_key import image_key
+from gift_common.errors import UserError
+from gift_common.settings import Settings, get_settings
+from services.generator.worker import synthesis
+from services.generator.worker.batcher import Backlog, Shape, Task
+from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
+
+log = logging.getLogger("gift.worker")
+T = TypeVar("T")
+REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+
+
+class Worker:
+    def __init__(self, models: dict[str, synthesis.LoadedModel], settings: Settings, batch_size: int | None = None):
+        self.models, self.settings = models, settings
+        self.batch_size = batch_size or settings.batch_size
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
+        self.blobs = Redis.from_url(settings.redis_url, socket_timeout=30)
+        self.queue = WorkerQueue(self.redis, settings, self.consumer)
+        self.backlog = Backlog()
+        self.jobs: dict[str, JobInfo] = {}
+        self.stopping = threading.Event()
+        self._held: dict[str, list[str]] = {}
+        self._next_reclaim = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._until_redis_answers(self._register)
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        log.info("worker %s serving %s, batch size %d", self.consumer, sorted(self.models), self.batch_size)
+        while not self.stopping.is_set():
+            try:
+                if not self.step():
+                    self.stopping.wait(self.settings.poll_seconds)
+            except REDIS_DOWN as error:
+                log.warning("redis unreachable (%s); retrying", error)
+                self.stopping.wait(1.0)
+        self._until_redis_answers(self.queue.leave)
+        log.info("worker %s stopped", self.consumer)
+
+    def _register(self) -> None:
+        for model in self.models.values():
+            self.queue.register_model(model.name, model.height, model.width, model.fingerprint)
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.wait(self.settings.heartbeat_seconds):
+            with contextlib.suppress(*REDIS_DOWN):  # the main loop reports it
+                self.queue.heartbeat(self._held)
+
+    def _until_redis_answers(self, action: Callable[[], T]) -> T:
+        """Run ``action`` until Redis answers: results already made are not thrown away for an outage."""
+        delay = 0.2
+        while True:
+            try:
+                return action()
+            except REDIS_DOWN as error:
+                log.warning("redis unreachable (%s); retrying in %.1f s", error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- one step -------------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Fill the backlog and make one batch; False when there was nothing to do."""
+        self._fill_backlog()
+        batch = self.backlog.next_batch(self.batch_size)
+        self._held = self.backlog.held()
+        if not batch:
+            return False
+        batch = self._drop_ended(batch)
+        hits = self.queue.cached([task.key for task in batch])
+        cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
+        misses = [task for task, sha in zip(batch, hits, strict=True) if not sha]
+        started = time.perf_counter()
+        made = self._synthesise(misses) if misses else []
+        seconds = time.perf_counter() - started
+        self._until_redis_answers(lambda: self._store_and_record(cached, made))
+        self._until_redis_answers(lambda: self.queue.observe_batch(len(made), len(cached), seconds))
+        self._held = self.backlog.held()
+        return True
+
+    def _fill_backlog(self) -> None:
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + max(1.0, self.settings.claim_timeout_seconds / 4)
+            for name in self.models:
+                self._add_chunks(self.queue.reclaim(name))
+        if len(self.backlog) < 2 * self.batch_size:
+            max_chunks = max(1, 2 * self.batch_size // self.settings.chunk_size)
+            for name in self.models:
+                self._add_chunks(self.queue.read_new(name, max_chunks))
+
+    def _add_chunks(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            job = self.jobs.get(chunk.job_id) or self.queue.job_info(chunk.job_id)
+            if job is None:  # ended meanwhile
+                self.queue.ack(chunk.job_id, [chunk.entry_id])
+                continue
+            if chunk.job_id not in self.jobs:
+                log.info("job %s: started (%d images)", job.job_id, len(job.request.prompts))
+            self.jobs[chunk.job_id] = job
+            self.backlog.add_chunk([self._task(job, chunk.entry_id, index) for index in chunk.indices])
+
+    def _task(self, job: JobInfo, entry_id: str, index: int) -> Task:
+        request, model = job.request, self.models[job.model]
+        shape = Shape(
+            job.model,
+            request.num_inference_steps,
+            request.guidance_scale,
+            request.height or model.height,
+            request.width or model.width,
+        )
+        key = image_key(
+            model_fingerprint=model.fingerprint,
+            prompt=request.prompts[index],
+            negative_prompt=request.negative_prompt,
+            seed=request.seed_of(index),
+            num_inference_steps=shape.num_inference_steps,
+            guidance_scale=shape.guidance_scale,
+            height=shape.height,
+            width=shape.width,
+        )
+        prompt, negative = request.prompts[index], request.negative_prompt
+        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key)
+
+    def _drop_ended(self, batch: list[Task]) -> list[Task]:
+        """Cancellation takes effect here, between batches: an ended job's images are not generated."""
+        live = self.queue.live({task.job_id for task in batch})
+        for job_id in {task.job_id for task in batch} - live:
+            self._forget(job_id)
+        return [task for task in batch if task.job_id in live]
+
+    def _forget(self, job_id: str) -> None:
+        self.queue.ack(job_id, self.backlog.drop_job(job_id))
+        self.jobs.pop(job_id, None)
+        log.info("job %s: ended elsewhere (cancelled or failed); its remaining work is dropped", job_id)
+
+    def _synthesise(self, tasks: list[Task]) -> list[tuple[Task, str, bytes]]:
+        shape = tasks[0].shape
+        try:
+            pngs = synthesis.generate(
+                self.models[shape.model],
+                prompts=[task.prompt for task in tasks],
+                negative_prompts=[task.negative_prompt for task in tasks],
+                seeds=[task.seed for task in tasks],
+                num_inference_steps=shape.num_inference_steps,
+                guidance_scale=shape.guidance_scale,
+                height=shape.height,
+                width=shape.width,
+            )
+        except Exception as error:  # a pipeline error ends the jobs that asked for it, not the worker
+            log.exception("pipeline call of %d images failed", len(tasks))
+            message = f"image generation failed: {error}"
+            for job_id in {task.job_id for task in tasks}:
+                self._until_redis_answers(lambda j=job_id: self.queue.fail_job(j, message))
+            return []
+        return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
+
+    def _store_and_record(self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]]) -> None:
+        self.queue.store_pngs(self.blobs, [(task.key, sha, png) for task, sha, png in made])
+        by_job: dict[str, list[tuple[Task, str, bool]]] = {}
+        for task, sha in cached:
+            by_job.setdefault(task.job_id, []).append((task, sha, True))
+        for task, sha, _ in made:
+            by_job.setdefault(task.job_id, []).append((task, sha, False))
+        for job_id, items in by_job.items():
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
+            if result.state == -1:
+                self._forget(job_id)
+                continue
+            self.queue.ack(job_id, [task.entry_id for task, _, _ in items if self.backlog.complete(task)])
+            if result.state == 2:
+                self.jobs.pop(job_id, None)
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path]:
+    name, sep, directory = spec.strip().partition("=")
+    if not sep or not name or not directory:
+        raise UserError(f"model {spec!r}: expected NAME=DIR, for example sd15=/models/stable-diffusion-v1-5")
+    return name, Path(directory)
+
+
+def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    device = synthesis.resolve_device(settings.device)
+    if not models and settings.models:
+        models = [parse_model_spec(spec) for spec in settings.models.split(",") if spec.strip()]
+    if not models:
+        from tinyworld.pipeline import default_model_dir
+
+        models = [(settings.default_model, default_model_dir(settings.home))]
+    loaded = {name: synthesis.load_model(name, directory, device) for name, directory in models}
+    worker = Worker(loaded, settings, batch_size)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stopping.set())
+    worker.run()

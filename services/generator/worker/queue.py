@@ -1,0 +1,198 @@
+"""The worker's side of Redis: read work, take over a dead worker's work, store images, acknowledge.
+
+Order of writes for each image: PNG bytes (SET NX: stored once), then the cache entry, then the job's record
+(HSETNX: recorded once), then the stream acknowledgement. A worker killed between any two steps leaves its
+chunk pending; whoever takes it over finds the finished images in the cache and records them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from redis import Redis
+
+from gift_common import redis_keys
+from gift_common.schemas import JobRequest, JobState
+from gift_common.settings import Settings
+from services.generator import stats, store
+
+log = logging.getLogger("gift.worker")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    job_id: str
+    entry_id: str
+    indices: list[int]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    tenant: str
+    model: str
+    request: JobRequest
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Recorded:
+    state: int  # store.RECORD_IMAGES: -1 job no longer live, 1 running, 2 just finished
+    done: int
+    total: int
+
+
+class WorkerQueue:
+    def __init__(self, redis: Redis, settings: Settings, consumer: str):
+        self.redis, self.settings, self.consumer = redis, settings, consumer
+        self._cursor: dict[str, int] = {}
+        self._record = redis.register_script(store.RECORD_IMAGES)
+        self._end = redis.register_script(store.END_JOB)
+        self._read = redis.register_script(store.READ_ROUND)
+
+    # --- presence -----------------------------------------------------------------------------------
+
+    def register_model(self, name: str, height: int, width: int, fingerprint: str) -> None:
+        previous = self.redis.hget(redis_keys.MODELS, name)
+        if previous and json.loads(previous)["fingerprint"] != fingerprint:
+            log.warning("model %s was registered with other weights; this worker's now take its place", name)
+        entry = {"height": height, "width": width, "fingerprint": fingerprint}
+        self.redis.hset(redis_keys.MODELS, name, json.dumps(entry))
+
+    def heartbeat(self, held: dict[str, list[str]]) -> None:
+        """Say this worker lives and keep its held chunks from looking abandoned (XCLAIM resets idle time)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(redis_keys.WORKERS, {self.consumer: time.time()})
+            for job_id, entries in held.items():
+                pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)
+            pipe.execute(raise_on_error=False)
+
+    def leave(self) -> None:
+        self.redis.zrem(redis_keys.WORKERS, self.consumer)
+
+    # --- reading work -------------------------------------------------------------------------------
+
+    def read_new(self, model: str, max_chunks: int) -> list[Chunk]:
+        cursor = self._cursor.get(model, 0)
+        args = [redis_keys.PREFIX, redis_keys.GROUP, self.consumer, max_chunks, cursor]
+        self._cursor[model], entries = self._read(keys=[redis_keys.active(model)], args=args)
+        return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
+
+    def reclaim(self, model: str) -> list[Chunk]:
+        """Take over chunks that other consumers left idle past the claim timeout; fail poison chunks."""
+        idle_ms = int(self.settings.claim_timeout_seconds * 1000)
+        taken: list[Chunk] = []
+        for job_id in self.redis.zrange(redis_keys.active(model), 0, -1):
+            work = redis_keys.job_work(job_id)
+            pending = self.redis.xpending_range(work, redis_keys.GROUP, "-", "+", 100, idle=idle_ms)
+            stale = [p for p in pending if p["consumer"] != self.consumer]
+            if poison := [p for p in stale if p["times_delivered"] >= self.settings.max_deliveries]:
+                self.fail_job(job_id, f"a chunk was delivered {poison[0]['times_delivered']} times and never "
+                              "finished: workers died while generating it")  # fmt: skip
+                continue
+            if not stale:
+                continue
+            ids = [p["message_id"] for p in stale]
+            claimed = self.redis.xclaim(work, redis_keys.GROUP, self.consumer, idle_ms, ids)
+            for entry_id, fields in claimed:
+                if fields:
+                    taken.append(Chunk(job_id, entry_id, store.decode_indices(fields["indices"])))
+            log.info("job %s: took over %d chunk(s) from %s", job_id, len(claimed), {p["consumer"] for p in stale})
+        if taken:
+            self.redis.hincrby(*stats.counter_increment("chunks_reclaimed", len(taken)))
+        return taken
+
+    def job_info(self, job_id: str) -> JobInfo | None:
+        tenant, model, request, created_at, state = self.redis.hmget(
+            redis_keys.job(job_id), ["tenant", "model", "request", "created_at", "status"]
+        )
+        if request is None or state not in store.LIVE_STATES:
+            return None
+        created = store.parse_time(created_at)
+        return JobInfo(job_id, tenant, model, JobRequest.model_validate_json(request), created)
+
+    def live(self, job_ids: set[str]) -> set[str]:
+        ids = sorted(job_ids)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(redis_keys.job(job_id), "status")
+            states = pipe.execute()
+        return {job_id for job_id, state in zip(ids, states, strict=True) if state in store.LIVE_STATES}
+
+    # --- storing ----------------------------------------------------------------------------------
+
+    def cached(self, keys: list[str]) -> list[str | None]:
+        """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
+        shas = self.redis.mget([redis_keys.cache(key) for key in keys]) if keys else []
+        ttl = self.settings.image_ttl_seconds
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, sha in zip(keys, shas, strict=True):
+                if sha:
+                    pipe.expire(redis_keys.png(sha), ttl)
+                    pipe.expire(redis_keys.cache(key), ttl)
+            alive = iter(pipe.execute()[::2])
+        return [sha if sha and next(alive) else None for sha in shas]
+
+    def store_pngs(self, blobs: Redis, items: list[tuple[str, str, bytes]]) -> None:
+        """Store (content key, sha256, PNG) triples: bytes first, once; then the cache entry that names them."""
+        ttl = self.settings.image_ttl_seconds
+        with blobs.pipeline(transaction=False) as pipe:
+            for _, sha, png in items:
+                pipe.set(redis_keys.png(sha), png, ex=ttl, nx=True)
+                pipe.expire(redis_keys.png(sha), ttl)
+            for key, sha, _ in items:
+                pipe.set(redis_keys.cache(key), sha, ex=ttl)
+            pipe.execute()
+
+    def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
+        """Record (index, sha256, cached) of one job; finishes the job when its last image is in."""
+        args: list[str | int] = [job.job_id, store.now_iso(), self.settings.job_ttl_seconds]
+        for index, sha, cached in images:
+            record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
+            args += [index, record, int(cached)]
+        keys = store.job_keys(job.job_id, job.model, job.tenant)
+        state, done, total = self._record(keys=keys, args=args)
+        if state == 2:
+            self._observe_end(job, "jobs_succeeded")
+            log.info("job %s succeeded: %d images in %.1f s", job.job_id, total, time.time() - job.created_at)
+        return Recorded(state, done, total)
+
+    def ack(self, job_id: str, entry_ids: list[str]) -> None:
+        if entry_ids:
+            work = redis_keys.job_work(job_id)
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(work, redis_keys.GROUP, *entry_ids)
+                pipe.xdel(work, *entry_ids)
+                pipe.execute()
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        model, tenant = self.redis.hmget(redis_keys.job(job_id), ["model", "tenant"])
+        if model is None:
+            return
+        keys = store.job_keys(job_id, model, tenant)
+        args = [job_id, JobState.failed.value, error, store.now_iso(), self.settings.job_ttl_seconds]
+        if self._end(keys=keys, args=args) == JobState.failed.value:
+            self.redis.hincrby(*stats.counter_increment("jobs_failed"))
+            log.error("job %s failed: %s", job_id, error)
+
+    def observe_batch(self, generated: int, hits: int, seconds: float) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            if generated:
+                pipe.hincrby(*stats.counter_increment("images_generated", generated))
+                for args in stats.histogram_increments("batch_size", generated):
+                    pipe.hincrbyfloat(*args)
+                for args in stats.histogram_increments("batch_seconds", seconds):
+                    pipe.hincrbyfloat(*args)
+            if hits:
+                pipe.hincrby(*stats.counter_increment("cache_hits", hits))
+            pipe.execute()
+
+    def _observe_end(self, job: JobInfo, counter: str) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(*stats.counter_increment(counter))
+            for args in stats.histogram_increments("job_seconds", time.time() - job.created_at):
+                pipe.hincrbyfloat(*args)
+            pipe.execute()

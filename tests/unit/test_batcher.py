@@ -1,0 +1,59 @@
+"""Packing and fairness of the worker's batches."""
+
+from services.generator.worker.batcher import Backlog, Shape, Task
+
+SMALL = Shape("m", 25, 7.5, 32, 32)
+OTHER = Shape("m", 10, 7.5, 32, 32)
+
+
+def tasks(job: str, n: int, shape: Shape = SMALL, entry: str = "1-0", start: int = 0) -> list[Task]:
+    return [Task(job, entry, i, f"p{i}", None, i, shape, f"{job}-{i}") for i in range(start, start + n)]
+
+
+def test_small_job_is_not_starved_by_a_big_one():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("big", 4000))
+    backlog.add_chunk(tasks("small", 8))
+    batch = backlog.next_batch(16)
+    assert [t.job_id for t in batch].count("small") == 8
+    assert len(batch) == 16
+
+
+def test_jobs_alternate_and_the_opening_job_rotates():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("a", 10))
+    backlog.add_chunk(tasks("b", 10))
+    first = backlog.next_batch(4)
+    second = backlog.next_batch(4)
+    assert [t.job_id for t in first] == ["a", "b", "a", "b"]
+    assert [t.job_id for t in second] == ["b", "a", "b", "a"]
+
+
+def test_shapes_are_never_mixed_in_one_batch():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("a", 3, SMALL))
+    backlog.add_chunk(tasks("b", 3, OTHER))
+    batches = [backlog.next_batch(16) for _ in range(2)]
+    assert {len({t.shape for t in b}) for b in batches} == {1}
+    assert sorted(len(b) for b in batches) == [3, 3]
+    assert backlog.next_batch(16) == []
+
+
+def test_chunk_completes_only_when_every_image_is_recorded():
+    backlog = Backlog()
+    chunk = tasks("a", 3, entry="7-0")
+    backlog.add_chunk(chunk)
+    batch = backlog.next_batch(2)
+    assert [backlog.complete(t) for t in batch] == [False, False]
+    assert backlog.held() == {"a": ["7-0"]}
+    assert backlog.complete(backlog.next_batch(2)[0]) is True
+    assert backlog.held() == {}
+
+
+def test_drop_job_returns_its_open_entries():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("a", 2, entry="1-0"))
+    backlog.add_chunk(tasks("a", 2, entry="2-0", start=2))
+    backlog.add_chunk(tasks("b", 2, entry="3-0"))
+    assert sorted(backlog.drop_job("a")) == ["1-0", "2-0"]
+    assert {t.job_id for t in backlog.next_batch(16)} == {"b"}

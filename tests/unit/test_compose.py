@@ -1,0 +1,81 @@
+"""docker-compose.yml must agree with the code: no Docker engine runs here, so the file is checked by parsing."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gift_common.settings import Settings
+from services.cli import build_parser
+from services.generator.api.main import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def _resolve(value: str) -> str:
+    """Substitute ${VAR:-default} by its default, as compose does with VAR unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def _command(service: str) -> list[str]:
+    command = SERVICES[service]["command"]
+    return [_resolve(part) for part in (command if isinstance(command, list) else shlex.split(command))]
+
+
+def test_expected_services_exist():
+    assert {"redis", "generator-api", "generator-worker", "trainer"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("service", ["generator-api", "generator-worker", "trainer"])
+def test_commands_are_gift_commands_the_cli_accepts(service):
+    command = _command(service)
+    assert command[0] == "gift"
+    build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command or option
+
+
+@pytest.mark.parametrize("service", ["generator-api", "generator-worker", "trainer"])
+def test_every_variable_is_a_setting_the_code_reads(service):
+    fields = {f"GIFT_{name.upper()}" for name in Settings.model_fields}
+    variables = set(SERVICES[service]["environment"])
+    assert variables <= fields, variables - fields
+
+
+@pytest.mark.parametrize("service", ["generator-api", "generator-worker", "trainer"])
+def test_images_are_built_from_dockerfiles_that_exist(service):
+    build = SERVICES[service]["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_api_port_and_healthcheck_match_the_server():
+    command = _command("generator-api")
+    port = command[command.index("--port") + 1]
+    assert SERVICES["generator-api"]["ports"] == [f"{port}:{port}"]
+    paths = create_app().openapi()["paths"]
+    health = " ".join(SERVICES["generator-api"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz" in health and "/healthz" in paths
+
+
+def test_everyone_finds_redis_and_the_api_where_they_run():
+    for service in ("generator-api", "generator-worker", "trainer"):
+        url = _resolve(SERVICES[service]["environment"]["GIFT_REDIS_URL"])
+        assert url.startswith("redis://redis:6379"), service
+    api_port = _command("generator-api")[_command("generator-api").index("--port") + 1]
+    assert SERVICES["trainer"]["environment"]["GIFT_GENERATOR_URL"] == f"http://generator-api:{api_port}"
+
+
+def test_redis_persists_and_evicts_only_expiring_keys():
+    command = _resolve(SERVICES["redis"]["command"])
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy volatile-lru" in command
+    assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
+
+
+def test_workers_reserve_one_gpu_each_and_scale_by_replicas():
+    deploy = SERVICES["generator-worker"]["deploy"]
+    device = deploy["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
+    assert int(_resolve(str(deploy["replicas"]))) >= 1
