@@ -1,0 +1,190 @@
+"""What a task and a training step see: the inputs, θ_{t−1}, the teacher's embeddings and the shared logits.
+
+The engine does not know where batches come from: task data is any re-iterable of (images, labels), replay data any
+re-iterable of (images, tokens, index), synthetic or real. Loss terms read what they need from a `StepContext`,
+which computes each piece at most once per step and only if some term asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from services.trainer import losses
+
+TeacherMode = Literal["cached", "per_step"]
+
+
+class ReplayBatch(NamedTuple):
+    """B replay pairs: images (evaluation preprocessing, no augmentation), prompt tokens, and their set indices."""
+
+    images: Tensor
+    tokens: Tensor
+    index: Tensor
+
+    def to(self, device: torch.device | str) -> ReplayBatch:
+        return ReplayBatch(*(t.to(device, non_blocking=True) for t in self))
+
+
+@dataclass
+class ReplaySet:
+    """The replay pairs of one task, from the generator or from real images alike.
+
+    `batches` is the training stream (re-iterated when exhausted, e.g. a shuffled DataLoader); `ordered` yields
+    every pair once and is read a single time per task to fill the teacher's embedding cache.
+    """
+
+    batches: Iterable[Sequence[Tensor]]
+    ordered: Iterable[Sequence[Tensor]]
+
+
+@dataclass
+class Task:
+    """One task of the sequence and its schedule; lr, iterations and warm-up are per task (METHOD.md)."""
+
+    name: str
+    class_tokens: Tensor
+    train: Iterable[Sequence[Tensor]]
+    replay: ReplaySet | None = None
+    lr: float = 1e-5
+    iterations: int = 1000
+    warmup: int = 100
+
+
+TeacherEmbeddings = Callable[[ReplayBatch], tuple[Tensor, Tensor]]
+
+
+@torch.no_grad()
+def teacher_forward(teacher: nn.Module, batch: ReplayBatch) -> tuple[Tensor, Tensor]:
+    """The teacher's normalised (image, text) embeddings of a replay batch, computed now."""
+    return teacher.encode_image(batch.images, normalize=True), teacher.encode_text(batch.tokens, normalize=True)
+
+
+class CachedTeacher:
+    """The teacher's embeddings of every replay pair, computed once per task and looked up by index.
+
+    Exact because the teacher is frozen and replay images are not augmented: a pair always gives the same input.
+    """
+
+    def __init__(self, teacher: nn.Module, ordered: Iterable[Sequence[Tensor]], device: torch.device | str) -> None:
+        index, images, texts = [], [], []
+        for raw in ordered:
+            batch = ReplayBatch(*raw).to(device)
+            image_emb, text_emb = teacher_forward(teacher, batch)
+            index.append(batch.index)
+            images.append(image_emb)
+            texts.append(text_emb)
+        self.images = _table(torch.cat(index), torch.cat(images))
+        self.texts = _table(torch.cat(index), torch.cat(texts))
+
+    def __call__(self, batch: ReplayBatch) -> tuple[Tensor, Tensor]:
+        return self.images[batch.index], self.texts[batch.index]
+
+
+def _table(index: Tensor, rows: Tensor) -> Tensor:
+    """Rows placed at their indices; the indices must be exactly 0..N−1 so that every lookup is defined."""
+    if not torch.equal(index.sort().values, torch.arange(len(index), device=index.device)):
+        raise ValueError("the replay set's ordered pass must yield each index 0..N-1 exactly once")
+    table = torch.empty_like(rows)
+    table[index] = rows
+    return table
+
+
+class TaskState:
+    """What stays fixed during a task: θ_{t−1} (frozen teacher and weight anchor) and what is derived from it."""
+
+    def __init__(
+        self, task: Task, model: nn.Module, previous: nn.Module, teacher_mode: TeacherMode, device: torch.device | str
+    ) -> None:
+        self.task = task
+        self.previous = previous
+        self.teacher_mode = teacher_mode
+        self.device = device
+        self.class_tokens = task.class_tokens.to(device)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        previous_params = dict(previous.named_parameters())
+        self.anchor = {n: previous_params[n] for n in self.params}
+
+    @cached_property
+    def teacher_replay(self) -> TeacherEmbeddings:
+        """Built on first use, so methods without distillation never pay for the cache pass."""
+        if self.teacher_mode == "per_step":
+            return partial(teacher_forward, self.previous)
+        if self.task.replay is None:
+            raise ValueError(f"task {self.task.name!r} has no replay set")
+        return CachedTeacher(self.previous, self.task.replay.ordered, self.device)
+
+    @cached_property
+    def teacher_class_embeddings(self) -> Tensor:
+        """f_T of the task's class prompts under θ_{t−1}: fixed for the task, so computed once (LwF)."""
+        with torch.no_grad():
+            return self.previous.encode_text(self.class_tokens, normalize=True)
+
+
+class StepContext:
+    """The quantities the loss terms of one step share, e.g. L^S for both distillation and ITA."""
+
+    def __init__(
+        self, model: nn.Module, state: TaskState, images: Tensor, labels: Tensor, replay: ReplayBatch | None
+    ) -> None:
+        self.model = model
+        self.state = state
+        self.images = images
+        self.labels = labels
+        self._replay = replay
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return self.state.params
+
+    @property
+    def anchor(self) -> dict[str, Tensor]:
+        return self.state.anchor
+
+    @property
+    def replay(self) -> ReplayBatch:
+        if self._replay is None:
+            raise ValueError(f"this method needs a replay set, and task {self.state.task.name!r} has none")
+        return self._replay
+
+    @cached_property
+    def scale(self) -> Tensor:
+        """s = exp(logit_scale), frozen: the same for student and teacher."""
+        return self.model.logit_scale.exp().detach()
+
+    @cached_property
+    def task_logits(self) -> Tensor:
+        """s·f_I(x)·f_T(T_t)ᵀ under θ: the student's images × task classes."""
+        image_emb = self.model.encode_image(self.images, normalize=True)
+        class_emb = self.model.encode_text(self.state.class_tokens, normalize=True)
+        return losses.clip_logits(image_emb, class_emb, self.scale)
+
+    @cached_property
+    def teacher_task_logits(self) -> Tensor:
+        """The same images × classes under θ_{t−1}, without gradient (LwF)."""
+        with torch.no_grad():
+            image_emb = self.state.previous.encode_image(self.images, normalize=True)
+        return losses.clip_logits(image_emb, self.state.teacher_class_embeddings, self.scale)
+
+    @cached_property
+    def replay_logits(self) -> Tensor:
+        """L^S = s·f_I^θ(x_s)·f_T^θ(p_s)ᵀ, B×B."""
+        image_emb = self.model.encode_image(self.replay.images, normalize=True)
+        text_emb = self.model.encode_text(self.replay.tokens, normalize=True)
+        return losses.clip_logits(image_emb, text_emb, self.scale)
+
+    @cached_property
+    def teacher_replay_logits(self) -> Tensor:
+        """L^T, the same with the teacher (cached or computed now, as the task's teacher mode says)."""
+        image_emb, text_emb = self.state.teacher_replay(self.replay)
+        return losses.clip_logits(image_emb, text_emb, self.scale)
+
+    @cached_property
+    def replay_targets(self) -> Tensor:
+        """ITA's Y from prompt identity: identical token rows are the same prompt."""
+        return losses.ita_targets(self.replay.tokens)

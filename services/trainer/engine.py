@@ -1,0 +1,187 @@
+"""The one training loop: a method is a list of loss terms, and every method runs through the same step.
+
+Per task (METHOD.md): the student starts from θ_{t−1}; a frozen copy of θ_{t−1} is teacher and weight anchor;
+`logit_scale` stays frozen; AdamW with a cosine schedule and linear warm-up, lr and iterations set per task.
+Per step: replay terms backward, then task terms backward (AWC reads the first gradient), one optimiser step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from services.trainer.context import ReplayBatch, StepContext, Task, TaskState, TeacherMode
+from services.trainer.methods import PHASES, LossTerm
+
+StepLog = dict[str, float]
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor at a step: linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def forever(batches: Iterable[Sequence[Tensor]]) -> Iterator[Sequence[Tensor]]:
+    """Re-iterate a loader epoch after epoch (a DataLoader reshuffles each time); unlike `itertools.cycle`, keeps
+    nothing in memory."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("a training stream yielded no batch")
+
+
+class Engine:
+    """Trains one model through a sequence of tasks with one method; its state is a checkpointable dict."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        terms: Sequence[LossTerm],
+        *,
+        device: torch.device | str = "cpu",
+        teacher_mode: TeacherMode = "cached",
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        progress: bool = True,
+    ) -> None:
+        self.model = model.to(device)
+        self.model.logit_scale.requires_grad_(False)
+        self.terms = list(terms)
+        self.device = device
+        self.teacher_mode = teacher_mode
+        self.betas = betas
+        self.weight_decay = weight_decay
+        self.progress = progress
+        self.tasks_done = 0
+        self.step_in_task = 0
+        self.state: TaskState | None = None
+        self._resume: dict[str, Any] | None = None
+
+    def begin_task(self, task: Task) -> None:
+        """Freeze θ_{t−1} (teacher and anchor), make a fresh optimiser and schedule, open the data streams."""
+        previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.state.params.values(), lr=task.lr, betas=self.betas, weight_decay=self.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(task.warmup, task.iterations))
+        self.step_in_task = 0
+        if self._resume is not None:
+            self._restore_task(self._resume)
+            self._resume = None
+        if task.replay is None and any(term.phase == "replay" for term in self.terms):
+            raise ValueError(f"task {task.name!r} has no replay set, and the method needs one")
+        self._train = forever(task.train)
+        self._replay = None if task.replay is None else forever(task.replay.batches)
+
+    def compute_gradients(self, images: Tensor, labels: Tensor, replay: ReplayBatch | None = None) -> StepLog:
+        """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(self.model, self._task_state(), images, labels, replay)
+        values: dict[str, Tensor] = {}
+        for phase in PHASES:
+            phase_values = {term.name: term(ctx) for term in self.terms if term.phase == phase}
+            if phase_values:
+                torch.stack(list(phase_values.values())).sum().backward()
+            values |= phase_values
+        logged = torch.stack([v.detach() for v in values.values()]).tolist()  # one device sync per step
+        return dict(zip(values, logged, strict=True)) | {"loss": sum(logged)}
+
+    def step(self) -> StepLog:
+        """One training step on the next task and replay batches; the log has every term, the total and the lr."""
+        images, labels = (t.to(self.device, non_blocking=True) for t in next(self._train))
+        replay = None if self._replay is None else ReplayBatch(*next(self._replay)).to(self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        log = self.compute_gradients(images, labels, replay)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_in_task += 1
+        return log | {"lr": lr}
+
+    def end_task(self) -> None:
+        """Let terms that keep memory across tasks (EWC) look at the learnt task, then drop the task's state."""
+        state = self._task_state()
+        for term in self.terms:
+            term.end_task(
+                StepContext(self.model, state, *(t.to(self.device) for t in batch), None)
+                for batch in forever(state.task.train)
+            )
+        self.tasks_done += 1
+        self.state = None
+
+    def train_task(self, task: Task, on_step: Callable[[int, StepLog], None] | None = None) -> list[StepLog]:
+        """All of a task's iterations (from where a restored checkpoint stopped); returns the per-step logs."""
+        self.begin_task(task)
+        history = []
+        bar = tqdm(
+            range(self.step_in_task, task.iterations),
+            initial=self.step_in_task,
+            total=task.iterations,
+            desc=task.name,
+            disable=not self.progress,
+        )
+        for step in bar:
+            log = self.step()
+            history.append(log)
+            bar.set_postfix({name: f"{value:.4g}" for name, value in log.items()}, refresh=False)
+            if on_step is not None:
+                on_step(step, log)
+        self.end_task()
+        return history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: weights, term memories, RNG, and the current task's optimiser state."""
+        task = None
+        if self.state is not None:
+            task = {
+                "previous": self.state.previous.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step_in_task,
+            }
+        return {
+            "model": self.model.state_dict(),
+            "tasks_done": self.tasks_done,
+            "terms": [term.state_dict() for term in self.terms],
+            "rng": torch.get_rng_state(),
+            "task": task,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`; a task in progress resumes at its step on the next `begin_task`/`train_task`.
+
+        Data streams restart from a fresh epoch: where a loader was inside its epoch is the data layer's to keep.
+        """
+        self.model.load_state_dict(state["model"])
+        self.tasks_done = state["tasks_done"]
+        for term, term_state in zip(self.terms, state["terms"], strict=True):
+            term.load_state_dict(term_state)
+        torch.set_rng_state(state["rng"])
+        self._resume = state["task"]
+
+    def _restore_task(self, saved: dict[str, Any]) -> None:
+        self._task_state().previous.load_state_dict(saved["previous"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.step_in_task = saved["step"]
+
+    def _task_state(self) -> TaskState:
+        if self.state is None:
+            raise RuntimeError("no task in progress: call begin_task first")
+        return self.state
