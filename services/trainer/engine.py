@@ -34,8 +34,7 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def forever(batches: Iterable[Sequence[Tensor]]) -> Iterator[Sequence[Tensor]]:
-    """Re-iterate a loader epoch after epoch (a DataLoader reshuffles each time); unlike `itertools.cycle`, keeps
-    nothing in memory."""
+    """Re-iterate a loader epoch after epoch, so a DataLoader reshuffles; `itertools.cycle` would keep every batch."""
     while True:
         empty = True
         for batch in batches:
@@ -74,6 +73,8 @@ class Engine:
 
     def begin_task(self, task: Task) -> None:
         """Freeze θ_{t−1} (teacher and anchor), make a fresh optimiser and schedule, open the data streams."""
+        if task.replay is None and any(term.phase == "replay" for term in self.terms):
+            raise ValueError(f"task {task.name!r} has no replay set, and the method needs one")
         previous = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device)
         self.optimizer = torch.optim.AdamW(
@@ -84,16 +85,14 @@ class Engine:
         if self._resume is not None:
             self._restore_task(self._resume)
             self._resume = None
-        if task.replay is None and any(term.phase == "replay" for term in self.terms):
-            raise ValueError(f"task {task.name!r} has no replay set, and the method needs one")
         self._train = forever(task.train)
         self._replay = None if task.replay is None else forever(task.replay.batches)
 
     def compute_gradients(self, images: Tensor, labels: Tensor, replay: ReplayBatch | None = None) -> StepLog:
         """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms."""
+        ctx = StepContext(self.model, self._task_state(), images, labels, replay)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(self.model, self._task_state(), images, labels, replay)
         values: dict[str, Tensor] = {}
         for phase in PHASES:
             phase_values = {term.name: term(ctx) for term in self.terms if term.phase == phase}

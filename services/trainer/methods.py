@@ -2,7 +2,7 @@
 
 Each term joins one of two backward passes. "replay" terms (distillation, ITA) go first, so that their gradient is
 in `.grad` when AWC reads it as its Fisher; "task" terms go second and add to it; one optimiser step follows. Without
-AWC the two passes give exactly the gradient of the sum, so every method runs through the same step.
+AWC the two passes give the gradient of the sum (the graphs are disjoint), so every method runs through the same step.
 """
 
 from __future__ import annotations
