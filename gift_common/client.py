@@ -170,8 +170,10 @@ class _Protocol:
         response = yield from self._exchange("POST", "/v1/jobs", json=body)
         return _parse(_JOB_STATUS, response)
 
-    def status(self, job_id: str, wait: float) -> _Op[JobStatus]:
-        params = {"wait": wait} if wait > 0 else None
+    def status(self, job_id: str, wait: float, images: bool = True) -> _Op[JobStatus]:
+        params: dict[str, Any] = {"wait": wait} if wait > 0 else {}
+        if not images:
+            params["images"] = "false"
         response = yield from self._exchange("GET", f"/v1/jobs/{job_id}", params=params, extra_timeout=wait)
         return _parse(_JOB_STATUS, response)
 
@@ -180,9 +182,10 @@ class _Protocol:
         deadline = time.monotonic() + timeout
         with tqdm(desc=f"job {job_id}", unit="img", disable=not progress) as bar:
             while True:
-                job = yield from self.status(job_id, wait=_poll_seconds(deadline))
+                job = yield from self.status(job_id, wait=_poll_seconds(deadline), images=False)
                 _show_progress(bar, job)
                 if job.status.terminal:
+                    job = yield from self.status(job_id, wait=0)  # polls leave the images out
                     return _succeeded(job)
                 if time.monotonic() >= deadline:
                     raise JobTimeout(job, timeout)

@@ -166,7 +166,9 @@ def test_wait_long_polls_until_done_and_shows_progress(connect, capsys):
     fake = FakeGenerator([job_json(), job_json(status="running", done=1, cached=1), job_json(status="succeeded")])
     job = connect(fake).wait("j1")
     assert job.status == "succeeded"
-    assert [r.url.params["wait"] for r in fake.requests] == ["1.0"] * 3
+    polls, final = fake.requests[:-1], fake.requests[-1]
+    assert [(r.url.params["wait"], r.url.params["images"]) for r in polls] == [("1.0", "false")] * 3
+    assert "wait" not in final.url.params and "images" not in final.url.params  # the images, once, at the end
     err = capsys.readouterr().err
     assert "job j1" in err and "cached=1" in err
 

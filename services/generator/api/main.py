@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(ops)
     app.add_exception_handler(JobError, _job_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
     app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -67,6 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _job_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, JobError)
     return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+
+async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
+    """422 naming each field and rule; the offending input is not echoed (it may be huge, or NaN)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _redis_down(request: Request, error: Exception) -> JSONResponse:

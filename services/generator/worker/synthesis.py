@@ -61,7 +61,7 @@ def load_model(name: str, directory: Path, device: torch.device) -> LoadedModel:
             "Put there a pipeline saved with save_pretrained, e.g. a local copy of stable-diffusion-v1-5."
         )
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, torch_dtype=dtype)
+    pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, dtype=dtype)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     height, width = native_size(pipeline)

@@ -1,0 +1,143 @@
+"""Every 4xx of API.md, on a real API process with tenants and small limits, sharing the healthy stack's Redis."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import httpx
+import pytest
+import redis
+
+from services.stack import Process, _wait_until, free_port
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
+LIMITS = {
+    "GIFT_API_KEYS": "alice:alice-key,bob:bob-key",
+    "GIFT_MAX_QUEUED_JOBS_PER_TENANT": "2",
+    "GIFT_MAX_PROMPTS_PER_JOB": "10",
+    "GIFT_MAX_PROMPT_CHARS": "50",
+    "GIFT_MAX_BODY_BYTES": "20000",
+}
+IDLE_MODEL = "idle-model"  # registered, served by no worker: its jobs stay queued
+
+
+@pytest.fixture(scope="module")
+def api(stack, tmp_path_factory):
+    """A second API process with auth and limits on the stack's Redis; yields its URL."""
+    port = free_port()
+    args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(port)]
+    env = {**stack.env, **LIMITS, "GIFT_REDIS_URL": stack.redis_url}
+    process = Process("limited-api", args, tmp_path_factory.mktemp("api") / "api.log", env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+    entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
+    redis.Redis.from_url(stack.redis_url).hset("gift:models", IDLE_MODEL, json.dumps(entry))
+    yield url
+    process.stop()
+
+
+def _detail(response: httpx.Response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+def test_401_without_a_valid_key(api):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YWxpY2U6eA=="}):
+        response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"]}, headers=headers)
+        assert response.status_code == 401, headers
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "API key" in _detail(response)
+    assert httpx.get(f"{api}/v1/models").status_code == 401
+    assert httpx.get(f"{api}/healthz").status_code == 200, "operations routes need no key"
+
+
+def test_404_for_another_tenants_job_and_unknown_ids(api):
+    job = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=ALICE).json()
+    assert httpx.get(f"{api}/v1/jobs/{job['id']}", headers=ALICE).status_code == 200
+    for method in ("GET", "DELETE"):
+        response = httpx.request(method, f"{api}/v1/jobs/{job['id']}", headers=BOB)
+        assert response.status_code == 404 and job["id"] in _detail(response)
+    assert httpx.get(f"{api}/v1/jobs/{job['id']}/archive", headers=BOB).status_code == 404
+    assert httpx.get(f"{api}/v1/jobs/{'f' * 32}", headers=ALICE).status_code == 404
+    assert httpx.get(f"{api}/v1/images/{'0' * 64}", headers=ALICE).status_code == 404
+    httpx.delete(f"{api}/v1/jobs/{job['id']}", headers=ALICE)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        ({}, "prompts", "Field required"),
+        ({"prompts": []}, "prompts", "at least 1"),
+        ({"prompts": [" "]}, "prompts", "prompt 0 is empty"),
+        ({"prompts": ["x"] * 11}, "prompts", "at most 10"),
+        ({"prompts": ["x" * 51]}, "prompts.0", "at most 50"),
+        ({"prompts": ["x"], "seed": -1}, "seed", "greater than or equal to 0"),
+        ({"prompts": ["x", "y"], "seeds": [1]}, "seeds", "must match"),
+        ({"prompts": ["x"], "num_inference_steps": 0}, "num_inference_steps", "greater than or equal to 1"),
+        ({"prompts": ["x"], "num_inference_steps": 201}, "num_inference_steps", "less than or equal to 200"),
+        ({"prompts": ["x"], "guidance_scale": 31}, "guidance_scale", "less than or equal to 30"),
+        ({"prompts": ["x"], "height": 30}, "height", "multiple of 8"),
+        ({"prompts": ["x"], "width": 4096}, "width", "less than or equal to 2048"),
+        ({"prompts": ["x"], "model": "nope"}, "model", "unknown model"),
+        ({"prompts": ["x"], "colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_422_names_the_field_and_the_rule(api, body, field, rule):
+    response = httpx.post(f"{api}/v1/jobs", json=body, headers=ALICE)
+    assert response.status_code == 422
+    detail = _detail(response)
+    assert field.split(".")[0] in detail and rule in detail, detail
+
+
+def test_422_for_non_finite_guidance_and_bad_json(api):
+    response = httpx.post(f"{api}/v1/jobs", content=b'{"prompts": ["x"], "guidance_scale": NaN}',
+                          headers={**ALICE, "Content-Type": "application/json"})  # fmt: skip
+    assert response.status_code == 422 and "finite" in _detail(response)
+    response = httpx.post(
+        f"{api}/v1/jobs", content=b'{"prompts": [', headers={**ALICE, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422 and "JSON" in _detail(response)
+    assert httpx.get(f"{api}/v1/jobs/not-a-job-id", headers=ALICE).status_code == 422
+    assert httpx.get(f"{api}/v1/jobs/{'a' * 32}?wait=31", headers=ALICE).status_code == 422
+
+
+def test_413_for_a_body_over_the_limit(api):
+    body = json.dumps({"prompts": ["x" * 40] * 1000}).encode()
+    response = httpx.post(f"{api}/v1/jobs", content=body, headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 413 and "20000 bytes" in _detail(response)
+
+    def chunked():
+        yield body
+
+    response = httpx.post(f"{api}/v1/jobs", content=chunked(), headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 413, "a chunked body without Content-Length is counted too"
+
+
+def test_429_when_a_tenant_has_too_many_unfinished_jobs(api):
+    ids = [
+        httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB).json()["id"]
+        for _ in range(2)
+    ]
+    response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB)
+    assert response.status_code == 429 and "limit is 2" in _detail(response)
+    other = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=ALICE)
+    assert other.status_code == 202, "the limit is per tenant"
+    httpx.delete(f"{api}/v1/jobs/{ids[0]}", headers=BOB)
+    again = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB)
+    assert again.status_code == 202, "a cancelled job no longer counts"
+    for job_id, headers in [(ids[1], BOB), (again.json()["id"], BOB), (other.json()["id"], ALICE)]:
+        httpx.delete(f"{api}/v1/jobs/{job_id}", headers=headers)
+
+
+def test_409_for_the_archive_of_an_unfinished_job_and_cancelling_a_finished_one(api, stack):
+    queued = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=ALICE).json()
+    response = httpx.get(f"{api}/v1/jobs/{queued['id']}/archive", headers=ALICE)
+    assert response.status_code == 409 and "queued" in _detail(response)
+    done = httpx.post(f"{api}/v1/jobs", json={"prompts": ["quick"], "num_inference_steps": 2}, headers=ALICE).json()
+    finished = httpx.get(f"{api}/v1/jobs/{done['id']}?wait=30", headers=ALICE, timeout=40).json()
+    assert finished["status"] == "succeeded"
+    response = httpx.delete(f"{api}/v1/jobs/{done['id']}", headers=ALICE)
+    assert response.status_code == 409 and "succeeded" in _detail(response)
+    httpx.delete(f"{api}/v1/jobs/{queued['id']}", headers=ALICE)
