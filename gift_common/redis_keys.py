@@ -7,6 +7,7 @@ PREFIX = "gift"
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
+JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
 GROUP = "workers"  # the consumer group of every job's work stream
 
 

@@ -22,12 +22,12 @@ from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 
 # Record finished images of one job; finish the job when the last one is in.
-# KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, then (index, record, cached) triples.
+# KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, channel, then (index, record, cached).
 # Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
 RECORD_IMAGES = """
 local state = redis.call('HGET', KEYS[1], 'status')
 if state ~= 'queued' and state ~= 'running' then return {-1, 0, 0} end
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 and ARGV[i + 2] == '1' then
     redis.call('HINCRBY', KEYS[1], 'cached', 1)
   end
@@ -44,11 +44,12 @@ redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {2, done, total}
 """
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
-# KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl.
+# KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
 END_JOB = """
 local state = redis.call('HGET', KEYS[1], 'status')
@@ -61,11 +62,12 @@ redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[1])
 return ARGV[2]
 """
 
-# One round-robin pass over a model's active jobs: at most one new chunk per job, up to a maximum.
-# Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.
+# Round-robin passes over a model's active jobs, one new chunk per job per pass, until ``max`` chunks are read
+# or nothing is left. Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.
 # KEYS: active. ARGV: key prefix, group, consumer, max chunks, cursor.
 # Returns {next cursor, {job id, entry id, indices}...}.
 READ_ROUND = """
@@ -73,21 +75,29 @@ local jobs = redis.call('ZRANGE', KEYS[1], 0, -1)
 local n = #jobs
 local out = {}
 if n == 0 then return {0, out} end
-local start = tonumber(ARGV[5]) % n
-local visited = 0
-while visited < n and #out < tonumber(ARGV[4]) do
-  local id = jobs[(start + visited) % n + 1]
-  visited = visited + 1
-  local work = ARGV[1] .. ':job:' .. id .. ':work'
-  if redis.call('EXISTS', work) == 1 then
-    local got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', 1, 'STREAMS', work, '>')
+local limit = tonumber(ARGV[4])
+local cursor = tonumber(ARGV[5]) % n
+local exhausted = {}
+local left = n
+while #out < limit and left > 0 do
+  local id = jobs[cursor + 1]
+  cursor = (cursor + 1) % n
+  if not exhausted[id] then
+    local work = ARGV[1] .. ':job:' .. id .. ':work'
+    local got = false
+    if redis.call('EXISTS', work) == 1 then
+      got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', 1, 'STREAMS', work, '>')
+    end
     if got then
       local entry = got[1][2][1]
       table.insert(out, {id, entry[1], entry[2][2]})
+    else
+      exhausted[id] = true
+      left = left - 1
     end
   end
 end
-return {(start + visited) % n, out}
+return {cursor, out}
 """
 
 

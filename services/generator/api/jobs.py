@@ -22,6 +22,7 @@ from gift_common.content_key import image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 from services.generator import stats, store
+from services.generator.api.events import JobEvents, wait_for_event
 
 log = logging.getLogger("gift.api")
 
@@ -45,8 +46,8 @@ class RegisteredModel:
 class JobService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for PNG bytes."""
 
-    def __init__(self, redis: Redis, blobs: Redis, settings: Settings):
-        self.redis, self.blobs, self.settings = redis, blobs, settings
+    def __init__(self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents):
+        self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -195,10 +196,12 @@ class JobService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while True:
-            status = await self.status(job_id, tenant, images=False)
-            if status is None or status.status.terminal or loop.time() >= deadline:
-                break
-            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+            async with self.events.watch(job_id) as ended:
+                status = await self.status(job_id, tenant, images=False)
+                remaining = deadline - loop.time()
+                if status is None or status.status.terminal or remaining <= 0:
+                    break
+                await wait_for_event(ended, remaining)
         return await self.status(job_id, tenant, images=images) if status and images else status
 
     async def cancel(self, job_id: str, tenant: str) -> JobStatus | None:
@@ -209,7 +212,14 @@ class JobService:
             raise JobError(409, f"job {job_id} already {status.status.value}; only unfinished jobs can be cancelled")
         fields = await self.redis.hmget(redis_keys.job(job_id), ["model", "tenant"])
         keys = store.job_keys(job_id, fields[0], fields[1])
-        args = [job_id, JobState.cancelled.value, "", store.now_iso(), self.settings.job_ttl_seconds]
+        args = [
+            job_id,
+            JobState.cancelled.value,
+            "",
+            store.now_iso(),
+            self.settings.job_ttl_seconds,
+            redis_keys.JOB_ENDED,
+        ]
         state = await self.redis.eval(store.END_JOB, len(keys), *keys, *args)
         if state == JobState.cancelled.value:
             log.info("job %s cancelled by tenant %s after %d of %d images", job_id, tenant, status.done, status.total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from gift_common.settings import Settings, get_settings
+from services.generator.api.events import JobEvents
 from services.generator.api.jobs import JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.routes import ops, v1
@@ -41,11 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis, blobs = connect(settings.redis_url, decode=True), connect(settings.redis_url, decode=False)
+        events = JobEvents()
+        listener = asyncio.create_task(events.listen(redis))
         app.state.settings = settings
-        app.state.jobs = JobService(redis, blobs, settings)
+        app.state.jobs = JobService(redis, blobs, settings, events)
         auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
         log.info("generator API ready: redis=%s auth=%s", settings.redis_url, auth)
         yield
+        listener.cancel()
         await redis.aclose()
         await blobs.aclose()
 

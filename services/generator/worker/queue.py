@@ -149,7 +149,7 @@ class WorkerQueue:
 
     def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
         """Record (index, sha256, cached) of one job; finishes the job when its last image is in."""
-        args: list[str | int] = [job.job_id, store.now_iso(), self.settings.job_ttl_seconds]
+        args: list[str | int] = [job.job_id, store.now_iso(), self.settings.job_ttl_seconds, redis_keys.JOB_ENDED]
         for index, sha, cached in images:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
             args += [index, record, int(cached)]
@@ -173,7 +173,14 @@ class WorkerQueue:
         if model is None:
             return
         keys = store.job_keys(job_id, model, tenant)
-        args = [job_id, JobState.failed.value, error, store.now_iso(), self.settings.job_ttl_seconds]
+        args = [
+            job_id,
+            JobState.failed.value,
+            error,
+            store.now_iso(),
+            self.settings.job_ttl_seconds,
+            redis_keys.JOB_ENDED,
+        ]
         if self._end(keys=keys, args=args) == JobState.failed.value:
             self.redis.hincrby(*stats.counter_increment("jobs_failed"))
             log.error("job %s failed: %s", job_id, error)
