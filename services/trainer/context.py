@@ -1,8 +1,9 @@
 """What a task and a training step see: the inputs, θ_{t−1}, the teacher's embeddings and the shared logits.
 
 The engine does not know where batches come from: task data is any re-iterable of (images, labels), replay data any
-re-iterable of (images, tokens, index), synthetic or real. Loss terms read what they need from a `StepContext`,
-which computes each piece at most once per step and only if some term asks for it.
+re-iterable of (images, tokens, index), synthetic or real; a stream with `from_step` (a `Seekable`) is entered at the
+right batch when a run resumes. Loss terms read what they need from a `StepContext`, which computes each piece at
+most once per step and only if some term asks for it. Under DDP the replay quantities span the global batch.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from services.trainer import losses
+from services.trainer import distributed, losses
 
 TeacherMode = Literal["cached", "per_step"]
 
@@ -29,6 +30,13 @@ class ReplayBatch(NamedTuple):
 
     def to(self, device: torch.device | str) -> ReplayBatch:
         return ReplayBatch(*(t.to(device, non_blocking=True) for t in self))
+
+
+@runtime_checkable
+class Seekable(Protocol):
+    """A training stream that can start at any step, so that a resumed run reads the batches it would have read."""
+
+    def from_step(self, step: int) -> Iterable[Sequence[Tensor]]: ...
 
 
 @dataclass
@@ -173,18 +181,18 @@ class StepContext:
 
     @cached_property
     def replay_logits(self) -> Tensor:
-        """L^S = s·f_I^θ(x_s)·f_T^θ(p_s)ᵀ, B×B."""
-        image_emb = self.model.encode_image(self.replay.images, normalize=True)
-        text_emb = self.model.encode_text(self.replay.tokens, normalize=True)
+        """L^S = s·f_I^θ(x_s)·f_T^θ(p_s)ᵀ, B×B over the global batch (embeddings gathered from every process)."""
+        image_emb = distributed.gather(self.model.encode_image(self.replay.images, normalize=True))
+        text_emb = distributed.gather(self.model.encode_text(self.replay.tokens, normalize=True))
         return losses.clip_logits(image_emb, text_emb, self.scale)
 
     @cached_property
     def teacher_replay_logits(self) -> Tensor:
         """L^T, the same with the teacher (cached or computed now, as the task's teacher mode says)."""
         image_emb, text_emb = self.state.teacher_replay(self.replay)
-        return losses.clip_logits(image_emb, text_emb, self.scale)
+        return losses.clip_logits(distributed.gather(image_emb), distributed.gather(text_emb), self.scale)
 
     @cached_property
     def replay_targets(self) -> Tensor:
-        """ITA's Y from prompt identity: identical token rows are the same prompt."""
-        return losses.ita_targets(self.replay.tokens)
+        """ITA's Y from prompt identity over the global batch: identical token rows are the same prompt."""
+        return losses.ita_targets(distributed.gather(self.replay.tokens))

@@ -3,6 +3,7 @@
 Per task (METHOD.md): the student starts from θ_{t−1}; a frozen copy of θ_{t−1} is teacher and weight anchor;
 `logit_scale` stays frozen; AdamW with a cosine schedule and linear warm-up, lr and iterations set per task.
 Per step: replay terms backward, then task terms backward (AWC reads the first gradient), one optimiser step.
+Under torchrun each backward pass ends with a gradient all-reduce (see `distributed` for why that is exact).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from services.trainer.context import ReplayBatch, StepContext, Task, TaskState, TeacherMode
+from services.trainer import distributed
+from services.trainer.context import ReplayBatch, Seekable, StepContext, Task, TaskState, TeacherMode
 from services.trainer.methods import PHASES, LossTerm
 
 StepLog = dict[str, float]
@@ -31,6 +33,11 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     return factor
+
+
+def entered(batches: Iterable[Sequence[Tensor]], step: int) -> Iterable[Sequence[Tensor]]:
+    """A seekable stream entered at `step`; any other iterable starts afresh (resumed runs then see other batches)."""
+    return batches.from_step(step) if isinstance(batches, Seekable) else batches
 
 
 def forever(batches: Iterable[Sequence[Tensor]]) -> Iterator[Sequence[Tensor]]:
@@ -85,8 +92,8 @@ class Engine:
         if self._resume is not None:
             self._restore_task(self._resume)
             self._resume = None
-        self._train = forever(task.train)
-        self._replay = None if task.replay is None else forever(task.replay.batches)
+        self._train = forever(entered(task.train, self.step_in_task))
+        self._replay = None if task.replay is None else forever(entered(task.replay.batches, self.step_in_task))
 
     def compute_gradients(self, images: Tensor, labels: Tensor, replay: ReplayBatch | None = None) -> StepLog:
         """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms."""
@@ -98,8 +105,11 @@ class Engine:
             phase_values = {term.name: term(ctx) for term in self.terms if term.phase == phase}
             if phase_values:
                 torch.stack(list(phase_values.values())).sum().backward()
+                distributed.average_gradients(ctx.params.values())
             values |= phase_values
-        logged = torch.stack([v.detach() for v in values.values()]).tolist()  # one device sync per step
+        stacked = torch.stack([v.detach() for v in values.values()])
+        distributed.average_([stacked])  # under DDP, the log of the global batch
+        logged = stacked.tolist()  # one device sync per step
         return dict(zip(values, logged, strict=True)) | {"loss": sum(logged)}
 
     def step(self) -> StepLog:
@@ -165,7 +175,7 @@ class Engine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict`; a task in progress resumes at its step on the next `begin_task`/`train_task`.
 
-        Data streams restart from a fresh epoch: where a loader was inside its epoch is the data layer's to keep.
+        Seekable streams (`streams.BatchStream`) continue at the restored step; other iterables restart an epoch.
         """
         self.model.load_state_dict(state["model"])
         self.tasks_done = state["tasks_done"]

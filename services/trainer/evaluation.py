@@ -8,6 +8,8 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
+from services.trainer import distributed
+
 
 def zero_shot_classifier(
     model: nn.Module,
@@ -32,7 +34,10 @@ def zero_shot_accuracy(
     templates: Sequence[str | Callable[[str], str]],
     device: torch.device | str = "cpu",
 ) -> float:
-    """Top-1 accuracy in [0, 1] over (images, labels) batches, the model in eval mode (its mode is restored)."""
+    """Top-1 accuracy in [0, 1] over (images, labels) batches, the model in eval mode (its mode is restored).
+
+    Under DDP each process passes its shard of the test set; the counts are summed over processes.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -45,6 +50,7 @@ def zero_shot_accuracy(
             total += len(labels)
     finally:
         model.train(was_training)
+    correct, total = distributed.total((correct, total), device)
     if total == 0:
         raise ValueError("no evaluation images")
     return correct / total

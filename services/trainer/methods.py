@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from services.trainer import losses
+from services.trainer import distributed, losses
 from services.trainer.context import StepContext
 
 Phase = Literal["replay", "task"]
@@ -128,6 +128,7 @@ class EWC(LossTerm):
             for name, grad in zip(params, grads, strict=True):
                 if grad is not None:
                     squares[name] = squares.get(name, 0) + grad.detach() ** 2
+        distributed.average_(squares.values())  # under DDP every process must keep the same Fisher
         fisher = losses.normalise_importance(squares, params)
         self.fisher = fisher if self.fisher is None else {n: self.fisher[n] + f for n, f in fisher.items()}
 

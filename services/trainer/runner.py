@@ -1,0 +1,286 @@
+"""One continual fine-tuning run: the tasks in order, each trained by the engine, then every task's test split
+evaluated zero-shot (a row of the accuracy matrix A), checkpointed so that `--resume` ends where a run that was
+never stopped ends.
+
+The output folder holds `checkpoint.pt` (the latest, written atomically after each task and every N iterations),
+`losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it was run).
+Under torchrun every process trains; only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from gift_common.client import GeneratorClient
+from gift_common.errors import UserError
+from services.trainer import datasets, distributed, reports
+from services.trainer.config import RunConfig, TaskConfig
+from services.trainer.context import ReplaySet, Task
+from services.trainer.engine import Engine, StepLog
+from services.trainer.evaluation import zero_shot_accuracy
+from services.trainer.methods import build_terms
+from services.trainer.models import create_model, create_tokenizer, image_transforms
+from services.trainer.streams import BatchStream, in_order
+from services.trainer.synthetic import (
+    SetCache,
+    SyntheticPairs,
+    SyntheticSets,
+    default_cache_dir,
+    prompt_pool,
+    set_request,
+)
+
+CHECKPOINT = "checkpoint.pt"
+LOSSES = "losses.jsonl"
+CONFIG = "config.json"
+# Settings a resumed run may change: they do not change what the run computes.
+OPERATIONAL = {
+    "progress": True,
+    "checkpoint_every": True,
+    "device": True,
+    "training": {"num_workers"},
+    "evaluation": {"num_workers"},
+    "synthetic": {"generator_url", "timeout", "cache_dir"},
+}
+
+
+@dataclass
+class TaskData:
+    """A task of the sequence with its data loaded and its prompts written out."""
+
+    config: TaskConfig
+    classnames: list[str]
+    templates: list[str]
+    train: Dataset
+    test: Dataset
+
+    @property
+    def name(self) -> str:
+        return self.config.label
+
+    @property
+    def prompts(self) -> list[str]:
+        """T_t: each class in the task's first template (the text side of training and of synthetic prompts)."""
+        return [self.templates[0].format(c) for c in self.classnames]
+
+
+def run(config: RunConfig, resume: bool, device: torch.device) -> dict[str, Any]:
+    """Train and evaluate the whole sequence (from the checkpoint when resuming); returns metrics.json's content."""
+    return Runner(config, device).run(resume)
+
+
+class Runner:
+    def __init__(self, config: RunConfig, device: torch.device) -> None:
+        self.config, self.device, self.out = config, device, config.output_dir
+        torch.manual_seed(config.seed)  # random initial weights, when no checkpoint is given, are the same everywhere
+        self.model = build_model(config, device)
+        self.tokenizer = create_tokenizer(config.model.architecture)
+        self.train_transform, self.eval_transform = image_transforms(self.model)
+        self.tasks = [self._load_task(task) for task in config.tasks]
+        settings = config.method.settings()
+        self.engine = Engine(
+            self.model,
+            build_terms(settings),
+            device=device,
+            teacher_mode=config.method.teacher,
+            betas=config.training.betas,
+            weight_decay=config.training.weight_decay,
+            progress=config.progress and distributed.is_main(),
+        )
+        self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
+        self.rows: list[list[float]] = []
+        self.log: list[StepLog] = []
+        self._log_file: TextIO | None = None
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        self._start(resume)
+        synthetic = self._start_synthetic() if self.needs_replay else None
+        try:
+            for index in range(self.engine.tasks_done, len(self.tasks)):
+                task = self._task(index, synthetic)
+                self.engine.train_task(task, on_step=lambda step, log, i=index: self._after_step(i, step, log))
+                self.rows.append(self._evaluate())
+                self._checkpoint()
+                self._report()
+        finally:
+            if synthetic is not None:
+                synthetic.close()
+            if self._log_file is not None:
+                self._log_file.close()
+        return reports.summary([t.name for t in self.tasks], self.rows)
+
+    # --- start and resume -----------------------------------------------------------------------------------
+
+    def _start(self, resume: bool) -> None:
+        checkpoint_path = self.out / CHECKPOINT
+        if checkpoint_path.exists() and not resume:
+            raise UserError(f"{self.out} holds a run already: pass --resume to continue it, or set another output_dir")
+        if resume and checkpoint_path.exists():
+            self._restore(torch.load(checkpoint_path, map_location=self.device, weights_only=False))
+        else:
+            if resume:
+                say(f"no checkpoint in {self.out}: starting the run from the beginning")
+            distributed.broadcast_parameters(self.model)
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / CONFIG).write_text(self.config.model_dump_json(indent=2))
+            self._log_file = self._open_log()
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        saved, current = checkpoint["config"], _outcome_settings(self.config)
+        changed = sorted(key for key in current if current[key] != saved.get(key))
+        if changed:
+            raise UserError(f"the config changed since the checkpoint in {self.out} ({', '.join(changed)}); "
+                            "resume with the same settings, or start a new run in another output_dir")  # fmt: skip
+        self.engine.load_state_dict(checkpoint["engine"])
+        self.rows = checkpoint["rows"]
+        self.log = checkpoint["log"]
+
+    def _open_log(self) -> TextIO:
+        """The loss log, holding exactly the steps the checkpoint holds (lines a killed run wrote later go)."""
+        path = self.out / LOSSES
+        path.write_text("".join(json.dumps(entry) + "\n" for entry in self.log))
+        return path.open("a")
+
+    # --- data and tasks -------------------------------------------------------------------------------------
+
+    def _load_task(self, task: TaskConfig) -> TaskData:
+        names, templates = datasets.classnames(task), datasets.templates(task)
+        train = datasets.load_split(task, names, train=True, transform=self.train_transform)
+        test = datasets.load_split(task, names, train=False, transform=self.eval_transform)
+        batch_size = self.config.schedule(task)["batch_size"]
+        if batch_size % distributed.world_size():
+            raise UserError(f"task {task.label}: batch size {batch_size} must split evenly over "
+                            f"{distributed.world_size()} processes")  # fmt: skip
+        return TaskData(task, names, templates, train, test)
+
+    def _start_synthetic(self) -> SyntheticSets:
+        """Ask for the sets of every task still to train, in order, while training runs."""
+        settings = self.config.synthetic
+        concepts = datasets.concept_names(settings.concepts)
+        requests = {}
+        for index in range(self.engine.tasks_done, len(self.tasks)):
+            previous = [(t.classnames, t.templates[0]) for t in self.tasks[:index]]
+            pool = prompt_pool(concepts, settings.concept_template, previous)
+            requests[self.tasks[index].name] = set_request(pool, settings, index)
+        return SyntheticSets(
+            requests,
+            SetCache(default_cache_dir(settings)),
+            lambda: GeneratorClient(settings.generator_url),
+            fetch=distributed.local_rank() == 0,
+            timeout=settings.timeout,
+        )
+
+    def _task(self, index: int, synthetic: SyntheticSets | None) -> Task:
+        data, schedule = self.tasks[index], self.config.schedule(self.tasks[index].config)
+        return Task(
+            name=data.name,
+            class_tokens=self.tokenizer(data.prompts),
+            train=self._stream(data.train, schedule["batch_size"], (self.config.seed, index, 0)),
+            replay=None if synthetic is None else self._replay(index, synthetic, schedule["batch_size"]),
+            lr=schedule["lr"],
+            iterations=schedule["iterations"],
+            warmup=schedule["warmup"],
+        )
+
+    def _replay(self, index: int, synthetic: SyntheticSets, batch_size: int) -> ReplaySet:
+        name = self.tasks[index].name
+        if not synthetic.ready(name):
+            say(f"task {name}: waiting for its synthetic set")
+        prompts = synthetic.requests[name].prompts
+        pairs = SyntheticPairs(synthetic.paths(name), self.tokenizer(prompts), self.eval_transform)
+        workers = self.config.training.num_workers
+        return ReplaySet(
+            batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
+            ordered=in_order(pairs, batch_size, workers),
+        )
+
+    def _stream(self, dataset: Dataset, batch_size: int, seed: tuple[int, ...]) -> BatchStream:
+        return BatchStream(
+            dataset,
+            batch_size,
+            seed,
+            num_workers=self.config.training.num_workers,
+            pin_memory=self.device.type == "cuda",
+            rank=distributed.rank(),
+            world=distributed.world_size(),
+        )
+
+    # --- during and after a task ----------------------------------------------------------------------------
+
+    def _after_step(self, index: int, step: int, log: StepLog) -> None:
+        entry = {"task_name": self.tasks[index].name, "task_index": index, "step": step, **log}
+        self.log.append(entry)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(entry) + "\n")
+        if (step + 1) % self.config.checkpoint_every == 0:
+            self._checkpoint()
+
+    def _evaluate(self) -> list[float]:
+        """Zero-shot top-1 accuracy (percent) on every task's test split; under DDP each process takes a shard."""
+        row = []
+        rank, world = distributed.rank(), distributed.world_size()
+        tasks = tqdm(self.tasks, desc="evaluate", disable=not (self.config.progress and distributed.is_main()))
+        for task in tasks:
+            shard = range(rank, len(task.test), world)
+            batches = in_order(task.test, self.config.evaluation.batch_size, self.config.evaluation.num_workers, shard)
+            accuracy = zero_shot_accuracy(self.model, self.tokenizer, batches, task.classnames, task.templates,
+                                          self.device)  # fmt: skip
+            row.append(100 * accuracy)
+        return row
+
+    def _checkpoint(self) -> None:
+        if not distributed.is_main():
+            return
+        assert self._log_file is not None
+        self._log_file.flush()
+        state = {
+            "engine": self.engine.state_dict(),
+            "rows": self.rows,
+            "log": self.log,
+            "config": _outcome_settings(self.config),
+        }
+        atomic_save(state, self.out / CHECKPOINT)
+
+    def _report(self) -> None:
+        if distributed.is_main():
+            reports.write_reports(self.out, [t.name for t in self.tasks], self.rows, self.log)
+
+
+def build_model(config: RunConfig, device: torch.device) -> nn.Module:
+    """The open_clip model of the config; a missing or unknown file or name is a UserError."""
+    try:
+        return create_model(config.model.architecture, config.model.pretrained, device=device)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"model: {error}") from None
+    except RuntimeError as error:  # e.g. a weights file of another architecture
+        raise UserError(f"model: cannot load {config.model.pretrained} into {config.model.architecture}: "
+                        f"{str(error).splitlines()[0]}") from None  # fmt: skip
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill leaves the previous checkpoint or the new one whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _outcome_settings(config: RunConfig) -> dict[str, Any]:
+    """The config without the settings a resumed run may change (OPERATIONAL)."""
+    return json.loads(config.model_dump_json(exclude=OPERATIONAL))
+
+
+def say(message: str) -> None:
+    """A line for the user, from one process only, that does not break the progress bars."""
+    if distributed.is_main():
+        tqdm.write(f"gift: {message}", file=sys.stderr)

@@ -1,0 +1,118 @@
+"""Run configs: defaults, paths relative to the file, one clear line per mistake, and the shipped MTIL configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gift_common.errors import UserError
+from services.cli import main as cli_main
+from services.trainer.config import MTIL_DATASETS, load_config, parse_config
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+MINIMAL = {
+    "output_dir": "runs/a",
+    "model": {"architecture": "arch/tiny.json", "pretrained": "weights.pt"},
+    "tasks": [{"dataset": {"type": "CIFAR100", "root": "data"}}, {"dataset": {"type": "imagefolder", "root": "pets"}}],
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error_of(data: object, tmp_path: Path) -> str:
+    with pytest.raises(UserError) as caught:
+        load_config(write(tmp_path, data))
+    return str(caught.value)
+
+
+def test_defaults_and_paths_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.output_dir == tmp_path / "runs/a"
+    assert config.model.architecture == str(tmp_path / "arch/tiny.json")
+    assert config.model.pretrained == tmp_path / "weights.pt"
+    assert config.tasks[1].dataset.root == tmp_path / "pets"
+    assert [task.label for task in config.tasks] == ["CIFAR100", "pets"]
+    assert config.method.settings().ita == 0.25 and config.method.teacher == "cached"
+    assert config.schedule(config.tasks[0]) == {"lr": 1e-5, "iterations": 1000, "warmup": 100, "batch_size": 64}
+    assert config.synthetic.size == 1000
+
+
+def test_a_task_overrides_the_training_defaults(tmp_path: Path) -> None:
+    tasks = [{**MINIMAL["tasks"][0], "lr": 5e-5, "batch_size": 8}]
+    config = parse_config({**MINIMAL, "tasks": tasks, "training": {"iterations": 10}}, base=tmp_path)
+    assert config.schedule(config.tasks[0]) == {"lr": 5e-5, "iterations": 10, "warmup": 100, "batch_size": 8}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"tasks": [{"dataset": {"type": "CIFAR10", "root": "d"}}]}, "tasks[0].dataset.type: input should be"),
+        ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "lr": -1}]}, "tasks[0].lr: input should be greater"),
+        ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "bacth_size": 8}]}, "tasks[0].bacth_size: unknown key"),
+        ({"tasks": []}, "tasks: list should have at least 1 item"),
+        ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "templates": ["a photo"]}]}, "exactly one '{}'"),
+        ({"method": {"preset": "zscl"}}, "method.preset: input should be 'ft'"),
+        ({"method": {"overrides": {"itaa": 1}}}, "method.overrides: unknown setting itaa; known: distill"),
+        ({"method": {"overrides": {"ewc_batches": 2.5}}}, "method.overrides: ewc_batches: input should be a valid int"),
+        ({"synthetic": {"height": 30}}, "synthetic.height: input should be a multiple of 8"),
+        ({"device": "gpu"}, "device: string should match pattern"),
+        ({"model": {}}, "model.architecture: required key missing"),
+    ],
+)
+def test_each_mistake_names_the_key_and_the_rule(tmp_path: Path, change: dict, expected: str) -> None:
+    message = error_of({**MINIMAL, **change}, tmp_path)
+    assert expected in message
+    assert message.startswith(str(tmp_path / "run.yaml")) and "\n" not in message
+
+
+def test_all_mistakes_in_one_message(tmp_path: Path) -> None:
+    message = error_of({"model": {"architecture": "x"}, "seed": -1}, tmp_path)
+    assert "output_dir: required key missing" in message
+    assert "tasks: required key missing" in message
+    assert "seed: input should be greater than or equal to 0 (got -1)" in message
+
+
+def test_repeated_task_names_are_refused(tmp_path: Path) -> None:
+    tasks = [{"dataset": {"type": "MNIST", "root": "a"}}, {"dataset": {"type": "MNIST", "root": "b"}}]
+    assert "task names must be unique; repeated: MNIST" in error_of({**MINIMAL, "tasks": tasks}, tmp_path)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("tasks: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    assert "must be a mapping" in error_of(["a", "list"], tmp_path)
+
+
+def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, {**MINIMAL, "checkpoint_every": 0})
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["train", "--config", str(path)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint_every: input should be greater than or equal to 1" in err
+
+
+ORDER_II = ["StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397"]
+ORDER_II += ["Aircraft", "Caltech101", "DTD", "EuroSAT", "CIFAR100"]
+
+
+@pytest.mark.parametrize(("name", "order"), [("mtil_order1.yaml", list(MTIL_DATASETS)), ("mtil_order2.yaml", ORDER_II)])
+def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[str]) -> None:
+    config = load_config(CONFIGS / name)
+    assert [task.dataset.type for task in config.tasks] == order
+    assert config.model.architecture.startswith("ViT-B-16") and config.model.pretrained is not None
+    assert config.method.preset == "gift" and config.synthetic.size == 1000
+    schedules = {task.label: config.schedule(task) for task in config.tasks}
+    assert {s["iterations"] for s in schedules.values()} == {1000}
+    assert {s["batch_size"] for s in schedules.values()} == {64}
+    assert {label for label, s in schedules.items() if s["lr"] == 5e-5} == {"Aircraft", "MNIST"}
+    assert {s["lr"] for s in schedules.values()} == {1e-5, 5e-5}

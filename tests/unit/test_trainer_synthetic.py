@@ -1,0 +1,142 @@
+"""Synthetic sets: the prompt pools of METHOD.md, the request, and the local cache that makes reruns generator-free."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from gift_common.client import GeneratorUnavailable
+from gift_common.errors import UserError
+from gift_common.schemas import ImageInfo, JobRequest, JobStatus
+from services.trainer.config import SyntheticConfig
+from services.trainer.synthetic import SetCache, SyntheticPairs, SyntheticSets, prompt_pool, set_request
+
+
+def png(prompt: str, seed: int) -> bytes:
+    """A distinct small PNG for each (prompt, seed), as a generator would make."""
+    shade = int(hashlib.sha256(f"{prompt}/{seed}".encode()).hexdigest()[:2], 16)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (shade, 255 - shade, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class FakeGenerator:
+    """The three client calls the trainer makes, answered in memory; counts them."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.store: dict[str, bytes] = {}
+        self.jobs: dict[str, JobRequest] = {}
+
+    def submit(self, request: JobRequest) -> JobStatus:
+        self.calls["submit"] += 1
+        self.jobs[str(len(self.jobs))] = request
+        return self._status(str(len(self.jobs) - 1))
+
+    def wait(self, job_id: str, **_: object) -> JobStatus:
+        self.calls["wait"] += 1
+        return self._status(job_id)
+
+    def image(self, sha256: str) -> bytes:
+        self.calls["image"] += 1
+        return self.store[sha256]
+
+    def close(self) -> None:
+        pass
+
+    def _status(self, job_id: str) -> JobStatus:
+        request, images = self.jobs[job_id], []
+        for i, prompt in enumerate(request.prompts):
+            data = png(prompt, request.seed_of(i))
+            sha = hashlib.sha256(data).hexdigest()
+            self.store[sha] = data
+            images.append(
+                ImageInfo(index=i, prompt=prompt, seed=request.seed_of(i), sha256=sha, url=f"/v1/images/{sha}")
+            )
+        now = datetime.now(UTC)
+        return JobStatus(id=job_id, status="succeeded", total=len(images), done=len(images), cached=0,
+                         created_at=now, finished_at=now, images=images)  # fmt: skip
+
+
+def unreachable() -> FakeGenerator:
+    raise GeneratorUnavailable("http://127.0.0.1:1", "ConnectError", 1)
+
+
+def requests(size: int = 6) -> dict[str, JobRequest]:
+    settings = SyntheticConfig(size=size, steps=4, seed=5)
+    first = prompt_pool(["tree", "car"], settings.concept_template, [])
+    second = prompt_pool(["tree", "car"], settings.concept_template, [(["red", "blue"], "a {} thing.")])
+    return {"one": set_request(first, settings, 0), "two": set_request(second, settings, 1)}
+
+
+def obtain(cache: SetCache, factory) -> dict[str, list[Path]]:
+    sets = SyntheticSets(requests(), cache, factory)
+    try:
+        return {task: sets.paths(task) for task in ("one", "two")}
+    finally:
+        sets.close()
+
+
+def test_the_pool_holds_concepts_and_earlier_classes_in_their_templates() -> None:
+    pool = prompt_pool(
+        ["tree", "car", "tree"], "a photo of a {}.", [(["7", "8"], 'the number "{}".'), (["car"], "a {}.")]
+    )
+    assert pool == ["a photo of a tree.", "a photo of a car.", 'the number "7".', 'the number "8".', "a car."]
+
+
+def test_a_set_draws_uniformly_from_its_pool_with_its_own_seeds() -> None:
+    settings = SyntheticConfig(size=2000, seed=3, steps=4, guidance=2.0, model="sd15")
+    pool = [f"a photo of a {i}." for i in range(4)]
+    request = set_request(pool, settings, task_index=2)
+    counts = Counter(request.prompts)
+    assert set(counts) == set(pool) and min(counts.values()) > 400
+    assert request == set_request(pool, settings, task_index=2)
+    assert request.prompts != set_request(pool, settings, task_index=1).prompts
+    assert (request.seed, request.num_inference_steps, request.guidance_scale, request.model) == (4003, 4, 2.0, "sd15")
+    assert set_request(pool, settings, task_index=1).seed + 2000 == request.seed  # no seed repeats across tasks
+
+
+def test_a_second_run_reads_the_cache_and_never_calls_the_generator(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    first = obtain(SetCache(tmp_path), lambda: generator)
+    assert generator.calls == {"submit": 2, "wait": 2, "image": 12}
+    assert [len(paths) for paths in first.values()] == [6, 6]
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.stem for paths in first.values() for p in paths)
+    assert obtain(SetCache(tmp_path), unreachable) == first
+
+
+def test_a_corrupt_cached_image_is_fetched_again(tmp_path: Path) -> None:
+    first = obtain(SetCache(tmp_path), FakeGenerator)
+    first["two"][0].write_bytes(b"not the image")
+    generator = FakeGenerator()
+    assert obtain(SetCache(tmp_path), lambda: generator) == first
+    assert generator.calls["image"] == 1 and generator.calls["submit"] == 1
+
+
+def test_an_unreachable_generator_is_a_clear_error(tmp_path: Path) -> None:
+    sets = SyntheticSets(requests(), SetCache(tmp_path), unreachable)
+    with pytest.raises(UserError, match=r"synthetic set of task one: generator unavailable.*GIFT_GENERATOR_URL"):
+        sets.paths("one")
+    sets.close()
+
+
+def test_a_process_that_does_not_fetch_waits_for_the_shared_cache(tmp_path: Path) -> None:
+    reader = SyntheticSets(requests(), SetCache(tmp_path), unreachable, fetch=False, timeout=30)
+    fetched = obtain(SetCache(tmp_path), FakeGenerator)
+    assert {task: reader.paths(task) for task in ("one", "two")} == fetched
+    reader.close()
+
+
+def test_pairs_are_images_tokens_and_indices(tmp_path: Path) -> None:
+    paths = obtain(SetCache(tmp_path), FakeGenerator)["one"]
+    tokens = torch.arange(6 * 3).reshape(6, 3)
+    pairs = SyntheticPairs(paths, tokens, lambda image: torch.tensor(image.size))
+    image, token, index = pairs[4]
+    assert image.tolist() == [8, 8] and torch.equal(token, tokens[4]) and index == 4
