@@ -27,6 +27,7 @@ from services.generator.api.events import JobEvents, wait_for_event
 log = logging.getLogger("gift.api")
 
 KEY_BATCH = 512  # Redis round trips are batched by this many keys
+MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model registrations may be
 
 
 class JobError(Exception):
@@ -48,10 +49,19 @@ class JobService:
 
     def __init__(self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents):
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
+        self._models: dict[str, RegisteredModel] = {}
+        self._models_read_at = -MODELS_TTL_SECONDS
 
     # --- models -----------------------------------------------------------------------------------
 
-    async def registered_models(self) -> dict[str, RegisteredModel]:
+    async def registered_models(self, *, fresh: bool = False) -> dict[str, RegisteredModel]:
+        """The workers' registrations, re-read at most every MODELS_TTL_SECONDS unless ``fresh``."""
+        if fresh or time.monotonic() - self._models_read_at > MODELS_TTL_SECONDS:
+            self._models = await self._read_models()
+            self._models_read_at = time.monotonic()
+        return self._models
+
+    async def _read_models(self) -> dict[str, RegisteredModel]:
         raw = await self.redis.hgetall(redis_keys.MODELS)
         models = {}
         for name, value in raw.items():
@@ -63,14 +73,16 @@ class JobService:
         return models
 
     async def models(self) -> list[ModelInfo]:
-        return [m.info for _, m in sorted((await self.registered_models()).items())]
+        return [m.info for _, m in sorted((await self.registered_models(fresh=True)).items())]
 
     # --- submit -----------------------------------------------------------------------------------
 
     async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
         self._check_limits(request)
-        models = await self.registered_models()
         request = request.model_copy(update={"model": request.model or self.settings.default_model})
+        models = await self.registered_models()
+        if request.model not in models:
+            models = await self.registered_models(fresh=True)
         if request.model not in models and request.model != self.settings.default_model:
             names = ", ".join(sorted(models)) or "none registered yet"
             raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
@@ -81,14 +93,12 @@ class JobService:
         hits = await self._cache_hits(request, models.get(request.model))
         fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
-        await self._create(job_id, tenant, request, fields, hits, misses)
+        fields, records = await self._create(job_id, tenant, request, fields, hits, misses)
         log.info(
             "job %s accepted: tenant=%s model=%s images=%d cached=%d queued=%d",
             job_id, tenant, request.model, len(request.prompts), len(hits), len(misses),
         )  # fmt: skip
-        status = await self.status(job_id, tenant)
-        assert status is not None
-        return status
+        return store.status_from({**fields, "done": str(len(hits))}, records)
 
     def _check_limits(self, request: JobRequest) -> None:
         limit = self.settings.max_prompts_per_job
@@ -148,20 +158,22 @@ class JobService:
         fields: dict[str, str],
         hits: dict[int, str],
         misses: list[int],
-    ) -> None:
-        """Write the job, its cached images and its work in one transaction: accepted means stored."""
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Write the job, its cached images and its work in one transaction: accepted means stored.
+
+        Returns the job's fields and image records as written.
+        """
         ttl = self.settings.job_ttl_seconds
         assert request.model is not None
+        if not misses:
+            fields = {**fields, "status": JobState.succeeded.value, "finished_at": fields["created_at"]}
+        fields["cached"] = str(len(hits))
+        records = {
+            str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha) for i, sha in hits.items()
+        }
         async with self.redis.pipeline(transaction=True) as pipe:
-            if not misses:
-                fields = {**fields, "status": JobState.succeeded.value, "finished_at": fields["created_at"]}
-            fields["cached"] = str(len(hits))
             pipe.hset(redis_keys.job(job_id), mapping=fields)
             if hits:
-                records = {
-                    str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha)
-                    for i, sha in hits.items()
-                }
                 pipe.hset(redis_keys.job_images(job_id), mapping=records)
                 pipe.hincrby(*stats.counter_increment("cache_hits", len(hits)))
             if misses:
@@ -176,6 +188,7 @@ class JobService:
                 pipe.expire(redis_keys.job_images(job_id), ttl)
                 pipe.hincrby(*stats.counter_increment("jobs_succeeded"))
             await pipe.execute()
+        return fields, records
 
     # --- read ---------------------------------------------------------------------------------------
 
