@@ -23,7 +23,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 
@@ -50,9 +49,23 @@ def local_rank() -> int:
 
 def gather(tensor: Tensor) -> Tensor:
     """Every process's tensor concatenated along dim 0 in rank order; differentiable w.r.t. this process's part."""
-    if not active():
-        return tensor
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+    return _Gather.apply(tensor) if active() else tensor
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather whose backward hands each process the sum, over processes, of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: Tensor) -> Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        summed = grad.clone()
+        dist.all_reduce(summed)
+        return summed.chunk(world_size())[rank()]
 
 
 def average_(tensors: Iterable[Tensor]) -> None:
