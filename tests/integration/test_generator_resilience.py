@@ -63,3 +63,17 @@ def test_redis_outage_gives_503_and_everything_recovers(make_stack):
     assert sorted(image.index for image in finished.images) == list(range(64))
     fresh = client.generate(JobRequest(prompts=["after the outage"], num_inference_steps=4), progress=False)[0]
     assert fresh.status == JobState.succeeded
+
+
+def test_stopped_worker_hands_its_work_over_without_waiting_for_the_claim_timeout(make_stack):
+    stack = make_stack(workers=1, GIFT_BATCH_SIZE="4", GIFT_CLAIM_TIMEOUT_SECONDS="600")
+    client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
+    job = client.submit(JobRequest(prompts=[f"handover image {i}" for i in range(40)], num_inference_steps=10))
+    wait_for(lambda: client.status(job.id).done >= 4, 60, "the first worker to make some images")
+    stack.workers[0].stop()  # SIGTERM: finish the batch in hand, release the rest
+    assert "released" in stack.workers[0].log.read_text()
+    assert client.status(job.id).done < 40, "the stop must come mid-job"
+    stack.start_worker()
+    finished = client.wait(job.id, timeout=120, progress=False)  # far less than the 600 s claim timeout
+    assert finished.status == JobState.succeeded
+    assert sorted(image.index for image in finished.images) == list(range(40))

@@ -70,6 +70,17 @@ class WorkerQueue:
                 pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)
             pipe.execute(raise_on_error=False)
 
+    def release(self, held: dict[str, list[str]]) -> None:
+        """On a clean stop, mark held chunks as long idle, so other workers take them over at once."""
+        idle_ms = int(self.settings.claim_timeout_seconds * 1000) * 10
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, entries in held.items():
+                work = redis_keys.job_work(job_id)
+                pipe.xclaim(work, redis_keys.GROUP, self.consumer, 0, entries, idle=idle_ms, justid=True)
+            pipe.execute(raise_on_error=False)
+        if held:
+            log.info("released %d held chunk(s) to other workers", sum(map(len, held.values())))
+
     def leave(self) -> None:
         self.redis.zrem(redis_keys.WORKERS, self.consumer)
 
