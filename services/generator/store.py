@@ -21,10 +21,24 @@ from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
 
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 
+# Shared by the scripts that end a job: the end state, no more work, no longer counted, expiry, a wake-up.
+# KEYS: job, images, active, tenant_active, work.
+_END_JOB_FUNCTION = """
+local function end_job(job_id, state, now, ttl, channel)
+  redis.call('HSET', KEYS[1], 'status', state, 'finished_at', now)
+  redis.call('ZREM', KEYS[3], job_id)
+  redis.call('SREM', KEYS[4], job_id)
+  redis.call('DEL', KEYS[5])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('PUBLISH', channel, job_id)
+end
+"""
+
 # Record finished images of one job; finish the job when the last one is in.
 # KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, channel, then (index, record, cached).
 # Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
-RECORD_IMAGES = """
+RECORD_IMAGES = _END_JOB_FUNCTION + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if state ~= 'queued' and state ~= 'running' then return {-1, 0, 0} end
 for i = 5, #ARGV, 3 do
@@ -38,31 +52,19 @@ if done < total then
   redis.call('HSET', KEYS[1], 'status', 'running')
   return {1, done, total}
 end
-redis.call('HSET', KEYS[1], 'status', 'succeeded', 'finished_at', ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[5])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+end_job(ARGV[1], 'succeeded', ARGV[2], ARGV[3], ARGV[4])
 return {2, done, total}
 """
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
 # KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
-END_JOB = """
+END_JOB = _END_JOB_FUNCTION + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if not state then return false end
 if state ~= 'queued' and state ~= 'running' then return state end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[5])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[1])
+end_job(ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 return ARGV[2]
 """
 
