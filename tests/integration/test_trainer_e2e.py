@@ -1,0 +1,158 @@
+"""`gift train` end to end: two tasks, a tiny random open_clip model, the real generator stack, every output; then a
+run killed after its first checkpoint and resumed, which must end where the uninterrupted run ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from gift_common.errors import UserError
+from services.stack import LocalStack, free_port
+from services.trainer.main import run_training
+from services.trainer.synthetic import SetCache
+from tests.unit.test_trainer_models import write_tiny_arch
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+COLORS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220), "yellow": (230, 210, 40)}
+ITERATIONS, CHECKPOINT_EVERY, SYNTHETIC = 6, 2, 16
+
+
+def noisy_square(path: Path, color: tuple[int, int, int], rng: np.random.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.clip(np.array(color) + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def make_data(root: Path) -> None:
+    """Task 1 an ImageFolder (red/green), task 2 CSV lists (blue/yellow): 8 train and 4 test images per class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for name in ("red", "green"):
+            for i in range(count):
+                noisy_square(root / "colors" / split / name / f"{i}.png", COLORS[name], rng)
+        rows = ["path,label"]
+        for label, name in enumerate(("blue", "yellow")):
+            for i in range(count):
+                noisy_square(root / "more" / "img" / f"{split}-{name}-{i}.png", COLORS[name], rng)
+                rows.append(f"img/{split}-{name}-{i}.png,{label if i % 2 else name}")
+        (root / "more" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+
+
+def write_config(folder: Path, output: str, generator_url: str) -> Path:
+    config = {
+        "output_dir": output,
+        "model": {"architecture": "gift-test-tiny.json"},
+        "method": {"preset": "gift"},
+        "training": {"iterations": ITERATIONS, "warmup": 2, "batch_size": 8, "lr": 1e-3, "num_workers": 0},
+        "synthetic": {"size": SYNTHETIC, "steps": 4, "generator_url": generator_url, "cache_dir": "synthetic-cache"},
+        "evaluation": {"batch_size": 16, "num_workers": 0},
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "tasks": [
+            {"dataset": {"type": "imagefolder", "root": "colors"}},
+            {"name": "more colors", "dataset": {"type": "csv", "root": "more"}, "classnames": ["blue", "yellow"],
+             "templates": ["a {} square.", "a photo of a {} thing."]},
+        ],
+    }  # fmt: skip
+    path = folder / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_in_process(config: Path, resume: bool = False) -> None:
+    """`gift train` without a new interpreter (importing torch costs more than this training); one thread, as in
+    the subprocess, so that every run does the same arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(config, resume=resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_subprocess(config: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "services.cli", "train", "--config", str(config)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory, stack: LocalStack) -> Path:
+    """Data, architecture, and one uninterrupted run against the real generator."""
+    folder = tmp_path_factory.mktemp("e2e")
+    make_data(folder)
+    write_tiny_arch(folder)
+    train_in_process(write_config(folder, "whole", stack.api_url))
+    return folder
+
+
+def test_a_run_writes_every_output(folder: Path) -> None:
+    out = folder / "whole"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tasks"] == ["colors", "more colors"] and metrics["complete"]
+    assert np.array(metrics["accuracy"]).shape == (2, 2)
+    assert all(0 <= value <= 100 for row in metrics["accuracy"] for value in row)
+    for key in ("Transfer", "Avg", "Last", "Forget"):
+        assert isinstance(metrics[key], float)
+    table = (out / "results.md").read_text()
+    assert "| colors |" in table and "| Transfer | Avg | Last | Forget |" in table
+    for image in ("accuracy_matrix.png", "losses.png"):
+        assert Image.open(out / image).size[0] > 100
+    log = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    assert len(log) == 2 * ITERATIONS
+    assert {"task", "distill", "ita", "awc", "loss", "lr"} <= set(log[0]) and log[-1]["task_name"] == "more colors"
+    assert json.loads((out / "config.json").read_text())["checkpoint_every"] == CHECKPOINT_EVERY
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["engine"]["tasks_done"] == 2
+
+
+def test_synthetic_sets_follow_the_pools(folder: Path) -> None:
+    manifests = [json.loads(p.read_text()) for p in (folder / "synthetic-cache" / "sets").glob("*.json")]
+    assert sorted(len(m["images"]) for m in manifests) == [SYNTHETIC, SYNTHETIC]
+    first, second = sorted(manifests, key=lambda m: m["request"]["seed"])
+    assert all(prompt.startswith("a photo of a ") for prompt in first["request"]["prompts"])
+    earlier_classes = {"a photo of a red.", "a photo of a green."}  # task 1's classes in task 1's template
+    assert not earlier_classes & set(first["request"]["prompts"])
+    assert all(p.startswith("a photo of a ") for p in second["request"]["prompts"])  # task 2's own classes never
+    assert second["request"]["seed"] == SYNTHETIC and second["request"]["num_inference_steps"] == 4
+    cache = SetCache(folder / "synthetic-cache")
+    assert all(cache.image_path(sha).is_file() for m in manifests for sha in m["images"])
+
+
+def test_a_killed_run_resumes_to_the_same_results_without_the_generator(folder: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # the sets must come from the local cache
+    config = write_config(folder, "killed", nowhere)
+    process = train_subprocess(config)
+    checkpoint = folder / "killed" / "checkpoint.pt"
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert torch.load(checkpoint, weights_only=False)["engine"]["tasks_done"] == 0  # killed inside task 1
+
+    train_in_process(config, resume=True)
+    whole, resumed = (json.loads((folder / run / "metrics.json").read_text()) for run in ("whole", "killed"))
+    log_whole, log_resumed = ((folder / run / "losses.jsonl").read_text().splitlines() for run in ("whole", "killed"))
+    assert resumed["accuracy"] == whole["accuracy"]
+    assert [json.loads(line) for line in log_resumed] == [json.loads(line) for line in log_whole]
+    weights = [
+        torch.load(folder / run / "checkpoint.pt", weights_only=False)["engine"]["model"] for run in ("whole", "killed")
+    ]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) == 0.0
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(folder: Path) -> None:
+    with pytest.raises(UserError, match="holds a run already: pass --resume"):
+        run_training(write_config(folder, "whole", "http://127.0.0.1:1"))
