@@ -13,22 +13,25 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gift_common.client import GeneratorClient, GeneratorError, GeneratorUnavailable
+from gift_common.client import GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
 from gift_common.errors import UserError
-from gift_common.schemas import JobRequest
+from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import Settings
 from services.trainer.config import SyntheticConfig
 
-POLL_SECONDS = 1.0  # how often a process that does not fetch looks for the set another process stores
+POLL_SECONDS = 1.0  # how long one wait for a job or for another process's stored set lasts before looking again
+T = TypeVar("T")
 
 
 def prompt_pool(
@@ -109,10 +112,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def fetch_set(client: GeneratorClient, cache: SetCache, request: JobRequest, timeout: float | None) -> list[Path]:
-    """Generate the set (images the generator already has cost no GPU time), download what is not stored locally."""
-    job = client.submit(request)
-    job = client.wait(job.id, timeout=timeout, progress=False)
+def download_set(client: GeneratorClient, cache: SetCache, request: JobRequest, job: JobStatus) -> list[Path]:
+    """Store the images of a finished job that the cache lacks (each verified), then the set's manifest."""
     images = sorted(job.images, key=lambda info: info.index)
     if [info.index for info in images] != list(range(len(request.prompts))):
         raise GeneratorError(f"job {job.id} succeeded but lists {len(images)} of its {len(request.prompts)} images")
@@ -123,11 +124,12 @@ def fetch_set(client: GeneratorClient, cache: SetCache, request: JobRequest, tim
 
 
 class SyntheticSets:
-    """Obtains the sets of a run's tasks one after another in a background thread; `paths(t)` waits for set t.
+    """Obtains the sets of a run's tasks in order in a background thread; `paths(task)` waits for the task's set.
 
-    Only the process that `fetches` talks to the generator (one per machine under torchrun); the others wait for
-    it to store each set in the shared cache. Jobs left running when a run stops are kept by the generator, so a
-    rerun finds their images there.
+    One job at a time, so that the set needed first is made first; the next job is submitted as soon as the
+    current one is generated, so the generator works on it while this one downloads. Only the process that
+    `fetches` talks to the generator (one per machine under torchrun); the others wait for it to store each set in
+    the shared cache. A stopped run leaves its job to the generator, whose cache then serves a rerun.
     """
 
     def __init__(
@@ -142,10 +144,11 @@ class SyntheticSets:
         self.requests, self.cache, self.timeout, self.fetch = requests, cache, timeout, fetch
         self._client_factory = client_factory
         self._client: GeneratorClient | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthetic-sets")
-        self._sets: dict[str, Future[list[Path]]] = {
-            task: self._executor.submit(self._obtain, request) for task, request in requests.items()
-        }
+        self._queue = list(requests.values())  # the order the tasks need their sets in
+        self._jobs: dict[int, str] = {}
+        self._sets: dict[str, Future[list[Path]]] = {task: Future() for task in requests}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="synthetic-sets", daemon=True).start()
 
     def ready(self, task: str) -> bool:
         return self._sets[task].done()
@@ -163,27 +166,60 @@ class SyntheticSets:
             raise UserError(f"synthetic set of task {task}: {error}") from None
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        if self._client is not None:
-            self._client.close()
+        """Stop asking for sets; a wait in progress ends within POLL_SECONDS."""
+        self._stop.set()
 
-    def _obtain(self, request: JobRequest) -> list[Path]:
+    def _run(self) -> None:
+        try:
+            for index, future in enumerate(self._sets.values()):
+                try:
+                    future.set_result(self._obtain(index))
+                except Exception as error:  # handed to whoever waits for this set
+                    future.set_exception(error)
+        finally:
+            if self._client is not None:
+                self._client.close()
+
+    def _obtain(self, index: int) -> list[Path]:
+        request = self._queue[index]
         cached = self.cache.load(request)
         if cached is not None:
             return cached
         if not self.fetch:
-            return self._wait_for_store(request)
+            stored = f"a set stored in {self.cache.manifest_path(request)}"
+            return self._until(lambda: self.cache.load(request), stored, pause=POLL_SECONDS)
+        job_id = self._jobs.get(index) or self._submit(index)
+        job = self._until(lambda: self._finished(job_id), f"job {job_id}", pause=0)  # each poll waits itself
+        following = index + 1
+        if following < len(self._queue) and not self.cache.manifest_path(self._queue[following]).exists():
+            self._submit(following)  # generated while this set downloads and the task trains
+        return download_set(self._generator(), self.cache, request, job)
+
+    def _submit(self, index: int) -> str:
+        self._jobs[index] = self._generator().submit(self._queue[index]).id
+        return self._jobs[index]
+
+    def _finished(self, job_id: str) -> JobStatus | None:
+        try:
+            return self._generator().wait(job_id, timeout=POLL_SECONDS, progress=False)
+        except JobTimeout:
+            return None
+
+    def _until(self, outcome: Callable[[], T | None], what: str, pause: float) -> T:
+        """Call `outcome` every `pause` seconds until it is not None, the run stops, or the timeout passes."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while (result := outcome()) is None:
+            if self._stop.is_set():
+                raise GeneratorError(f"stopped waiting for {what}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} after {self.timeout:g} s")
+            time.sleep(pause)
+        return result
+
+    def _generator(self) -> GeneratorClient:
         if self._client is None:
             self._client = self._client_factory()
-        return fetch_set(self._client, self.cache, request, self.timeout)
-
-    def _wait_for_store(self, request: JobRequest) -> list[Path]:
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while (paths := self.cache.load(request)) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no set stored under {self.cache.manifest_path(request)} after {self.timeout:g} s")
-            time.sleep(POLL_SECONDS)
-        return paths
+        return self._client
 
 
 def default_cache_dir(settings: SyntheticConfig) -> Path:

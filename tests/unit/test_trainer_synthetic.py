@@ -32,21 +32,27 @@ class FakeGenerator:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.order: list[str] = []
         self.store: dict[str, bytes] = {}
         self.jobs: dict[str, JobRequest] = {}
 
     def submit(self, request: JobRequest) -> JobStatus:
-        self.calls["submit"] += 1
+        self._record("submit")
         self.jobs[str(len(self.jobs))] = request
         return self._status(str(len(self.jobs) - 1))
 
     def wait(self, job_id: str, **_: object) -> JobStatus:
-        self.calls["wait"] += 1
+        self._record("wait")
         return self._status(job_id)
 
     def image(self, sha256: str) -> bytes:
-        self.calls["image"] += 1
+        self._record("image")
         return self.store[sha256]
+
+    def _record(self, call: str) -> None:
+        self.calls[call] += 1
+        if not self.order or self.order[-1] != call:
+            self.order.append(call)
 
     def close(self) -> None:
         pass
@@ -110,6 +116,13 @@ def test_a_second_run_reads_the_cache_and_never_calls_the_generator(tmp_path: Pa
     assert [len(paths) for paths in first.values()] == [6, 6]
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.stem for paths in first.values() for p in paths)
     assert obtain(SetCache(tmp_path), unreachable) == first
+
+
+def test_sets_come_in_order_and_the_next_is_generated_while_one_downloads(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    obtain(SetCache(tmp_path), lambda: generator)
+    assert generator.order == ["submit", "wait", "submit", "image", "wait", "image"]
+    assert [request.seed for request in generator.jobs.values()] == [5, 11]
 
 
 def test_a_corrupt_cached_image_is_fetched_again(tmp_path: Path) -> None:
