@@ -55,8 +55,12 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _check_template(template: str) -> str:
-    if template.count("{}") != 1:
-        raise ValueError("a template needs exactly one '{}' where the class name goes")
+    try:
+        filled = template.format("\0")
+    except (IndexError, KeyError, ValueError):
+        filled = ""
+    if template.count("{}") != 1 or filled.count("\0") != 1:
+        raise ValueError("a template needs exactly one '{}' where the class name goes, and no other braces")
     return template
 
 

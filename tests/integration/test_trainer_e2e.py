@@ -153,6 +153,16 @@ def test_a_killed_run_resumes_to_the_same_results_without_the_generator(folder: 
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) == 0.0
 
 
+def test_resuming_with_other_settings_is_refused(folder: Path) -> None:
+    config = yaml.safe_load((folder / "whole.yaml").read_text())
+    config["synthetic"]["generator_url"] = "http://127.0.0.1:1"  # where the generator is may change
+    config["training"]["lr"] = 2e-3  # what the run computes may not
+    changed = folder / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError, match=r"the config changed since the checkpoint in .*whole \(training\)"):
+        run_training(changed, resume=True)
+
+
 def test_a_second_run_in_the_same_folder_needs_resume(folder: Path) -> None:
     with pytest.raises(UserError, match="holds a run already: pass --resume"):
         run_training(write_config(folder, "whole", "http://127.0.0.1:1"))

@@ -10,6 +10,7 @@ import yaml
 from gift_common.errors import UserError
 from services.cli import main as cli_main
 from services.trainer.config import MTIL_DATASETS, load_config, parse_config
+from services.trainer.main import run_training
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 MINIMAL = {
@@ -57,6 +58,7 @@ def test_a_task_overrides_the_training_defaults(tmp_path: Path) -> None:
         ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "bacth_size": 8}]}, "tasks[0].bacth_size: unknown key"),
         ({"tasks": []}, "tasks: list should have at least 1 item"),
         ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "templates": ["a photo"]}]}, "exactly one '{}'"),
+        ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "templates": ["a {} {kind}"]}]}, "no other braces"),
         ({"method": {"preset": "zscl"}}, "method.preset: input should be 'ft'"),
         ({"method": {"overrides": {"itaa": 1}}}, "method.overrides: unknown setting itaa; known: distill"),
         ({"method": {"overrides": {"ewc_batches": 2.5}}}, "method.overrides: ewc_batches: input should be a valid int"),
@@ -103,6 +105,19 @@ def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path, capsy
 
 ORDER_II = ["StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397"]
 ORDER_II += ["Aircraft", "Caltech101", "DTD", "EuroSAT", "CIFAR100"]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"architecture": "No-Such-Model"}, "model: unknown architecture 'No-Such-Model'"),
+        ({"architecture": "missing.json"}, "model: architecture config .*missing.json not found"),
+        ({"architecture": "ViT-B-16", "pretrained": "none.pt"}, "model: checkpoint .*none.pt not found"),
+    ],
+)
+def test_model_mistakes_are_user_errors(tmp_path: Path, model: dict, expected: str) -> None:
+    with pytest.raises(UserError, match=expected):
+        run_training(write(tmp_path, {**MINIMAL, "model": model}))
 
 
 @pytest.mark.parametrize(("name", "order"), [("mtil_order1.yaml", list(MTIL_DATASETS)), ("mtil_order2.yaml", ORDER_II)])
