@@ -100,11 +100,6 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def pick_device(requested: str) -> torch.device:
     """'auto' is CUDA if there is one, else CPU; under torchrun each process takes cuda:LOCAL_RANK."""
     if requested == "auto":

@@ -126,7 +126,7 @@ class Runner:
         if checkpoint_path.exists() and not resume:
             raise UserError(f"{self.out} holds a run already: pass --resume to continue it, or set another output_dir")
         if resume and checkpoint_path.exists():
-            self._restore(torch.load(checkpoint_path, map_location=self.device, weights_only=False))
+            self._restore(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
         else:
             if resume:
                 say(f"no checkpoint in {self.out}: starting the run from the beginning")
