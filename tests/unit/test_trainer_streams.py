@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import islice
 
 import torch
@@ -52,3 +53,8 @@ def test_ranks_read_contiguous_slices_of_the_global_batch() -> None:
 def test_in_order_reads_every_item_or_a_shard_once() -> None:
     assert [i for batch, _ in in_order(RandomlyAugmented(), 4) for i in batch.tolist()] == list(range(10))
     assert [i for batch, _ in in_order(RandomlyAugmented(), 4, indices=range(1, 10, 3)) for i in batch] == [1, 4, 7]
+
+
+def test_loader_workers_do_not_change_the_batches() -> None:
+    stream = BatchStream(RandomlyAugmented(), batch_size=4, seed=(2,))
+    assert take(replace(stream, num_workers=2), 5) == take(stream, 5)
