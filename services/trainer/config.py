@@ -1,7 +1,7 @@
 """The run configuration of `gift train --config FILE`: YAML checked by pydantic, every setting and default here.
 
 Relative paths are relative to the config file's folder, so a config works from any working directory. Every error
-names the key path and the rule it breaks, e.g. `tasks[1].lr: must be greater than 0 (got -1)`, in one message.
+names the key path and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class DatasetConfig(Strict):
 class TaskConfig(Strict):
     name: str | None = Field(default=None, min_length=1, description="default: the dataset type or folder name")
     dataset: DatasetConfig
-    classnames: list[str] | None = Field(default=None, min_length=2, description="default: the dataset's own")
+    classnames: list[str] | None = Field(default=None, min_length=2, description="in label order; default: dataset's")
     templates: list[Template] | None = Field(default=None, min_length=1, description="[0] trains; all evaluate")
     lr: Positive | None = None
     iterations: int | None = Field(default=None, ge=1)
