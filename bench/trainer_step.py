@@ -1,7 +1,8 @@
 """Seconds per training iteration of FT, GIFT with a teacher forward every step, and GIFT with the cached teacher.
 
 Same tiny open_clip model, same batches (B task images over C classes, B synthetic pairs), one engine, measured side
-by side: rounds of a few steps of each method in turn, so that a slower moment of a shared machine hits all three.
+by side: rounds of a few steps of each method in turn; the figures are medians over rounds (of times, and of the
+ratios within a round), so that a slower moment of a shared machine does not decide them.
 Data comes from memory, so the figures are the step's compute (each step ends with one device sync, for its log).
 The teacher cache is built once per task; its time is reported apart (over a task's 1,000 iterations it is
 negligible). The default of 100 classes is about the mean class count of the MTIL tasks (109).
@@ -16,6 +17,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +70,22 @@ def started(model: nn.Module, preset: str, teacher: str, task: Task, device: str
     return engine, time.perf_counter() - start
 
 
+def timed_round(engines: dict[str, Engine], steps: int) -> dict[str, float]:
+    """Seconds per iteration of each engine over `steps` steps, run one after the other."""
+    seconds = {}
+    for name, engine in engines.items():
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        seconds[name] = (time.perf_counter() - start) / steps
+    return seconds
+
+
+def ratio(rounds: list[dict[str, float]], name: str, reference: str) -> float:
+    """The median over rounds of the per-round ratio: a burst of load from elsewhere hits one round, not the figure."""
+    return statistics.median(r[name] / r[reference] for r in rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64)
@@ -90,21 +108,15 @@ def main() -> None:
         engines[name], cache_seconds[name] = started(model, preset, teacher, task, args.device)
         for _ in range(2):  # warm-up: allocator, first-call overheads
             engines[name].step()
-    seconds = dict.fromkeys(RUNS, 0.0)
-    for _ in range(args.rounds):
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                engine.step()
-            seconds[name] += time.perf_counter() - start
-    per_step = {name: total / (args.rounds * args.steps_per_round) for name, total in seconds.items()}
+    rounds = [timed_round(engines, args.steps_per_round) for _ in range(args.rounds)]
+    per_step = {name: statistics.median(r[name] for r in rounds) for name in RUNS}
     for name, value in per_step.items():
         print(f"{name:>14}: {value * 1000:8.1f} ms/iteration")
     print(f"teacher cache of {args.replay_size} pairs built in {cache_seconds['gift_cached']:.2f} s (once per task)")
     result = {
-        "gift_cached_over_ft": per_step["gift_cached"] / per_step["ft"],
-        "gift_per_step_over_ft": per_step["gift_per_step"] / per_step["ft"],
-        "gift_cached_over_gift_per_step": per_step["gift_cached"] / per_step["gift_per_step"],
+        "gift_cached_over_ft": ratio(rounds, "gift_cached", "ft"),
+        "gift_per_step_over_ft": ratio(rounds, "gift_per_step", "ft"),
+        "gift_cached_over_gift_per_step": ratio(rounds, "gift_cached", "gift_per_step"),
         **{f"{name}_s_per_it": value for name, value in per_step.items()},
         "teacher_cache_build_s": cache_seconds["gift_cached"],
         "batch_size": args.batch_size,
