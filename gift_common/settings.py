@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     poll_seconds: float = Field(default=0.02, gt=0)
     device: str = "auto"
+    torch_threads: int = Field(default=0, ge=0, description="CPU threads for torch; 0 keeps torch's default")
 
     # --- client -----------------------------------------------------------------------------------
     generator_url: str = "http://127.0.0.1:8000"

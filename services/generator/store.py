@@ -38,7 +38,9 @@ end
 # Record finished images of one job; finish the job when the last one is in.
 # KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, channel, then (index, record, cached).
 # Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
-RECORD_IMAGES = _END_JOB_FUNCTION + """
+RECORD_IMAGES = (
+    _END_JOB_FUNCTION
+    + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if state ~= 'queued' and state ~= 'running' then return {-1, 0, 0} end
 for i = 5, #ARGV, 3 do
@@ -55,11 +57,14 @@ end
 end_job(ARGV[1], 'succeeded', ARGV[2], ARGV[3], ARGV[4])
 return {2, done, total}
 """
+)
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
 # KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
-END_JOB = _END_JOB_FUNCTION + """
+END_JOB = (
+    _END_JOB_FUNCTION
+    + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if not state then return false end
 if state ~= 'queued' and state ~= 'running' then return state end
@@ -67,6 +72,7 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 end_job(ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 return ARGV[2]
 """
+)
 
 # Round-robin passes over a model's active jobs, one new chunk per job per pass, until ``max`` chunks are read
 # or nothing is left. Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.

@@ -17,8 +17,15 @@ from services.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 
-# Short timeouts so that takeover and readiness happen within a test's patience.
-FAST_ENV = {"GIFT_CLAIM_TIMEOUT_SECONDS": "3", "GIFT_HEARTBEAT_SECONDS": "0.5", "GIFT_BATCH_SIZE": "8"}
+# Short timeouts so that takeover and readiness happen within a test's patience; one torch thread per worker, as
+# the API, Redis, the test and sometimes two workers share the machine's cores (torch's spinning threads slow
+# to a crawl when they outnumber the free cores).
+FAST_ENV = {
+    "GIFT_CLAIM_TIMEOUT_SECONDS": "3",
+    "GIFT_HEARTBEAT_SECONDS": "0.5",
+    "GIFT_BATCH_SIZE": "8",
+    "GIFT_TORCH_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +38,24 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def print_logs_if_failed(request: pytest.FixtureRequest, stack: LocalStack) -> None:
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for log in sorted(stack.run_dir.glob("*.log")):
+            lines = [line for line in log.read_text(errors="replace").splitlines() if " gift." in line]
+            print(f"--- {log.name} (last 30 lines of the service's own log) ---", *lines[-30:], sep="\n")
+
+
 @pytest.fixture
-def make_stack(tmp_path: Path, model_home: Path) -> Iterator[Callable[..., LocalStack]]:
+def make_stack(request: pytest.FixtureRequest, tmp_path: Path, model_home: Path) -> Iterator[Callable[..., LocalStack]]:
     """Start stacks that the test may break (kill, stop Redis); all are stopped at the end."""
     stacks: list[LocalStack] = []
 
@@ -44,6 +67,7 @@ def make_stack(tmp_path: Path, model_home: Path) -> Iterator[Callable[..., Local
     yield make
     for stack in stacks:
         stack.stop()
+        print_logs_if_failed(request, stack)
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_stopped_worker_hands_its_work_over_without_waiting_for_the_claim_timeou
     client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
     job = client.submit(JobRequest(prompts=[f"handover image {i}" for i in range(40)], num_inference_steps=10))
     wait_for(lambda: client.status(job.id).done >= 4, 60, "the first worker to make some images")
-    stack.workers[0].stop()  # SIGTERM: finish the batch in hand, release the rest
+    stack.workers[0].stop(timeout=120)  # SIGTERM: finish the batch in hand, release the rest
     assert "released" in stack.workers[0].log.read_text()
     assert client.status(job.id).done < 40, "the stop must come mid-job"
     stack.start_worker()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 from redis import Redis
 from redis import exceptions as redis_errors
 
@@ -32,6 +33,7 @@ from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
 log = logging.getLogger("gift.worker")
 T = TypeVar("T")
 REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
 class Worker:
@@ -62,6 +64,10 @@ class Worker:
             except REDIS_DOWN as error:
                 log.warning("redis unreachable (%s); retrying", error)
                 self.stopping.wait(1.0)
+            except Exception:  # a bug must not stop the worker: what it held is taken over after the claim timeout
+                log.exception("worker step failed; going on")
+                self.stopping.wait(1.0)
+        beat.join()  # a heartbeat after the release would make the released chunks look fresh again
         with contextlib.suppress(*REDIS_DOWN):  # a stop must not hang on an outage; the claim timeout covers it
             self.queue.release(self.backlog.held())
             self.queue.leave()
@@ -110,7 +116,7 @@ class Worker:
 
     def _fill_backlog(self) -> None:
         if time.monotonic() >= self._next_reclaim:
-            self._next_reclaim = time.monotonic() + max(1.0, self.settings.claim_timeout_seconds / 4)
+            self._next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
             for name in self.models:
                 self._add_chunks(self.queue.reclaim(name))
         if len(self.backlog) < 2 * self.batch_size:
@@ -214,6 +220,8 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
 def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     device = synthesis.resolve_device(settings.device)
     if not models and settings.models:
         models = [parse_model_spec(spec) for spec in settings.models.split(",") if spec.strip()]

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from redis import Redis
+from redis import exceptions as redis_errors
 
 from gift_common import redis_keys
 from gift_common.schemas import JobRequest, JobState
@@ -95,26 +96,33 @@ class WorkerQueue:
     def reclaim(self, model: str) -> list[Chunk]:
         """Take over chunks that other consumers left idle past the claim timeout; fail poison chunks."""
         idle_ms = int(self.settings.claim_timeout_seconds * 1000)
+        jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in jobs:
+                pipe.xpending_range(redis_keys.job_work(job_id), redis_keys.GROUP, "-", "+", 100, idle=idle_ms)
+            pendings = pipe.execute(raise_on_error=False)
         taken: list[Chunk] = []
-        for job_id in self.redis.zrange(redis_keys.active(model), 0, -1):
-            work = redis_keys.job_work(job_id)
-            pending = self.redis.xpending_range(work, redis_keys.GROUP, "-", "+", 100, idle=idle_ms)
+        for job_id, pending in zip(jobs, pendings, strict=True):
+            if isinstance(pending, Exception):  # the job ended meanwhile
+                continue
             stale = [p for p in pending if p["consumer"] != self.consumer]
             if poison := [p for p in stale if p["times_delivered"] >= self.settings.max_deliveries]:
-                self.fail_job(job_id, f"a chunk was delivered {poison[0]['times_delivered']} times and never "
-                              "finished: workers died while generating it")  # fmt: skip
-                continue
-            if not stale:
-                continue
-            ids = [p["message_id"] for p in stale]
-            claimed = self.redis.xclaim(work, redis_keys.GROUP, self.consumer, idle_ms, ids)
-            for entry_id, fields in claimed:
-                if fields:
-                    taken.append(Chunk(job_id, entry_id, store.decode_indices(fields["indices"])))
-            log.info("job %s: took over %d chunk(s) from %s", job_id, len(claimed), {p["consumer"] for p in stale})
+                times = poison[0]["times_delivered"]
+                self.fail_job(job_id, f"a chunk was delivered {times} times and never finished: workers died on it")
+            elif stale:
+                taken += self._claim(job_id, stale, idle_ms)
         if taken:
             self.redis.hincrby(*stats.counter_increment("chunks_reclaimed", len(taken)))
         return taken
+
+    def _claim(self, job_id: str, stale: list[dict], idle_ms: int) -> list[Chunk]:
+        try:
+            ids = [p["message_id"] for p in stale]
+            claimed = self.redis.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, idle_ms, ids)
+        except redis_errors.ResponseError:  # the job ended meanwhile
+            return []
+        log.info("job %s: took over %d chunk(s) from %s", job_id, len(claimed), sorted({p["consumer"] for p in stale}))
+        return [Chunk(job_id, entry, store.decode_indices(fields["indices"])) for entry, fields in claimed if fields]
 
     def job_info(self, job_id: str) -> JobInfo | None:
         tenant, model, request, created_at, state = self.redis.hmget(
