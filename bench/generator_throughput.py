@@ -104,14 +104,21 @@ def main() -> None:
     parser.add_argument("--jobs-per-client", type=int, default=2, help="jobs of 16 prompts per client per round")
     parser.add_argument("--batch-size", type=int, default=16, help="the worker's batch size, also used in (b)")
     parser.add_argument("--steps", type=int, default=25, help="inference steps (the API's default)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="for (a), (b) and the worker; 0: torch's default")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     home = Path(tempfile.mkdtemp(prefix="gift-bench-"))
     model = load_model("tinyworld", default_model_dir(home), torch.device("cpu"))
     print(f"tiny pipeline, torch threads {torch.get_num_threads()}, {args.steps} steps, {args.rounds} rounds")
     pipeline_seconds(model, args.batch_size, prompts(args.batch_size, "warm-up"), args.steps)
 
-    env = {"GIFT_HOME": str(home), "GIFT_BATCH_SIZE": str(args.batch_size)}
+    env = {
+        "GIFT_HOME": str(home),
+        "GIFT_BATCH_SIZE": str(args.batch_size),
+        "GIFT_TORCH_THREADS": str(torch.get_num_threads()),
+    }
     seconds = {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}
     images = {"a": 0, "b": 0, "c": 0}
     all_jobs, finished = [], []
@@ -158,6 +165,7 @@ def main() -> None:
         "c_mean_batch": round(mean_batch, 2),
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "torch_threads": torch.get_num_threads(),
         "service_images": images["c"],
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
     }

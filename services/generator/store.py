@@ -74,6 +74,34 @@ return ARGV[2]
 """
 )
 
+# Look up images by content key: the SHA-256 of each one's PNG, or false when it was never made or its bytes were
+# evicted. Hits have their TTLs refreshed (least recently used is what expires). One round trip for a whole job.
+# KEYS: cache keys. ARGV: PNG key prefix, ttl.
+CACHE_LOOKUP = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local sha = redis.call('GET', key)
+  if sha and redis.call('EXPIRE', ARGV[1] .. sha, ARGV[2]) == 1 then
+    redis.call('EXPIRE', key, ARGV[2])
+    found[i] = sha
+  else
+    found[i] = false
+  end
+end
+return found
+"""
+KEYS_PER_LOOKUP = 512  # a lookup of more keys is split, so one script never holds Redis for long
+
+
+def lookup_args(content_keys: list[str], ttl: int) -> list[tuple[list[str], list[str | int]]]:
+    """(KEYS, ARGV) of the CACHE_LOOKUP calls for ``content_keys``, in order."""
+    keys = [redis_keys.cache(key) for key in content_keys]
+    return [
+        (keys[start : start + KEYS_PER_LOOKUP], [redis_keys.png(""), ttl])
+        for start in range(0, len(keys), KEYS_PER_LOOKUP)
+    ]
+
+
 # Round-robin passes over a model's active jobs, one new chunk per job per pass, until ``max`` chunks are read
 # or nothing is left. Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.
 # KEYS: active. ARGV: key prefix, group, consumer, max chunks, cursor.

@@ -11,8 +11,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+import redis
 
 from gift_common.client import GeneratorClient
+from gift_common.content_key import image_key
 from gift_common.schemas import JobRequest, JobState
 
 from .conftest import drop_cache, pixels, wait_for
@@ -138,3 +140,24 @@ def test_operations_endpoints(stack):
         schema["paths"]
     )
     assert httpx.get(f"{stack.api_url}/docs").status_code == 200
+
+
+def test_cache_lookup_of_a_large_job_keeps_every_index(client: GeneratorClient, stack):
+    """More prompts than one lookup script takes: hits found in later batches land on their own indices."""
+    registered = json.loads(redis.Redis.from_url(stack.redis_url).hget("gift:models", "tinyworld"))
+    prompts = [f"pre-cached prompt {i}" for i in range(700)]
+    store = redis.Redis.from_url(stack.redis_url)
+    expected = {}
+    for i, prompt in enumerate(prompts):
+        if i % 3:  # every third image is not cached: the job still needs the worker for those
+            continue
+        key = image_key(model_fingerprint=registered["fingerprint"], prompt=prompt, negative_prompt=None, seed=i,
+                        num_inference_steps=1, guidance_scale=7.5, height=32, width=32)  # fmt: skip
+        sha = hashlib.sha256(prompt.encode()).hexdigest()
+        store.set(f"gift:png:{sha}", prompt.encode(), ex=600)
+        store.set(f"gift:cache:{key}", sha, ex=600)
+        expected[i] = sha
+    job = client.submit(JobRequest(prompts=prompts, num_inference_steps=1))
+    assert job.cached == len(expected) == job.done
+    assert {image.index: image.sha256 for image in job.images} == expected
+    client.cancel(job.id)

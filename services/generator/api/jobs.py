@@ -51,6 +51,7 @@ class JobService:
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
+        self._lookup = redis.register_script(store.CACHE_LOOKUP)
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -124,31 +125,22 @@ class JobService:
         if model is None:
             return {}
         keys = [
-            redis_keys.cache(
-                image_key(
-                    model_fingerprint=model.fingerprint,
-                    prompt=prompt,
-                    negative_prompt=request.negative_prompt,
-                    seed=request.seed_of(i),
-                    num_inference_steps=request.num_inference_steps,
-                    guidance_scale=request.guidance_scale,
-                    height=request.height or model.info.height,
-                    width=request.width or model.info.width,
-                )
+            image_key(
+                model_fingerprint=model.fingerprint,
+                prompt=prompt,
+                negative_prompt=request.negative_prompt,
+                seed=request.seed_of(i),
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                height=request.height or model.info.height,
+                width=request.width or model.info.width,
             )
             for i, prompt in enumerate(request.prompts)
         ]
-        hits: dict[int, str] = {}
-        for start in range(0, len(keys), KEY_BATCH):
-            shas = await self.redis.mget(keys[start : start + KEY_BATCH])
-            found = {start + i: sha for i, sha in enumerate(shas) if sha}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i, sha in found.items():
-                    pipe.expire(redis_keys.png(sha), self.settings.image_ttl_seconds)
-                    pipe.expire(keys[i], self.settings.image_ttl_seconds)
-                alive = await pipe.execute()
-            hits.update({i: sha for (i, sha), png_alive in zip(found.items(), alive[::2], strict=True) if png_alive})
-        return hits
+        found: list[str | None] = []
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+            found += await self._lookup(keys=lookup_keys, args=args)
+        return {i: sha for i, sha in enumerate(found) if sha}
 
     async def _create(
         self,

@@ -53,6 +53,7 @@ class WorkerQueue:
         self._record = redis.register_script(store.RECORD_IMAGES)
         self._end = redis.register_script(store.END_JOB)
         self._read = redis.register_script(store.READ_ROUND)
+        self._lookup = redis.register_script(store.CACHE_LOOKUP)
 
     # --- presence -----------------------------------------------------------------------------------
 
@@ -145,15 +146,10 @@ class WorkerQueue:
 
     def cached(self, keys: list[str]) -> list[str | None]:
         """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
-        shas = self.redis.mget([redis_keys.cache(key) for key in keys]) if keys else []
-        ttl = self.settings.image_ttl_seconds
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key, sha in zip(keys, shas, strict=True):
-                if sha:
-                    pipe.expire(redis_keys.png(sha), ttl)
-                    pipe.expire(redis_keys.cache(key), ttl)
-            alive = iter(pipe.execute()[::2])
-        return [sha if sha and next(alive) else None for sha in shas]
+        found: list[str | None] = []
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+            found += self._lookup(keys=lookup_keys, args=args)
+        return found
 
     def store_pngs(self, blobs: Redis, items: list[tuple[str, str, bytes]]) -> None:
         """Store (content key, sha256, PNG) triples: bytes first, once; then the cache entry that names them."""
