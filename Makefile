@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generator_throughput.py
+	$(BIN)/python bench/trainer_step.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
