@@ -180,7 +180,7 @@ class _Protocol:
     def wait(self, job_id: str, timeout: float | None, progress: bool) -> _Op[JobStatus]:
         timeout = math.inf if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        with tqdm(desc=f"job {job_id}", unit="img", disable=not progress) as bar:
+        with tqdm(desc=f"job {job_id}", unit="img", disable=not progress, delay=0.5) as bar:
             while True:
                 job = yield from self.status(job_id, wait=_poll_seconds(deadline), images=False)
                 _show_progress(bar, job)
