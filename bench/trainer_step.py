@@ -18,9 +18,7 @@ import copy
 import json
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,8 +26,7 @@ from torch import nn
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine
 from services.trainer.methods import PRESETS, build_terms
-from services.trainer.models import create_model, create_tokenizer
-from tests.unit.test_trainer_models import write_tiny_arch
+from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer
 
 RUNS = {"ft": ("ft", "cached"), "gift_per_step": ("gift", "per_step"), "gift_cached": ("gift", "cached")}
 
@@ -98,9 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as folder:
-        arch = write_tiny_arch(Path(folder))
-        model, tokenizer = create_model(arch), create_tokenizer(arch)
+    model, tokenizer = create_model(TINY_TEST_ARCHITECTURE), create_tokenizer(TINY_TEST_ARCHITECTURE)
     iterations = 2 + args.rounds * args.steps_per_round
     task = make_task(tokenizer, args.batch_size, args.classes, args.replay_size, iterations)
     engines, cache_seconds = {}, {}

@@ -15,6 +15,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 REMOTE_SCHEMA = "hf-hub:"
+# A tiny CLIP (ViT 32 px, two layers each side) for smoke runs, tests and benchmarks on a CPU.
+TINY_TEST_ARCHITECTURE = Path(__file__).parent / "data" / "gift-test-tiny.json"
 
 
 def resolve_architecture(name_or_config: str | Path) -> str:

@@ -9,13 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from services.trainer.models import create_model, create_tokenizer, image_transforms
+from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer, image_transforms
 
-TINY_ARCH = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
-}
+TINY_ARCH = json.loads(TINY_TEST_ARCHITECTURE.read_text())
 
 
 def write_tiny_arch(directory: Path) -> Path:
