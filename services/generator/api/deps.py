@@ -1,4 +1,7 @@
-"""Dependencies the routes get injected: settings, the job service and the caller's tenant."""
+"""Dependencies the routes get injected: settings, the job service and the caller's tenant.
+
+All are coroutines: a plain function would cost every request a hop through the thread pool.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ LOCAL_TENANT = "local"  # the single tenant when GIFT_API_KEYS is unset
 _bearer = HTTPBearer(auto_error=False, description="a key from GIFT_API_KEYS")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_jobs(request: Request) -> JobService:
+async def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def get_tenant(
+async def get_tenant(
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
