@@ -105,9 +105,9 @@ def draw_full_frame(kind: str, style: Style) -> Draw:
 # Each task's look, shifted from the world's (tiny world's WORLD_STYLE) in its own way.
 HANDWRITING = Style(rotation=15, shear=0.35, jitter=0.07, pen=(0.15, 0.35), lowres=0.3, noise=0.06)
 SKETCH = Style(rotation=20, shear=0.3, jitter=0.06, lowres=0.2, noise=0.05)
-CLUTTER = Style(rotation=25, clutter=4, zoom=1.3, tint=0.2, lowres=0.3, noise=0.05)
-TEXTURE = Style(free_angle=True, warp=3.0, period=(3.0, 10.0), tint=0.25, lowres=0.3, noise=0.06)
-SCENERY = Style(zoom=2.0, clutter=3, tint=0.25, lowres=0.3, noise=0.05)
+CLUTTER = Style(rotation=20, clutter=3, zoom=1.2, tint=0.2, lowres=0.15, noise=0.05)
+TEXTURE = Style(free_angle=True, warp=1.5, period=(4.0, 9.0), tint=0.3, lowres=0.0, noise=0.06)
+SCENERY = Style(zoom=2.0, clutter=3, tint=0.25, grey=0.5, lowres=0.3, noise=0.05)
 
 _A = ("a photo of a {}.", "a picture of a {}.", "a {}.")
 
@@ -146,9 +146,9 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def _synthetic(task: TaskSpec, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic(task: TaskSpec, split: str, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced classes (label = index mod classes); each image drawn from its own (seed, task/split, index)."""
-    labels = np.arange(SPLIT_SIZES[split]) % len(task.values)
+    labels = np.arange(count) % len(task.values)
     stream = f"{task.name}/{split}"
     images = [task.draw(task.values[label], stream_rng(seed, stream, i)) for i, label in enumerate(labels)]
     return np.stack(images), labels.astype(np.int64)
@@ -173,12 +173,18 @@ def _real_digits(split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images[chosen], labels[chosen]
 
 
-def load_split(name: str, split: str, seed: int = 0, transform: Callable | None = None) -> TaskSplit:
-    """One split of a task, the same for the same (name, split, seed)."""
+def load_split(
+    name: str, split: str, seed: int = 0, transform: Callable | None = None, limit: int | None = None
+) -> TaskSplit:
+    """One split of a task, the same for the same (name, split, seed); ``limit`` keeps its first items only."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: one of {SPLITS}")
     task = TASKS[name]
-    images, labels = _synthetic(task, split, seed) if task.draw else _real_digits(split, seed)
+    if task.draw:
+        images, labels = _synthetic(task, split, seed, min(SPLIT_SIZES[split], limit or SPLIT_SIZES[split]))
+    else:
+        images, labels = _real_digits(split, seed)
+        images, labels = images[:limit], labels[:limit]
     return TaskSplit(name, images, labels, task.classnames, task.templates, transform)
 
 

@@ -39,7 +39,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 FIGURES: dict[str, dict[str, list[Part]]] = {"shape": SHAPES, "object": OBJECTS, "digit": DIGITS, "letter": LETTERS}
 PATTERNS = ("solid", "outlined", *TEXTURES)
-SIZES = {"small": (10.0, 13.0), "medium": (15.0, 19.0), "large": (22.0, 28.0)}  # figure height, pixels
+SIZES = {"small": (12.0, 14.0), "medium": (16.0, 20.0), "large": (22.0, 28.0)}  # figure height, pixels
 POSITIONS = {"left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "middle": (0.5, 0.5)}
 COUNTS = ("one", "two", "three", "four")
 
@@ -60,8 +60,8 @@ _POSITION_WORDS = {"left": "on the left", "right": "on the right", "top": "at th
 _POSITION_WORDS["middle"] = "in the middle"
 _SCENE_WORDS = {"sky": "in the sky", "night": "at night"}
 # Kinds of image: a thing of one figure family, a full-frame pattern, or a bare scene.
-_KINDS = {"shape": 0.25, "object": 0.22, "digit": 0.18, "letter": 0.20, "pattern": 0.08, "background": 0.07}
-_IDENTITY_WEIGHT = 3.0  # captions name what the thing is three times as often as any one of its attributes
+_KINDS = {"shape": 0.24, "object": 0.24, "digit": 0.2, "letter": 0.22, "pattern": 0.05, "background": 0.05}
+_IDENTITY_WEIGHT = 4.0  # captions name what the thing is four times as often as any one of its attributes
 _FACTS_PER_CAPTION = (0.5, 0.25, 0.1, 0.15)  # one, two, three facts, or all of them
 
 
@@ -72,16 +72,17 @@ class Style:
     rotation: float = 8.0  # max |angle| of a figure, degrees
     shear: float = 0.15  # max |shear| of a figure
     jitter: float = 0.015  # hand-drawn jitter of each point, unit box (a figure spans [-1, 1])
-    pen: tuple[float, float] = (0.1, 0.32)  # stroke width range, unit box
+    pen: tuple[float, float] = (0.1, 0.5)  # stroke width range, unit box
     period: tuple[float, float] = (3.5, 7.0)  # repeat of a full-frame pattern, pixels
     free_angle: bool = False  # patterns at any angle, not near 0/45/90/135 degrees
     warp: float = 0.0  # bend patterns by this many pixels
     clutter: int = 0  # up to this many small stray shapes behind the subject
     zoom: float = 1.0  # zoom into the frame by up to this factor
-    lowres: float = 0.25  # probability of a low-resolution look (8-16 px, upscaled)
+    lowres: float = 0.12  # probability of a low-resolution look (10-16 px, upscaled)
     tint: float = 0.0  # per-channel colour cast, up to this fraction
+    grey: float = 0.0  # probability of a black-and-white picture
     noise: float = 0.03  # max σ of pixel noise
-    glyph_sizes: tuple[float, float, float] = (0.1, 0.3, 0.6)  # small, medium, large for digits and letters
+    glyph_sizes: tuple[float, float, float] = (0.05, 0.3, 0.65)  # small, medium, large for digits and letters
     colours: tuple[str, ...] = tuple(COLOURS)
 
 
@@ -188,13 +189,13 @@ def sample_facts(rng: np.random.Generator, style: Style = WORLD_STYLE) -> tuple[
         return {"background": _pick(rng, FAMILIES["background"])}, kind
     if kind == "pattern":
         return {"pattern": _pick(rng, TEXTURES), "colour": _pick(rng, style.colours)}, kind
-    background = _pick(rng, FAMILIES["background"]) if rng.random() < 0.4 else _pick(rng, style.colours)
+    background = _pick(rng, FAMILIES["background"]) if rng.random() < 0.2 else _pick(rng, style.colours)
     facts = {kind: _pick(rng, FAMILIES[kind]), "background": background}
     facts["colour"] = _contrasting(rng, _background_colour(background), style.colours)
     if kind in ("shape", "object"):
-        facts["pattern"] = _pick(rng, PATTERNS, [0.45, 0.15] + [0.4 / len(TEXTURES)] * len(TEXTURES))
-        facts["count"] = _pick(rng, COUNTS, [0.7, 0.1, 0.1, 0.1])
-        size_odds = (1 / 3, 1 / 3, 1 / 3)
+        facts["pattern"] = _pick(rng, PATTERNS, [0.55, 0.2] + [0.25 / len(TEXTURES)] * len(TEXTURES))
+        facts["count"] = _pick(rng, COUNTS, [0.85, 0.05, 0.05, 0.05])
+        size_odds = (0.2, 0.35, 0.45)
     else:
         size_odds = style.glyph_sizes
     if facts.get("count", "one") == "one":
@@ -276,7 +277,7 @@ def _layout(facts: Facts, rng: np.random.Generator) -> list[tuple[tuple[float, f
         x, y = POSITIONS[facts["position"]]
         return [((x + rng.normal(0, 0.03), y + rng.normal(0, 0.03)), rng.uniform(*SIZES[size]))]
     cells = rng.choice(9, size=count, replace=False)
-    return [(((c % 3 + 0.5) / 3 + rng.normal(0, 0.02), (c // 3 + 0.5) / 3 + rng.normal(0, 0.02)), 9.0) for c in cells]
+    return [(((c % 3 + 0.5) / 3 + rng.normal(0, 0.02), (c // 3 + 0.5) / 3 + rng.normal(0, 0.02)), 10.0) for c in cells]
 
 
 def _paint(image: np.ndarray, coverage: np.ndarray, paint: np.ndarray) -> np.ndarray:
@@ -312,7 +313,7 @@ def _resample(image: np.ndarray, box: tuple[float, float, float, float], side: i
 
 
 def _degrade(image: np.ndarray, rng: np.random.Generator, style: Style) -> np.ndarray:
-    """The camera: zoom, low resolution, colour cast and noise, then 8-bit pixels."""
+    """The camera: zoom, low resolution, colour cast or black and white, and noise, then 8-bit pixels."""
     box = (0.0, 0.0, float(SIZE), float(SIZE))
     if style.zoom > 1:
         side = SIZE / rng.uniform(1, style.zoom)
@@ -320,9 +321,11 @@ def _degrade(image: np.ndarray, rng: np.random.Generator, style: Style) -> np.nd
         box = (x0, y0, x0 + side, y0 + side)
     lowres = rng.random() < style.lowres
     if lowres or style.zoom > 1:
-        image = _resample(image, box, int(rng.integers(8, 17)) if lowres else SIZE)
+        image = _resample(image, box, int(rng.integers(10, 17)) if lowres else SIZE)
     if style.tint:
         image = image * rng.uniform(1 - style.tint, 1 + style.tint, 3).astype(np.float32)
+    if rng.random() < style.grey:
+        image = np.repeat(image @ np.float32([0.299, 0.587, 0.114])[:, None], 3, axis=2)
     image = image + rng.standard_normal(image.shape, np.float32) * np.float32(rng.uniform(0, style.noise))
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
