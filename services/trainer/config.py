@@ -20,11 +20,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gift_common.errors import UserError
 from services.trainer.context import TeacherMode
 from services.trainer.methods import PRESETS, MethodSettings
+from tinyworld.tasks import TASKS as TINYWORLD_TASKS
 
 MTIL_DATASETS = (
     "Aircraft",
@@ -39,9 +41,10 @@ MTIL_DATASETS = (
     "StanfordCars",
     "SUN397",
 )
-DatasetType = Literal[(*MTIL_DATASETS, "imagefolder", "csv")]  # type: ignore[valid-type]
+DatasetType = Literal[(*MTIL_DATASETS, "imagefolder", "csv", "tinyworld")]  # type: ignore[valid-type]
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 DEFAULT_TEMPLATE = "a photo of a {}."
+TINYWORLD_TEMPLATE = "a photo of {}."  # the world's concept names carry their article: "a circle", "grass"
 
 
 def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
@@ -124,13 +127,42 @@ class TrainingConfig(Strict):
 
 
 class DatasetConfig(Strict):
-    """An MTIL dataset through torchvision, an ImageFolder (root/train, root/test) or CSVs (root/{train,test}.csv)."""
+    """An MTIL dataset through torchvision, an ImageFolder (root/train, root/test), CSVs (root/{train,test}.csv), or
+    a task of the embedded tiny world (`task`, no root: its splits are drawn, with native val splits)."""
 
     type: DatasetType
-    root: ConfigPath
+    root: ConfigPath | None = Field(default=None, validate_default=True, description="every type but tinyworld")
+    task: str | None = Field(default=None, validate_default=True, description="tinyworld only: a task name")
+    seed: int = Field(default=0, ge=0, description="tinyworld only: the seed its splits are drawn from")
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="held out for testing where torchvision has no split (Caltech101, ...)"
     )
+    val_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="of train, the val split (tinyworld has its own); trains only on the rest "
+        "when evaluation.split is val"
+    )  # fmt: skip
+
+    @field_validator("root")
+    @classmethod
+    def _root_unless_tinyworld(cls, root: Path | None, info: ValidationInfo) -> Path | None:
+        kind = info.data.get("type")
+        if kind == "tinyworld" and root is not None:
+            raise ValueError("not used by dataset type tinyworld (its images are drawn, not read)")
+        if kind not in (None, "tinyworld") and root is None:
+            raise ValueError(f"required for dataset type {kind}")
+        return root
+
+    @field_validator("task")
+    @classmethod
+    def _tinyworld_task(cls, task: str | None, info: ValidationInfo) -> str | None:
+        kind, known = info.data.get("type"), ", ".join(TINYWORLD_TASKS)
+        if kind == "tinyworld" and task is None:
+            raise ValueError(f"required for dataset type tinyworld: one of {known}")
+        if kind == "tinyworld" and task not in TINYWORLD_TASKS:
+            raise ValueError(f"unknown tinyworld task; known: {known}")
+        if kind not in (None, "tinyworld") and task is not None:
+            raise ValueError("only for dataset type tinyworld")
+        return task
 
 
 class TaskConfig(Strict):
@@ -148,6 +180,8 @@ class TaskConfig(Strict):
         """The task's name in logs, tables and checkpoints."""
         if self.name is not None:
             return self.name
+        if self.dataset.root is None:  # tinyworld
+            return str(self.dataset.task)
         return self.dataset.root.name if self.dataset.type in ("imagefolder", "csv") else self.dataset.type
 
 
@@ -155,8 +189,15 @@ class SyntheticConfig(Strict):
     """The synthetic set S_t of every task (METHOD.md) and how the generator makes it."""
 
     size: int = Field(default=1000, ge=1, description="pairs per task")
-    concepts: str = Field(default="imagenet", description="'imagenet' or a text file with one concept per line")
-    concept_template: Template = DEFAULT_TEMPLATE
+    source: Literal["generator", "tinyworld"] = Field(
+        default="generator", description="images from the generator, or real world images (the replay baseline)"
+    )
+    concepts: str = Field(
+        default="imagenet", description="'imagenet', 'tinyworld' (the world's concepts) or a file of one per line"
+    )
+    concept_template: Template = Field(
+        default=DEFAULT_TEMPLATE, description=f"default {TINYWORLD_TEMPLATE!r} for concepts tinyworld"
+    )
     model: str | None = Field(default=None, description="a generator model name; None = the server's default")
     steps: int = Field(default=25, ge=1, le=200)
     guidance: float = Field(default=7.5, ge=0, le=30)
@@ -168,13 +209,28 @@ class SyntheticConfig(Strict):
     timeout: Positive | None = Field(default=None, description="seconds to wait for one set; None = no limit")
     cache_dir: ConfigPath | None = Field(default=None, description="None = $GIFT_HOME/synthetic")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tinyworld_template(cls, data: Any) -> Any:
+        """World concept names carry their own article, so "a photo of a {}." would double it."""
+        if isinstance(data, dict) and data.get("concepts") == "tinyworld" and "concept_template" not in data:
+            return {**data, "concept_template": TINYWORLD_TEMPLATE}
+        return data
+
     @field_validator("concepts")
     @classmethod
     def _concept_file_relative_to_config(cls, value: str, info: ValidationInfo) -> str:
-        return value if value == "imagenet" else str(_relative_to_config(Path(value), info))
+        return value if value in ("imagenet", "tinyworld") else str(_relative_to_config(Path(value), info))
 
 
 class EvaluationConfig(Strict):
+    """Which split the matrix is measured on (choose settings on val, report on test), and the pre-training probe."""
+
+    split: Literal["test", "val"] = "test"
+    pretraining_probe: Literal["none", "tinyworld"] = Field(
+        default="none", description="tinyworld: zero-shot accuracy on held-out world images per concept family"
+    )
+    probe_size: int = Field(default=2000, ge=1, description="held-out world images the probe draws")
     batch_size: int = Field(default=256, ge=1)
     num_workers: int = Field(default=4, ge=0)
 
@@ -242,6 +298,6 @@ def _format_one(item: dict[str, Any]) -> str:
     path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
     message = _PLAIN_WORDS.get(item["type"], str(item["msg"]).removeprefix("Value error, "))
     message = message[0].lower() + message[1:]
-    shown = item["type"] not in _PLAIN_WORDS and not isinstance(item.get("input"), dict | list)
+    shown = item["type"] not in _PLAIN_WORDS and not isinstance(item.get("input"), dict | list | None)
     got = f" (got {item['input']!r})" if shown and "input" in item else ""
     return f"{path or 'config'}: {message}{got}"

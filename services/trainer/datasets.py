@@ -1,8 +1,13 @@
-"""Task datasets from local files: the eleven MTIL datasets through torchvision, ImageFolder trees, and CSV lists.
+"""Task datasets: the eleven MTIL datasets through torchvision, ImageFolder trees and CSV lists from local files,
+and the embedded tiny world's tasks, which are drawn.
 
 Nothing downloads: a missing or incomplete root is a UserError naming the task, the dataset and the path. Every
 dataset yields (image tensor, label) with labels indexing the task's class names, which ship for the MTIL datasets
 in `data/mtil.json` (in torchvision's label order) together with the prompt template the GIFT authors used.
+
+Splits are train, val and test. The tiny world has its own val splits; elsewhere val is a fixed part of train
+(`val_fraction`), left out of training only when a run evaluates on val, so that settings are chosen on val and
+reported on test.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torchvision.datasets as tv
@@ -21,9 +26,14 @@ from torch.utils.data import Dataset, Subset
 
 from gift_common.errors import UserError
 from services.trainer.config import DEFAULT_TEMPLATE, DatasetConfig, TaskConfig
+from tinyworld import tasks as tinyworld
+from tinyworld.world import CONCEPT_NAMES
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLIT_SEED = 0  # the held-out split of datasets without an official one is the same for every run
+VAL_SEED = 1  # so is the val part of train, drawn independently of the held-out split
+
+Split = Literal["train", "val", "test"]
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -56,9 +66,12 @@ def imagenet_classnames() -> list[str]:
 
 
 def concept_names(spec: str) -> list[str]:
-    """'imagenet', or a text file with one concept per line (blank lines ignored)."""
+    """'imagenet', 'tinyworld' (the world's concept names), or a text file with one concept per line (blank lines
+    ignored)."""
     if spec == "imagenet":
         return imagenet_classnames()
+    if spec == "tinyworld":
+        return list(CONCEPT_NAMES)
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"synthetic.concepts: {path} is not a file; give 'imagenet' or a file with one name per line")
@@ -73,8 +86,10 @@ def classnames(task: TaskConfig) -> list[str]:
     if task.classnames is not None:
         return task.classnames
     spec = task.dataset
+    if spec.type == "tinyworld":
+        return list(tinyworld.TASKS[str(spec.task)].classnames)
     if spec.type == "imagefolder":
-        folder = _existing(task, spec.root / "train")
+        folder = _existing(task, _root(task) / "train")
         return [
             entry.name.replace("_", " ") for entry in sorted(folder.iterdir(), key=lambda p: p.name) if entry.is_dir()
         ]
@@ -87,21 +102,54 @@ def templates(task: TaskConfig) -> list[str]:
     """The task's prompt templates: its own, else the dataset's, else "a photo of a {}."."""
     if task.templates is not None:
         return task.templates
+    if task.dataset.type == "tinyworld":
+        return list(tinyworld.TASKS[str(task.dataset.task)].templates)
     return mtil_metadata().get(task.dataset.type, {}).get("templates", [DEFAULT_TEMPLATE])
 
 
-def load_split(task: TaskConfig, names: Sequence[str], train: bool, transform: Transform) -> Dataset:
-    """The task's train or test split as (image tensor, label) pairs, checked against its class names."""
-    spec = task.dataset
-    _existing(task, spec.root)
+def load_split(
+    task: TaskConfig, names: Sequence[str], split: Split, transform: Transform, hold_out_val: bool = False
+) -> Dataset:
+    """The task's split as (image tensor, label) pairs, checked against its class names.
+
+    Val is the tiny world's own, else a fixed part of train; train leaves that part out when `hold_out_val`.
+    """
+    if task.dataset.type == "tinyworld":
+        return _tinyworld(task, names, split, transform)
+    source = _load(task, names, train=split != "test", transform=transform)
+    if split == "val" or (split == "train" and hold_out_val):
+        return val_split(source, task.dataset.val_fraction, val=split == "val")
+    return source
+
+
+def _load(task: TaskConfig, names: Sequence[str], train: bool, transform: Transform) -> Dataset:
+    spec, root = task.dataset, _root(task)
+    _existing(task, root)
     if spec.type == "csv":
-        return CsvImages(_existing(task, spec.root / ("train.csv" if train else "test.csv")), names, transform)
+        return CsvImages(_existing(task, root / ("train.csv" if train else "test.csv")), names, transform)
     if spec.type == "imagefolder":
-        dataset = _imagefolder(task, spec.root / ("train" if train else "test"), transform)
+        dataset = _imagefolder(task, root / ("train" if train else "test"), transform)
     else:
         dataset = _torchvision(task, spec, train, transform)
     _check_class_count(task, dataset, names)
     return dataset
+
+
+def _tinyworld(task: TaskConfig, names: Sequence[str], split: Split, transform: Transform) -> Dataset:
+    spec = tinyworld.TASKS[str(task.dataset.task)]
+    if len(names) != len(spec.classnames):
+        raise UserError(f"task {task.label}: {len(names)} class names for tinyworld's {len(spec.classnames)} classes")
+    return tinyworld.load_split(spec.name, split, seed=task.dataset.seed, transform=transform)
+
+
+def val_split(train: Dataset, val_fraction: float, val: bool) -> Subset:
+    """The val part of a train split (or the rest), the same for every run: a fixed permutation, as in
+    `held_out_split`."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED)).tolist()
+    n_val = round(len(order) * val_fraction)
+    subset = Subset(train, order[:n_val] if val else order[n_val:])
+    subset.classes = _dataset_classes(train)  # type: ignore[attr-defined]
+    return subset
 
 
 def _imagefolder(task: TaskConfig, folder: Path, transform: Transform) -> Dataset:
@@ -112,13 +160,13 @@ def _imagefolder(task: TaskConfig, folder: Path, transform: Transform) -> Datase
 
 
 def _torchvision(task: TaskConfig, spec: DatasetConfig, train: bool, transform: Transform) -> Dataset:
-    cls, splits, layout = TORCHVISION[spec.type]
+    cls, splits, layout, root = *TORCHVISION[spec.type], _root(task)
     try:
-        dataset = cls(str(spec.root), transform=transform, **({} if splits is None else splits[0 if train else 1]))
+        dataset = cls(str(root), transform=transform, **({} if splits is None else splits[0 if train else 1]))
     except RuntimeError as error:
         raise UserError(
-            f"task {task.label}: torchvision's {cls.__name__} finds no data under {spec.root} ({error}); put the "
-            f"dataset there as its download would, i.e. {spec.root / layout}... (nothing is downloaded)"
+            f"task {task.label}: torchvision's {cls.__name__} finds no data under {root} ({error}); put the "
+            f"dataset there as its download would, i.e. {root / layout}... (nothing is downloaded)"
         ) from None
     return dataset if splits is not None else held_out_split(dataset, spec.test_fraction, train)
 
@@ -141,6 +189,12 @@ def _check_class_count(task: TaskConfig, dataset: Dataset, names: Sequence[str])
     found = _dataset_classes(dataset)
     if found is not None and len(found) != len(names):
         raise UserError(f"task {task.label}: {len(names)} class names for a dataset of {len(found)} classes")
+
+
+def _root(task: TaskConfig) -> Path:
+    """The dataset's root; the config makes sure every type that reads files has one."""
+    assert task.dataset.root is not None, f"task {task.label}: no root"
+    return task.dataset.root
 
 
 def _existing(task: TaskConfig, path: Path) -> Path:

@@ -1,14 +1,24 @@
-"""Zero-shot top-1 accuracy (the MTIL protocol): classes become text embeddings, an image goes to the nearest one."""
+"""Zero-shot top-1 accuracy (the MTIL protocol): classes become text embeddings, an image goes to the nearest one.
+
+Also the pre-training probe of the tiny world, the analogue of MTIL's ImageNet accuracy: zero-shot accuracy on
+held-out world images within each concept family, i.e. how much of what pre-training taught a model still knows.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import open_clip
 import torch
 from torch import Tensor, nn
 
 from services.trainer import distributed
+from tinyworld.tasks import TaskSplit, heldout_pairs
+from tinyworld.world import CONCEPT_TEMPLATES, CONCEPTS, FAMILIES, World
+
+PROBE_TEST_START = 1_000_000  # the test probe's held-out images start here; val's are the first ones
 
 
 def zero_shot_classifier(
@@ -54,3 +64,60 @@ def zero_shot_accuracy(
     if total == 0:
         raise ValueError("no evaluation images")
     return correct / total
+
+
+@dataclass(frozen=True)
+class ConceptProbe:
+    """Held-out world images (their label is their index) and, per concept family, the value each image shows
+    (an index into the family's concept names, -1 where it shows none): tinyworld.tasks.concept_probes' labels,
+    with every image encoded once for all families."""
+
+    images: TaskSplit
+    labels: dict[str, np.ndarray]
+    classnames: dict[str, list[str]]
+    templates: tuple[str, ...] = CONCEPT_TEMPLATES
+
+
+def concept_probe(split: str, count: int, transform: Callable | None = None, seed: int = 0) -> ConceptProbe:
+    """val: the held-out images concept_probes(count, seed) labels; test: as many others, further along the stream."""
+    pairs = heldout_pairs(count, seed) if split == "val" else World(seed).pairs(PROBE_TEST_START, count, "heldout")
+    labels, classnames = {}, {}
+    for family, values in FAMILIES.items():
+        shown = np.array([values.index(p.facts[family]) if p.facts.get(family) in values else -1 for p in pairs])
+        if (shown >= 0).any():  # a small probe may lack a family; the default 2,000 images show every one
+            labels[family] = shown
+            classnames[family] = [c.name for c in CONCEPTS if c.family == family]
+    images = np.stack([p.image for p in pairs])
+    dataset = TaskSplit(f"world-{split}", images, np.arange(len(pairs)), (), CONCEPT_TEMPLATES, transform)
+    return ConceptProbe(dataset, labels, classnames)
+
+
+@torch.no_grad()
+def probe_accuracies(
+    model: nn.Module,
+    tokenizer: Callable[..., Tensor],
+    batches: Iterable[Sequence[Tensor]],
+    probe: ConceptProbe,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Per family, top-1 accuracy in [0, 1] among that family's concepts on the images that show one of them.
+
+    `batches` are (images, image indices), under DDP this process's shard; counts are summed over processes.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        encoded = [(model.encode_image(images.to(device), normalize=True), index) for images, index in batches]
+        embeddings = torch.cat([e for e, _ in encoded]) if encoded else torch.empty(0, 1, device=device)
+        indices = torch.cat([i for _, i in encoded]).numpy() if encoded else np.zeros(0, np.int64)
+        counts = []
+        for family, labels in probe.labels.items():
+            target = torch.from_numpy(labels[indices]).to(device)
+            shown = target >= 0
+            classifier = zero_shot_classifier(model, tokenizer, probe.classnames[family], probe.templates, device)
+            predictions = (embeddings[shown] @ classifier).argmax(dim=1) if shown.any() else target[shown]
+            counts += [int((predictions == target[shown]).sum()), int(shown.sum())]
+    finally:
+        model.train(was_training)
+    summed = distributed.total(counts, device)
+    return {family: summed[2 * i] / summed[2 * i + 1] for i, family in enumerate(probe.labels)}

@@ -1,7 +1,9 @@
 """What a run leaves in its output folder: metrics.json, a Markdown table, a heat-map of A, and the loss curves.
 
 Accuracies are percentages. Every file is rewritten after each task, so a long run shows its results as it goes;
-the four metrics appear once the matrix is complete.
+the four metrics appear once the matrix is complete. Beside the matrix: which split it was measured on, the
+zero-shot row (every task before any training; Transfer stays the MTIL one, over the rows after training, and the
+zero-shot row's own Transfer is the reference to compare it with), and the pre-training probe where a run has one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +31,100 @@ CURVES = "losses.png"
 NOT_TERMS = {"task_name", "task_index", "step", "lr", "loss"}
 
 
-def summary(names: Sequence[str], rows: Sequence[Sequence[float]]) -> dict[str, Any]:
+@dataclass
+class Results:
+    """What a run has measured so far: row i of `rows` (and of `probe`) after task i, on split `split`."""
+
+    names: list[str]
+    split: str = "test"
+    rows: list[list[float]] = field(default_factory=list)
+    zero_shot: list[float] | None = None  # every task, before any training
+    probe: list[dict[str, float]] | None = None  # per family, one per row; None = no pre-training probe
+    probe_zero_shot: dict[str, float] | None = None
+
+
+def summary(results: Results) -> dict[str, Any]:
     """The matrix so far (row i: after task i) and, once it is square, Transfer, Avg, Last and Forget."""
+    names, rows = results.names, results.rows
     complete = len(rows) == len(names)
     figures = metrics.summary(rows) if complete else {}
+    zero_shot = results.zero_shot
+    probe = results.probe
     return {
         "tasks": list(names),
+        "split": results.split,
         "accuracy": [list(row) for row in rows],
-        "unit": "zero-shot top-1 accuracy, percent; accuracy[i][j] = on task j after training task i",
+        "unit": f"zero-shot top-1 accuracy on the {results.split} splits, percent; accuracy[i][j] = on task j after "
+        "training task i",
         "complete": complete,
-        **{key: None if math.isnan(value) else value for key, value in figures.items()},
+        **{key: _number(value) for key, value in figures.items()},
+        "zero_shot": zero_shot,
+        "zero_shot_Transfer": _number(float(np.mean(zero_shot[1:]))) if zero_shot and len(zero_shot) > 1 else None,
+        "pretraining": None if probe is None else [_mean(families) for families in probe],
+        "pretraining_families": probe,
+        "pretraining_zero_shot": _mean(results.probe_zero_shot) if results.probe_zero_shot else None,
+        "pretraining_zero_shot_families": results.probe_zero_shot,
     }
 
 
-def write_reports(out: Path, names: Sequence[str], rows: Sequence[Sequence[float]], log: Sequence[dict]) -> None:
-    result = summary(names, rows)
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _mean(families: dict[str, float]) -> float:
+    """The probe's figure: the mean over concept families (each family counts the same, whatever its size)."""
+    return float(np.mean(list(families.values())))
+
+
+def write_reports(out: Path, results: Results, log: Sequence[dict]) -> None:
+    result = summary(results)
     atomic_write(out / METRICS, json.dumps(result, indent=2).encode())
     atomic_write(out / TABLE, markdown_table(result).encode())
-    heatmap(out / HEATMAP, names, rows)
+    heatmap(out / HEATMAP, results.names, results.rows)
     loss_curves(out / CURVES, log)
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     names = result["tasks"]
-    lines = ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
+    lines += ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    if result["zero_shot"] is not None:
+        lines.append("| (zero-shot) | " + " | ".join(f"{value:.1f}" for value in result["zero_shot"]) + " |")
     for name, row in zip(names, result["accuracy"], strict=False):
         lines.append(f"| {name} | " + " | ".join(f"{value:.1f}" for value in row) + " |")
     if result["complete"]:
         keys = ("Transfer", "Avg", "Last", "Forget")
         lines += ["", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
-        lines.append("| " + " | ".join("n/a" if result[k] is None else f"{result[k]:.1f}" for k in keys) + " |")
+        lines.append("| " + " | ".join(_cell(result[k]) for k in keys) + " |")
+        if result["zero_shot_Transfer"] is not None:
+            lines += ["", f"Transfer of the zero-shot model (no training): {result['zero_shot_Transfer']:.1f}."]
+    if result["pretraining"] is not None:
+        lines += ["", *_probe_table(result)]
     return "\n".join(lines) + "\n"
+
+
+def _probe_table(result: dict[str, Any]) -> list[str]:
+    """Pre-training probe: zero-shot accuracy on held-out world images per concept family, and their mean."""
+    rows = list(zip(result["tasks"], result["pretraining_families"], strict=False))
+    if result["pretraining_zero_shot_families"] is not None:
+        rows.insert(0, ("(zero-shot)", result["pretraining_zero_shot_families"]))
+    families = list(dict.fromkeys(family for _, row in rows for family in row))
+    lines = ["Pre-training probe (held-out world images, zero-shot per concept family, %):", ""]
+    lines += ["| after | mean | " + " | ".join(families) + " |", "|---" * (len(families) + 2) + "|"]
+    for name, row in rows:
+        cells = [_cell(row.get(family)) for family in families]
+        lines.append(f"| {name} | {_mean(row):.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
     matrix = np.full((len(names), len(names)), np.nan)
-    matrix[: len(rows)] = rows
+    if rows:  # none yet after the zero-shot evaluation
+        matrix[: len(rows)] = rows
     size = 1.5 + 0.6 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)

@@ -1,6 +1,7 @@
-"""One continual fine-tuning run: the tasks in order, each trained by the engine, then every task's test split
-evaluated zero-shot (a row of the accuracy matrix A), checkpointed so that `--resume` ends where a run that was
-never stopped ends.
+"""One continual fine-tuning run: the tasks in order, each trained by the engine, then every task's evaluation
+split (`evaluation.split`: test, or val while choosing settings) evaluated zero-shot (a row of the accuracy matrix
+A), checkpointed so that `--resume` ends where a run that was never stopped ends. The same evaluation before any
+training gives the zero-shot row; the tiny world's pre-training probe, where asked for, follows each evaluation.
 
 The output folder holds `checkpoint.pt` (the latest, written atomically after each task and every N iterations),
 `losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it was run).
@@ -12,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.client import GeneratorClient
@@ -27,7 +28,7 @@ from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
-from services.trainer.evaluation import zero_shot_accuracy
+from services.trainer.evaluation import ConceptProbe, concept_probe, probe_accuracies, zero_shot_accuracy
 from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer, image_transforms
 from services.trainer.streams import BatchStream, in_order
@@ -35,6 +36,7 @@ from services.trainer.synthetic import (
     SetCache,
     SyntheticPairs,
     SyntheticSets,
+    WorldSets,
     default_cache_dir,
     prompt_pool,
     set_request,
@@ -62,7 +64,7 @@ class TaskData:
     classnames: list[str]
     templates: list[str]
     train: Dataset
-    test: Dataset
+    evaluated: Dataset  # the split the matrix is measured on
 
     @property
     def name(self) -> str:
@@ -98,7 +100,8 @@ class Runner:
             progress=config.progress and distributed.is_main(),
         )
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
-        self.rows: list[list[float]] = []
+        self.probe = self._load_probe()
+        self.results = self._empty_results()
         self.log: list[StepLog] = []
         self._log_file: TextIO | None = None
 
@@ -106,10 +109,16 @@ class Runner:
         self._start(resume)
         synthetic = self._start_synthetic() if self.needs_replay else None
         try:
+            if self.results.zero_shot is None:  # a new run: the model as pre-trained
+                self.results.zero_shot = self._evaluate()
+                self.results.probe_zero_shot = self._evaluate_probe() if self.probe else None
+                self._report()
             for index in range(self.engine.tasks_done, len(self.tasks)):
                 task = self._task(index, synthetic)
                 self.engine.train_task(task, on_step=lambda step, log, i=index: self._after_step(i, step, log))
-                self.rows.append(self._evaluate())
+                self.results.rows.append(self._evaluate())
+                if self.results.probe is not None:
+                    self.results.probe.append(self._evaluate_probe())
                 self._checkpoint()
                 self._report()
         finally:
@@ -117,7 +126,7 @@ class Runner:
                 synthetic.close()
             if self._log_file is not None:
                 self._log_file.close()
-        return reports.summary([t.name for t in self.tasks], self.rows)
+        return reports.summary(self.results)
 
     # --- start and resume -----------------------------------------------------------------------------------
 
@@ -143,7 +152,7 @@ class Runner:
             raise UserError(f"the config changed since the checkpoint in {self.out} ({', '.join(changed)}); "
                             "resume with the same settings, or start a new run in another output_dir")  # fmt: skip
         self.engine.load_state_dict(checkpoint["engine"])
-        self.rows = checkpoint["rows"]
+        self.results = reports.Results(**checkpoint["results"])
         self.log = checkpoint["log"]
 
     def _open_log(self) -> TextIO:
@@ -155,17 +164,28 @@ class Runner:
     # --- data and tasks -------------------------------------------------------------------------------------
 
     def _load_task(self, task: TaskConfig) -> TaskData:
-        names, templates = datasets.classnames(task), datasets.templates(task)
-        train = datasets.load_split(task, names, train=True, transform=self.train_transform)
-        test = datasets.load_split(task, names, train=False, transform=self.eval_transform)
+        names, templates, split = datasets.classnames(task), datasets.templates(task), self.config.evaluation.split
+        train = datasets.load_split(task, names, "train", self.train_transform, hold_out_val=split == "val")
+        evaluated = datasets.load_split(task, names, split, self.eval_transform)
         batch_size = self.config.schedule(task)["batch_size"]
         if batch_size % distributed.world_size():
             raise UserError(f"task {task.label}: batch size {batch_size} must split evenly over "
                             f"{distributed.world_size()} processes")  # fmt: skip
-        return TaskData(task, names, templates, train, test)
+        return TaskData(task, names, templates, train, evaluated)
 
-    def _start_synthetic(self) -> SyntheticSets:
-        """Ask for the sets of every task still to train, in order, while training runs."""
+    def _load_probe(self) -> ConceptProbe | None:
+        evaluation = self.config.evaluation
+        if evaluation.pretraining_probe == "none":
+            return None
+        return concept_probe(evaluation.split, evaluation.probe_size, self.eval_transform)
+
+    def _empty_results(self) -> reports.Results:
+        names = [t.name for t in self.tasks]
+        return reports.Results(names, self.config.evaluation.split, probe=None if self.probe is None else [])
+
+    def _start_synthetic(self) -> SyntheticSets | WorldSets:
+        """Ask for the sets of every task still to train, in order, while training runs; or draw them from the
+        tiny world (`synthetic.source: tinyworld`), with the same prompts."""
         settings = self.config.synthetic
         concepts = datasets.concept_names(settings.concepts)
         requests = {}
@@ -173,6 +193,8 @@ class Runner:
             previous = [(t.classnames, t.templates[0]) for t in self.tasks[:index]]
             pool = prompt_pool(concepts, settings.concept_template, previous)
             requests[self.tasks[index].name] = set_request(pool, settings, index)
+        if settings.source == "tinyworld":
+            return WorldSets(requests, settings)
         return SyntheticSets(
             requests,
             SetCache(default_cache_dir(settings)),
@@ -181,7 +203,7 @@ class Runner:
             timeout=settings.timeout,
         )
 
-    def _task(self, index: int, synthetic: SyntheticSets | None) -> Task:
+    def _task(self, index: int, synthetic: SyntheticSets | WorldSets | None) -> Task:
         data, schedule = self.tasks[index], self.config.schedule(self.tasks[index].config)
         return Task(
             name=data.name,
@@ -193,12 +215,12 @@ class Runner:
             warmup=schedule["warmup"],
         )
 
-    def _replay(self, index: int, synthetic: SyntheticSets, batch_size: int) -> ReplaySet:
+    def _replay(self, index: int, synthetic: SyntheticSets | WorldSets, batch_size: int) -> ReplaySet:
         name = self.tasks[index].name
         if not synthetic.ready(name):
             say(f"task {name}: waiting for its synthetic set")
         prompts = synthetic.requests[name].prompts
-        pairs = SyntheticPairs(synthetic.paths(name), self.tokenizer(prompts), self.eval_transform)
+        pairs = SyntheticPairs(synthetic.images(name), self.tokenizer(prompts), self.eval_transform)
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
@@ -227,17 +249,26 @@ class Runner:
             self._checkpoint()
 
     def _evaluate(self) -> list[float]:
-        """Zero-shot top-1 accuracy (percent) on every task's test split; under DDP each process takes a shard."""
+        """Zero-shot top-1 accuracy (percent) on every task's evaluated split; under DDP each process takes a shard."""
         row = []
-        rank, world = distributed.rank(), distributed.world_size()
         tasks = tqdm(self.tasks, desc="evaluate", disable=not (self.config.progress and distributed.is_main()))
         for task in tasks:
-            shard = range(rank, len(task.test), world)
-            batches = in_order(task.test, self.config.evaluation.batch_size, self.config.evaluation.num_workers, shard)
-            accuracy = zero_shot_accuracy(self.model, self.tokenizer, batches, task.classnames, task.templates,
-                                          self.device)  # fmt: skip
+            accuracy = zero_shot_accuracy(self.model, self.tokenizer, self._shard(task.evaluated), task.classnames,
+                                          task.templates, self.device)  # fmt: skip
             row.append(100 * accuracy)
         return row
+
+    def _evaluate_probe(self) -> dict[str, float]:
+        """The pre-training probe's accuracy (percent) per concept family."""
+        assert self.probe is not None
+        accuracies = probe_accuracies(self.model, self.tokenizer, self._shard(self.probe.images), self.probe,
+                                      self.device)  # fmt: skip
+        return {family: 100 * accuracy for family, accuracy in accuracies.items()}
+
+    def _shard(self, dataset: Dataset) -> DataLoader:
+        """This process's share of an evaluation set, in order."""
+        evaluation, rank, world = self.config.evaluation, distributed.rank(), distributed.world_size()
+        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world))
 
     def _checkpoint(self) -> None:
         if not distributed.is_main():
@@ -246,7 +277,7 @@ class Runner:
         self._log_file.flush()
         state = {
             "engine": self.engine.state_dict(),
-            "rows": self.rows,
+            "results": asdict(self.results),
             "log": self.log,
             "config": _outcome_settings(self.config),
         }
@@ -254,7 +285,7 @@ class Runner:
 
     def _report(self) -> None:
         if distributed.is_main():
-            reports.write_reports(self.out, [t.name for t in self.tasks], self.rows, self.log)
+            reports.write_reports(self.out, self.results, self.log)
 
 
 def build_model(config: RunConfig, device: torch.device) -> nn.Module:

@@ -5,6 +5,9 @@ A background thread obtains them in the order the tasks need them (the generator
 jobs, so asking for all at once would delay the first), while the engine trains. Sets are stored by content:
 `images/<sha256>.png` and `sets/<request key>.json`; a rerun or a resume reads them without the generator, and
 every image's SHA-256 is checked when it arrives and whenever it is read.
+
+With `source: tinyworld` the same prompts get real pre-training images of the tiny world instead (`WorldSets`, in
+memory, no generator): replay distillation on real data, the reference synthetic data tries to reach.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -29,6 +33,7 @@ from gift_common.errors import UserError
 from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import Settings
 from services.trainer.config import SyntheticConfig
+from tinyworld.replay import conditioned_pair, fact_of
 
 POLL_SECONDS = 1.0  # how long one wait for a job or for another process's stored set lasts before looking again
 T = TypeVar("T")
@@ -153,6 +158,10 @@ class SyntheticSets:
     def ready(self, task: str) -> bool:
         return self._sets[task].done()
 
+    def images(self, task: str) -> list[Path]:
+        """The task's images as SyntheticPairs takes them (what `WorldSets` also answers)."""
+        return self.paths(task)
+
     def paths(self, task: str) -> list[Path]:
         """The image files of the task's set, in prompt order (waits while the set is being made)."""
         try:
@@ -226,17 +235,51 @@ def default_cache_dir(settings: SyntheticConfig) -> Path:
     return settings.cache_dir or Settings().home / "synthetic"
 
 
-class SyntheticPairs(Dataset):
-    """(image, prompt tokens, index) of one synthetic set; images with the evaluation transform, no augmentation."""
+class WorldSets:
+    """The same sets as `SyntheticSets` asks for, each prompt paired with a real world image of what it names.
 
-    def __init__(self, paths: Sequence[Path], tokens: torch.Tensor, transform: Callable) -> None:
-        if len(paths) != len(tokens):
-            raise ValueError(f"{len(paths)} images for {len(tokens)} prompts")
-        self.paths, self.tokens, self.transform = list(paths), tokens, transform
+    Image i is drawn from the "replay" stream at the index the generator would take as its seed (the request's
+    seed + i), so no image repeats within a run and a rerun or a resume draws the same ones; a prompt outside the
+    world's vocabulary is a UserError.
+    """
+
+    def __init__(self, requests: dict[str, JobRequest], settings: SyntheticConfig) -> None:
+        self.requests, self.settings = requests, settings
+
+    def ready(self, task: str) -> bool:
+        return True  # drawn when asked for: about a millisecond an image
+
+    def images(self, task: str) -> np.ndarray:
+        """(size, H, W, 3) uint8 world images, in prompt order."""
+        request, templates = self.requests[task], (self.settings.concept_template,)
+        try:
+            facts = [fact_of(prompt, templates) for prompt in request.prompts]
+        except ValueError as error:
+            raise UserError(f"synthetic set of task {task} (source tinyworld): {error}") from None
+        seed, start = self.settings.seed, request.seed
+        return np.stack([conditioned_pair(*fact, start + i, seed=seed).image for i, fact in enumerate(facts)])
+
+    def close(self) -> None:
+        pass
+
+
+class SyntheticPairs(Dataset):
+    """(image, prompt tokens, index) of one replay set; images with the evaluation transform, no augmentation.
+
+    Images are PNG files (the generator's, from the cache) or uint8 arrays in memory (real world images).
+    """
+
+    def __init__(self, images: Sequence[Path] | np.ndarray, tokens: torch.Tensor, transform: Callable) -> None:
+        if len(images) != len(tokens):
+            raise ValueError(f"{len(images)} images for {len(tokens)} prompts")
+        self.images, self.tokens, self.transform = images, tokens, transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        with Image.open(self.paths[index]) as image:
+        item = self.images[index]
+        if isinstance(item, np.ndarray):
+            return self.transform(Image.fromarray(item)), self.tokens[index], index
+        with Image.open(item) as image:
             return self.transform(image), self.tokens[index], index

@@ -44,7 +44,7 @@ def test_csv_with_index_and_name_labels(tmp_path: Path) -> None:
     save_image(tmp_path / "img" / "b.png", (0, 0, 255))
     (tmp_path / "train.csv").write_text("path,label\nimg/a.png,0\nimg/b.png,dog\n")
     spec = task("csv", tmp_path, classnames=["cat", "dog"])
-    data = datasets.load_split(spec, datasets.classnames(spec), train=True, transform=transform)
+    data = datasets.load_split(spec, datasets.classnames(spec), "train", transform)
     assert len(data) == 2
     (image, label), (_, second) = data[0], data[1]
     assert image.shape == (3, 8, 8) and image[0].mean() == 255 and (label, second) == (0, 1)
@@ -63,7 +63,7 @@ def test_csv_mistakes_name_the_file_and_line(tmp_path: Path, rows: str, message:
     save_image(tmp_path / "img" / "a.png", (255, 0, 0))
     (tmp_path / "test.csv").write_text(rows)
     with pytest.raises(UserError, match=message):
-        datasets.load_split(task("csv", tmp_path), ["cat", "dog"], train=False, transform=transform)
+        datasets.load_split(task("csv", tmp_path), ["cat", "dog"], "test", transform)
 
 
 def test_csv_needs_class_names(tmp_path: Path) -> None:
@@ -78,22 +78,22 @@ def test_imagefolder_takes_class_names_from_its_folders(tmp_path: Path) -> None:
     spec = task("imagefolder", tmp_path / "pets")
     names = datasets.classnames(spec)
     assert names == ["golden retriever", "tabby"] and datasets.templates(spec) == ["a photo of a {}."]
-    test = datasets.load_split(spec, names, train=False, transform=transform)
+    test = datasets.load_split(spec, names, "test", transform)
     assert [label for _, label in test] == [0, 1]
     with pytest.raises(UserError, match="3 class names for a dataset of 2 classes"):
-        datasets.load_split(spec, [*names, "parrot"], train=True, transform=transform)
+        datasets.load_split(spec, [*names, "parrot"], "train", transform)
 
 
 @pytest.mark.parametrize("type_", ["CIFAR100", "imagefolder", "csv"])
 def test_a_missing_root_names_the_task_and_the_path(tmp_path: Path, type_: str) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(UserError, match=f"task (CIFAR100|nowhere) \\({type_}\\): {missing} does not exist"):
-        datasets.load_split(task(type_, missing), ["a", "b"], train=True, transform=transform)
+        datasets.load_split(task(type_, missing), ["a", "b"], "train", transform)
 
 
 def test_a_root_without_the_data_says_where_torchvision_looks(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=f"finds no data under {tmp_path}.*{tmp_path / 'food-101'}.*nothing is down"):
-        datasets.load_split(task("Food", tmp_path), datasets.classnames(task("Food", tmp_path)), True, transform)
+        datasets.load_split(task("Food", tmp_path), datasets.classnames(task("Food", tmp_path)), "train", transform)
 
 
 def test_datasets_without_an_official_split_get_a_fixed_held_out_part(tmp_path: Path) -> None:
@@ -105,8 +105,8 @@ def test_datasets_without_an_official_split_get_a_fixed_held_out_part(tmp_path: 
     spec = task("EuroSAT", tmp_path, test_fraction=0.2)
     names = datasets.classnames(spec)
     assert names[0] == "annual crop land"
-    train, test = (datasets.load_split(spec, names, split, transform) for split in (True, False))
-    again = datasets.load_split(spec, names, False, transform)
+    train, test = (datasets.load_split(spec, names, split, transform) for split in ("train", "test"))
+    again = datasets.load_split(spec, names, "test", transform)
     assert (len(train), len(test)) == (40, 10)
     assert set(train.indices).isdisjoint(test.indices) and test.indices == again.indices
 
