@@ -138,9 +138,8 @@ class DatasetConfig(Strict):
         default=0.2, gt=0, lt=1, description="held out for testing where torchvision has no split (Caltech101, ...)"
     )
     val_fraction: float = Field(
-        default=0.1, gt=0, lt=1, description="of train, the val split (tinyworld has its own); trains only on the rest "
-        "when evaluation.split is val"
-    )  # fmt: skip
+        default=0.1, gt=0, lt=1, description="of train: the val split, not trained on when evaluating on val"
+    )
 
     @field_validator("root")
     @classmethod
