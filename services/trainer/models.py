@@ -14,6 +14,8 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
+from gift_common.manifest import verify as verify_manifest
+
 REMOTE_SCHEMA = "hf-hub:"
 # A tiny CLIP (ViT 32 px, two layers each side) for smoke runs, tests and benchmarks on a CPU.
 TINY_TEST_ARCHITECTURE = Path(__file__).parent / "data" / "gift-test-tiny.json"
@@ -49,6 +51,8 @@ def create_model(
         raise FileNotFoundError(
             f"checkpoint {pretrained} not found: put the model's weights file (a state dict) at that path"
         )
+    if pretrained is not None:
+        verify_manifest(Path(pretrained))  # shipped weights with a manifest: a damaged file is a clear error
     return open_clip.create_model(
         resolve_architecture(name_or_config),
         pretrained=None if pretrained is None else str(pretrained),

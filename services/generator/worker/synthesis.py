@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from gift_common.errors import UserError
+from gift_common.manifest import verify as verify_manifest
 
 log = logging.getLogger("gift.worker")
 
@@ -60,6 +61,7 @@ def load_model(name: str, directory: Path, device: torch.device) -> LoadedModel:
             f"model {name!r}: {directory} is not a diffusers pipeline directory (no model_index.json). "
             "Put there a pipeline saved with save_pretrained, e.g. a local copy of stable-diffusion-v1-5."
         )
+    verify_manifest(directory)  # shipped weights: a damaged file is an error, not a model that draws garbage
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, dtype=dtype)
     pipeline.to(device)
