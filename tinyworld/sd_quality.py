@@ -20,6 +20,7 @@ import open_clip
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
+from tqdm import tqdm
 
 from tinyworld.clip import create_model, image_batch, tokenizer
 from tinyworld.tasks import heldout_pairs
@@ -45,15 +46,17 @@ def concept_prompts(per_concept: int) -> tuple[list[str], np.ndarray]:
 
 
 @torch.no_grad()
-def generate(pipeline: object, prompts: Sequence[str], seeds: Sequence[int], batch: int = 64) -> np.ndarray:
+def generate(
+    pipeline: object, prompts: Sequence[str], seeds: Sequence[int], batch: int = 64, steps: int = STEPS
+) -> np.ndarray:
     """(n, 32, 32, 3) uint8 images, each from its own prompt and seed, rounded as the worker rounds."""
     images = []
-    for start in range(0, len(prompts), batch):
+    for start in tqdm(range(0, len(prompts), batch), desc="generate", unit="batch", mininterval=10):
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds[start : start + batch]]
         out = pipeline(
             list(prompts[start : start + batch]),
             generator=generators,
-            num_inference_steps=STEPS,
+            num_inference_steps=steps,
             guidance_scale=GUIDANCE,
             output_type="np",
         ).images
@@ -122,15 +125,32 @@ def family_grid(images: np.ndarray, names: Sequence[str], columns: int = 10, zoo
     return grid
 
 
-def write_grids(pipeline: object, out: Path, seed: int = 0) -> list[Path]:
+def write_grids(pipeline: object, out: Path, seed: int = 0, steps: int = STEPS) -> list[Path]:
     """A PNG per concept family: each concept drawn once from "a photo of <concept>."."""
     paths = []
     for family in FAMILIES:
         names = [c.name for c in CONCEPTS if c.family == family]
-        images = generate(pipeline, [f"a photo of {name}." for name in names], [seed] * len(names))
+        images = generate(pipeline, [f"a photo of {name}." for name in names], [seed] * len(names), steps=steps)
         paths.append(out / f"grid-{family}.png")
         family_grid(images, names).save(paths[-1])
     return paths
+
+
+def write_report(model: Path, clip_weights: Path, out: Path, per_concept: int = 10, steps: int = STEPS) -> dict:
+    """quality.json and one grid per family in ``out``; returns the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = load_pipeline(model)
+    clip = create_model(clip_weights)
+    prompts, labels = concept_prompts(per_concept)
+    images = generate(pipeline, prompts, list(range(len(prompts))), steps=steps)
+    real_images, real_labels = single_concept_pairs(4000)
+    report = {
+        "generated": family_accuracy(concept_logits(clip, images), labels),
+        "real": family_accuracy(concept_logits(clip, real_images), real_labels),
+        "grids": [path.name for path in write_grids(pipeline, out, steps=steps)],
+    }
+    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -142,19 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipeline = load_pipeline(args.model)
-    clip = create_model(args.clip)
-    prompts, labels = concept_prompts(args.per_concept)
-    images = generate(pipeline, prompts, list(range(len(prompts))))
-    real_images, real_labels = single_concept_pairs(4000)
-    report = {
-        "generated": family_accuracy(concept_logits(clip, images), labels),
-        "real": family_accuracy(concept_logits(clip, real_images), real_labels),
-        "grids": [str(path) for path in write_grids(pipeline, args.out)],
-    }
-    (args.out / "quality.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    print(json.dumps(write_report(args.model, args.clip, args.out, args.per_concept), indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ class TrainConfig:
     images: int = 60_000  # world images rendered once: the training set of both stages
     world_seed: int = 0
     seed: int = 0
-    batch: int = 64
+    batch: int = 64  # UNet stage
+    vae_batch: int = 16  # for a fixed number of images seen, small batches trained the VAE best (SD_NOTES.md)
     vae_steps: int = 1500
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4  # per latent element, against a per-pixel L1: keeps the latents bounded, not Gaussian
@@ -100,7 +101,7 @@ def train_vae(vae: nn.Module, data: WorldSet, config: TrainConfig, log: Log = pr
     vae.train()
     start = time.monotonic()
     for step in range(config.vae_steps):
-        indices = torch.randint(len(data.images), (config.batch,), generator=generator).numpy()
+        indices = torch.randint(len(data.images), (config.vae_batch,), generator=generator).numpy()
         loss = vae_loss(vae, to_pixels(data.images[indices]), config.kl_weight, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -262,30 +263,61 @@ def train_unet(
     return ema.eval()
 
 
-def train(config: TrainConfig, out: Path, clip_weights: Path | None, log: Log = print) -> None:
-    """Train every network from the seed and save the pipeline at ``out``; the text encoder starts as the tiny
-    CLIP's text tower when ``clip_weights`` is given, else from scratch."""
-    from transformers import CLIPTokenizer
-
+def train_autoencoder(config: TrainConfig, scratch: Path, log: Log = print) -> None:
+    """Stage 1: fit the VAE and cache the scaled posteriors of every image in ``scratch`` for stage 2."""
     torch.set_num_threads(config.threads)  # float sums, hence the weights, depend on how work is split
     start = time.monotonic()
     data = render_set(config.images, config.world_seed)
     log(f"rendered {len(data.images)} images {time.monotonic() - start:.0f}s")
-    networks = untrained_components(config.seed)
-    train_vae(networks["vae"], data, config, log)
-    mean, std = encode_latents(networks["vae"], data.images)
+    vae = untrained_components(config.seed)["vae"]
+    train_vae(vae, data, config, log)
+    mean, std = encode_latents(vae, data.images)
     scale = latent_scale(mean)
-    networks["vae"].register_to_config(scaling_factor=scale)
+    vae.register_to_config(scaling_factor=scale)
+    vae.save_pretrained(scratch / "vae")
+    torch.save({"mean": mean * scale, "std": std * scale}, scratch / "latents.pt")
+    log(f"vae saved {time.monotonic() - start:.0f}s")
+
+
+def train_denoiser(config: TrainConfig, scratch: Path, out: Path, clip_weights: Path | None, log: Log = print) -> None:
+    """Stage 2: train the UNet (and text encoder) on stage 1's latents and save the pipeline at ``out``; the text
+    encoder starts as the tiny CLIP's text tower when ``clip_weights`` is given, else from scratch."""
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(config.threads)
+    start = time.monotonic()
+    data = render_set(config.images, config.world_seed)  # the facts its captions are drawn from
+    latents = torch.load(scratch / "latents.pt", weights_only=True)
+    networks = untrained_components(config.seed)
     if clip_weights is not None:
         clip = torch.load(clip_weights, map_location="cpu", weights_only=True)
-        networks["text_encoder"].load_state_dict(clip_text_state(clip, MODEL_MAX_LENGTH))
-    with tempfile.TemporaryDirectory() as scratch:
-        write_clip_tokenizer(Path(scratch))
-        tokenizer = CLIPTokenizer.from_pretrained(scratch)
+        state = {key: value.float() for key, value in clip_text_state(clip, MODEL_MAX_LENGTH).items()}
+        networks["text_encoder"].load_state_dict(state)
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        write_clip_tokenizer(Path(tokenizer_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     conditioned = nn.ModuleDict({"unet": networks["unet"], "text_encoder": networks["text_encoder"]})
-    ema = train_unet(conditioned, tokenizer, (mean * scale, std * scale), data, config, log)
-    save_pipeline(out, networks["vae"], ema["text_encoder"], ema["unet"])
+    ema = train_unet(conditioned, tokenizer, (latents["mean"], latents["std"]), data, config, log)
+    save_pipeline(out, _stage_one_vae(networks["vae"], scratch), ema["text_encoder"], ema["unet"])
     log(f"saved {out} {time.monotonic() - start:.0f}s")
+
+
+def _stage_one_vae(vae: nn.Module, scratch: Path) -> nn.Module:
+    """Stage 1's VAE in a freshly built module: loaded directly, its config would carry the scratch folder's path
+    into the shipped files, and two builds would differ."""
+    from diffusers import AutoencoderKL
+
+    trained = AutoencoderKL.from_pretrained(scratch / "vae")
+    vae.load_state_dict(trained.state_dict())
+    vae.register_to_config(scaling_factor=trained.config.scaling_factor)
+    return vae
+
+
+def train(config: TrainConfig, out: Path, clip_weights: Path | None, log: Log = print) -> None:
+    """Both stages one after the other, from the seed: the pipeline at ``out``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        train_autoencoder(config, Path(scratch), log)
+        train_denoiser(config, Path(scratch), out, clip_weights, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
