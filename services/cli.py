@@ -32,9 +32,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from services.demo import run_demo
+    from services.demo import DemoSettings, run_demo
 
-    run_demo(out_dir=args.out)
+    sizes = ("iterations", "synthetic_size", "synthetic_steps", "probe_size", "tasks")
+    settings = DemoSettings(**{key: getattr(args, key) for key in sizes if getattr(args, key) is not None})
+    run_demo(out_dir=args.out, settings=settings)
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the embedded default end to end")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    # Smaller values give a quicker, noisier look; unset ones keep the demo's defaults (services/demo.py).
+    demo.add_argument("--iterations", type=_positive, help="training steps per task")
+    demo.add_argument("--synthetic-size", type=_positive, help="GIFT's synthetic pairs per task")
+    demo.add_argument("--synthetic-steps", type=_positive, help="the generator's sampler steps")
+    demo.add_argument("--probe-size", type=_positive, help="held-out world images of the pre-training probe")
+    demo.add_argument("--tasks", type=_positive, help="only the first N tasks of the sequence")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,39 +1,169 @@
 """``gift demo``: the embedded default end to end, every part a separate process, all stopped at the end.
 
-For now it shows the generator: it starts a private Redis (unless GIFT_REDIS_URL is set), the API and a worker,
-asks for a few prompts over HTTP and writes a contact sheet. The continual-learning run joins it later.
+It starts a private Redis (unless GIFT_REDIS_URL is set), the generator API and a worker serving the tiny world's
+text-to-image model, then fine-tunes the tiny CLIP on the tiny world's task sequence twice, with FT and with GIFT,
+as two `gift train` processes side by side; the GIFT run asks the generator for its synthetic pairs over HTTP.
+It prints the table of Transfer, Avg, Last and Forget, and writes into DIR:
+
+    summary.json               {"<method>": {"transfer", "avg", "last", "forget", "pretraining"}, ...}
+    summary.md                 the same table, and where everything else is
+    accuracy_matrices.png      the accuracy matrices side by side
+    synthetic_samples.png      GIFT's synthetic images for the last task, with their prompts
+    runs/<method>/             each run's own reports, checkpoints and log
+    logs/                      the generator stack's logs
+
+The schedule is the embedded default's (configs/tinyworld.yaml, chosen on the validation splits), shortened so the
+demo takes minutes; the figures are measured on the test splits.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gift_common.client import GeneratorClient
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import yaml
+
 from gift_common.contact_sheet import contact_sheet
-from gift_common.schemas import JobRequest
+from gift_common.errors import UserError
+from services.runs import Run, start_run, stop_all, wait_for
 from services.stack import LocalStack
 
-DEMO_PROMPTS = [
-    f"a photo of a {colour} {shape}."
-    for colour in ("red", "green", "blue", "yellow")
-    for shape in ("circle", "square", "triangle", "star")
-]
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "configs" / "tinyworld.yaml"
+METHODS = ("ft", "gift")
+METRIC_KEYS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "forget": "Forget"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
 
 
-def run_demo(out_dir: Path) -> None:
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much the demo trains: small enough for minutes on a laptop CPU. Tests shrink it further."""
+
+    iterations: int = 60
+    synthetic_size: int = 128
+    synthetic_steps: int = 10  # DPM-Solver++ draws the tiny world in 10 steps; the config's 25 cost 2.5x the time
+    probe_size: int = 1000
+    tasks: int | None = None  # the first N tasks of the sequence; None = all
+    overrides: dict[str, Any] = field(default_factory=dict)  # config keys set last, e.g. {"model": {...}}
+
+
+def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings) -> dict[str, Any]:
+    """The embedded default's config for one method, pointed at this demo's generator and folders."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
+    config["output_dir"] = str(out_dir / "runs" / method)
+    config["method"] = {**config["method"], "preset": method}
+    config["training"] = {**config["training"], "iterations": settings.iterations, "num_workers": 0}
+    config["synthetic"] = {
+        **config["synthetic"],
+        "size": settings.synthetic_size,
+        "steps": settings.synthetic_steps,
+        "generator_url": api_url,
+        "cache_dir": str(out_dir / "synthetic"),
+    }
+    config["evaluation"] = {**config["evaluation"], "split": "test", "probe_size": settings.probe_size}
+    config["tasks"] = config["tasks"][: settings.tasks]
+    config["progress"] = False  # the demo draws one bar per run instead
+    return {**config, **settings.overrides}
+
+
+def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, dict[str, float | None]]:
+    """Everything the module docstring says; returns summary.json's content."""
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    print(f"gift demo: starting the generator stack (logs in {out_dir / 'logs'})", flush=True)
-    with LocalStack(out_dir / "logs", redis_url=os.environ.get("GIFT_REDIS_URL")) as stack:
+    say(f"starting the generator stack (logs in {out_dir / 'logs'})")
+    runs: list[Run] = []
+    with LocalStack(out_dir / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD) as stack:
         stack.start(workers=1)
-        print(f"gift demo: generator API at {stack.api_url}; generating {len(DEMO_PROMPTS)} images", flush=True)
-        with GeneratorClient(stack.api_url) as client:
-            job, pngs = client.generate(JobRequest(prompts=DEMO_PROMPTS, seed=0))
-    sheet = out_dir / "contact_sheet.png"
-    contact_sheet(pngs, DEMO_PROMPTS, columns=4).save(sheet)
-    print(
-        f"gift demo: {job.total} images ({job.cached} from the cache) in {time.perf_counter() - started:.0f} s; "
-        f"contact sheet: {sheet}"
-    )
+        say(f"generator API at {stack.api_url}; training FT and GIFT side by side")
+        try:
+            for method in METHODS:
+                config = demo_config(method, out_dir, stack.api_url, settings)
+                runs.append(start_run(method, config, out_dir / "runs", env=ONE_THREAD))
+            wait_for(runs)
+        finally:
+            stop_all(runs)  # also on Ctrl-C: no trainer outlives the demo
+    summary = {run.name: figures(run.metrics()) for run in runs}
+    write_outputs(out_dir, runs, summary)
+    return summary
+
+
+def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """summary.json's entry for one run: the four MTIL figures and what it kept of pre-training."""
+    if not metrics.get("complete"):
+        raise UserError("a run ended without a complete accuracy matrix; see its log in runs/")
+    entry = {key: metrics[name] for key, name in METRIC_KEYS.items()}
+    entry["pretraining"] = metrics["pretraining"][-1] if metrics.get("pretraining") else None
+    return entry
+
+
+def write_outputs(out_dir: Path, runs: list[Run], summary: dict[str, dict[str, float | None]]) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = summary_table(summary, runs[0].metrics().get("pretraining_zero_shot"))
+    matrices = accuracy_figure(out_dir / "accuracy_matrices.png", runs)
+    samples = synthetic_samples(out_dir / "synthetic_samples.png", out_dir / "synthetic")
+    lines = [table, "", f"Accuracy matrices: {matrices}", f"Per run: {out_dir / 'runs'}/<method>/results.md"]
+    if samples:
+        lines.append(f"Synthetic images: {samples}")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines), flush=True)
+
+
+def summary_table(summary: dict[str, dict[str, float | None]], zero_shot_probe: float | None) -> str:
+    header = "| method | Transfer | Avg | Last | Forget | pre-training kept |"
+    rows = [header, "|---|---:|---:|---:|---:|---:|"]
+    for method, entry in summary.items():
+        cells = [_cell(entry[key]) for key in (*METRIC_KEYS, "pretraining")]
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    note = f"Zero-shot accuracy (%) on the test splits; pre-training kept = mean over concept families of held-out " \
+           f"world images (before training: {_cell(zero_shot_probe)})."  # fmt: skip
+    return note + "\n\n" + "\n".join(rows)
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def accuracy_figure(path: Path, runs: list[Run]) -> Path:
+    """The runs' accuracy matrices side by side, on one colour scale."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        metrics = run.metrics()
+        names, matrix = metrics["tasks"], metrics["accuracy"]
+        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if value < 60 else "black")  # fmt: skip
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_title(f"{run.name}: Avg {metrics['Avg']:.1f}, Last {metrics['Last']:.1f}")
+        ax.set_xlabel("evaluated on")
+        ax.set_ylabel("after training")
+    fig.colorbar(image, ax=axes[0].tolist(), label="top-1 accuracy (%)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def synthetic_samples(path: Path, cache_dir: Path, count: int = 48) -> Path | None:
+    """A contact sheet of the largest synthetic set the GIFT run used (the last task's: concepts and old classes)."""
+    sets = [json.loads(p.read_text()) for p in sorted((cache_dir / "sets").glob("*.json"))]
+    if not sets:
+        return None
+    chosen = max(sets, key=lambda s: (len(set(s["request"]["prompts"])), s["request"]["seed"]))
+    prompts, shas = chosen["request"]["prompts"][:count], chosen["images"][:count]
+    pngs = [(cache_dir / "images" / sha[:2] / f"{sha}.png").read_bytes() for sha in shas]
+    contact_sheet(pngs, prompts, columns=8).save(path)
+    return path
+
+
+def say(message: str) -> None:
+    print(f"gift demo: {message}", flush=True)

@@ -1,0 +1,194 @@
+"""The tiny world's evidence: every method, several seeds, two task orders, one results page.
+
+    python -m services.experiments --out runs/experiments [--seeds 0 1 2] [--orders 1 2] [--split test]
+
+Each run is a `gift train` process from the embedded default's config (configs/tinyworld.yaml) with the method,
+seed, order and split set; two run at a time, and one generator stack serves the GIFT runs' synthetic sets. A run
+that finished is not run again, so an interrupted sweep continues where it stopped. The page (`results.md`) gives
+mean and standard deviation over seeds of Transfer, Avg, Last, Forget and what each method kept of pre-training,
+with a bar chart; settings are chosen with `--split val`, and the page reported with `--split test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from services.demo import BASE_CONFIG, ONE_THREAD
+from services.runs import Run, start_run, stop_all
+from services.stack import LocalStack
+
+# (label, preset, replay source): the baselines, GIFT, the reference with real images, GIFT's ablations.
+METHODS: tuple[tuple[str, str, str], ...] = (
+    ("GIFT", "gift", "generator"),
+    ("FT", "ft", "generator"),
+    ("L2", "l2", "generator"),
+    ("EWC", "ewc", "generator"),
+    ("LwF", "lwf", "generator"),
+    ("real-image distillation", "replay_distill", "tinyworld"),
+    ("GIFT w/o distillation", "gift_no_distill", "generator"),
+    ("GIFT w/o ITA", "gift_no_ita", "generator"),
+    ("GIFT w/o AWC", "gift_no_awc", "generator"),
+)
+ORDERS = {
+    1: ("objects", "textures", "digits", "scenes", "letters", "sketches"),
+    2: ("letters", "scenes", "objects", "sketches", "digits", "textures"),
+}
+FIGURES = ("Transfer", "Avg", "Last", "Forget", "pretraining")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep."""
+
+    order: int
+    seed: int
+    method: str
+
+    @property
+    def name(self) -> str:
+        return f"order{self.order}-seed{self.seed}-{self.method}"
+
+
+def run_config(cell: Cell, out: Path, split: str, api_url: str, training: dict[str, Any]) -> dict[str, Any]:
+    """configs/tinyworld.yaml with the cell's method, seed and order, the split, and ``training`` overrides."""
+    _, preset, source = next(m for m in METHODS if m[1] == cell.method)
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["training"] = {**config["training"], **training}
+    config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
+    config["output_dir"] = str(out / "runs" / cell.name)
+    config["seed"] = cell.seed
+    config["method"] = {**config["method"], "preset": preset}
+    config["synthetic"] = {
+        **config["synthetic"],
+        "source": source,
+        "seed": cell.seed,
+        "generator_url": api_url,
+        "cache_dir": str(out / "synthetic"),
+    }
+    config["evaluation"] = {**config["evaluation"], "split": split}
+    config["tasks"] = [{"dataset": {"type": "tinyworld", "task": task}} for task in ORDERS[cell.order]]
+    config["progress"] = False
+    return config
+
+
+def finished(out: Path, cell: Cell) -> bool:
+    metrics = out / "runs" / cell.name / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("complete", False)
+
+
+def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training: dict[str, Any]) -> None:
+    """Run every unfinished cell, ``parallel`` at a time, against one generator stack; a failed run is reported
+    and the others go on."""
+    todo = [cell for cell in cells if not finished(out, cell)]
+    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs done already; {len(todo)} to run", flush=True)
+    if not todo:
+        return
+    with LocalStack(out / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD) as stack:
+        stack.start(workers=1)
+        configs = [run_config(cell, out, split, stack.api_url, training) for cell in todo]
+        steps = sum(len(c["tasks"]) * c["training"]["iterations"] for c in configs)
+        running: list[Run] = []
+        done_steps = 0
+        with tqdm(total=steps, desc="experiments", unit="step", dynamic_ncols=True) as bar:
+            try:
+                while configs or running:
+                    while configs and len(running) < parallel:
+                        config = configs.pop(0)
+                        name = Path(config["output_dir"]).name
+                        running.append(start_run(name, config, out / "configs", env=ONE_THREAD))
+                    for run in [r for r in running if not r.process.alive()]:
+                        running.remove(run)
+                        done_steps += run.total_steps
+                        if run.process.popen.returncode != 0:
+                            tqdm.write(f"experiments: run {run.name} failed; see {run.process.log}")
+                    bar.update(done_steps + sum(r.steps_done() for r in running) - bar.n)
+                    time.sleep(1.0)
+            finally:
+                stop_all(running)
+
+
+def collect(cells: Sequence[Cell], out: Path) -> dict[int, dict[str, dict[str, list[float]]]]:
+    """order -> method -> figure -> one value per finished seed."""
+    table: dict[int, dict[str, dict[str, list[float]]]] = {}
+    for cell in cells:
+        if not finished(out, cell):
+            continue
+        metrics = json.loads((out / "runs" / cell.name / "metrics.json").read_text())
+        values = {key: metrics[key] for key in FIGURES[:4]} | {"pretraining": metrics["pretraining"][-1]}
+        figures = table.setdefault(cell.order, {}).setdefault(cell.method, {})
+        for key, value in values.items():
+            figures.setdefault(key, []).append(value)
+    return table
+
+
+def results_page(table: dict[int, dict[str, dict[str, list[float]]]], split: str, out: Path) -> str:
+    lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", ""]
+    labels = {preset: label for label, preset, _ in METHODS}
+    for order, methods in sorted(table.items()):
+        lines += [f"## Order {order}: {' → '.join(ORDERS[order])}", ""]
+        lines += ["| method | seeds | " + " | ".join(FIGURES) + " |", "|---|---:" + "|---:" * len(FIGURES) + "|"]
+        for preset, figures in methods.items():
+            cells = [f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" for v in figures.values()]
+            lines.append(f"| {labels[preset]} | {len(figures['Avg'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+        chart = out / f"results-order{order}.png"
+        bar_chart(chart, methods, labels, order)
+        lines += [f"![order {order}]({chart.name})", ""]
+    lines.append("Mean ± standard deviation over seeds; pretraining = zero-shot accuracy on held-out world images, "
+                 "mean over concept families, after the last task.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(path: Path, methods: dict[str, dict[str, list[float]]], labels: dict[str, str], order: int) -> None:
+    keys = ("Transfer", "Avg", "Last", "pretraining")
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / len(methods)
+    for i, (preset, figures) in enumerate(methods.items()):
+        means = [np.mean(figures[k]) for k in keys]
+        errors = [np.std(figures[k], ddof=1) if len(figures[k]) > 1 else 0 for k in keys]
+        ax.bar(np.arange(len(keys)) + i * width, means, width, yerr=errors, label=labels[preset], capsize=2)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"order {order}")
+    ax.legend(fontsize=7, ncol=3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.experiments", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--orders", type=int, nargs="+", choices=sorted(ORDERS), default=sorted(ORDERS))
+    parser.add_argument("--methods", nargs="+", choices=[m[1] for m in METHODS], default=[m[1] for m in METHODS])
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--lr", type=float, help="every task's learning rate (default: the config's)")
+    parser.add_argument("--iterations", type=int, help="every task's iterations (default: the config's)")
+    args = parser.parse_args(argv)
+    out = args.out.resolve() / args.split
+    training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
+    cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
+    sweep(cells, out, args.split, args.parallel, training)
+    page = results_page(collect(cells, out), args.split, out)
+    (out / "results.md").write_text(page)
+    print(page, flush=True)
+
+
+if __name__ == "__main__":
+    main()

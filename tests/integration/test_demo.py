@@ -1,0 +1,70 @@
+"""`gift demo` as a user runs it: its own Redis, API, worker and two trainers, outputs written, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2", "--probe-size", "60"]
+
+
+def demo_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "services.cli", "demo", "--out", str(out), *SMALL]
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "GIFT_REDIS_URL"}
+    return {**env, "GIFT_HOME": str(tmp_path / "home")}
+
+
+def test_the_demo_trains_ft_and_gift_through_the_generator_and_writes_its_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(demo_command(out), env=demo_env(tmp_path), capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"ft", "gift"}
+    for entry in summary.values():
+        assert {"transfer", "avg", "last", "forget", "pretraining"} <= set(entry)
+        assert all(math.isfinite(entry[key]) for key in ("avg", "last", "forget", "pretraining"))
+    assert "| gift |" in done.stdout and "| ft |" in done.stdout
+    for picture in ("accuracy_matrices.png", "synthetic_samples.png"):
+        with Image.open(out / picture) as image:
+            assert image.width > 200
+    sets = list((out / "synthetic" / "sets").glob("*.json"))
+    assert len(sets) == 2  # one per task, made by the generator over HTTP
+    assert "succeeded: 8 images" in (out / "logs" / "worker0.log").read_text()
+    gift = json.loads((out / "runs" / "gift" / "metrics.json").read_text())
+    assert gift["split"] == "test" and len(gift["accuracy"]) == 2
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    demo = subprocess.Popen(demo_command(out), env=demo_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "runs" / "gift.log").exists():
+            assert time.monotonic() < deadline and demo.poll() is None, "the demo never started its trainers"
+            time.sleep(0.2)
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert "redis-server" in names and "serve" in names and "worker" in names and "train" in names
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 130
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if demo.poll() is None:
+            demo.kill()

@@ -1,0 +1,43 @@
+"""The tiny world's sweep: each cell's config, resumability, and the results page from finished runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.experiments import METHODS, ORDERS, Cell, collect, finished, results_page, run_config
+from services.trainer.config import parse_config
+
+
+def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(tmp_path: Path) -> None:
+    config = run_config(Cell(2, 1, "replay_distill"), tmp_path, "val", "http://api:1", {"lr": 0.001})
+    checked = parse_config(config, base=tmp_path)
+    assert [task.label for task in checked.tasks] == list(ORDERS[2])
+    assert checked.seed == checked.synthetic.seed == 1
+    assert checked.method.preset == "replay_distill" and checked.synthetic.source == "tinyworld"
+    assert checked.evaluation.split == "val" and checked.training.lr == 0.001
+    assert checked.output_dir == tmp_path / "runs" / "order2-seed1-replay_distill"
+    assert {preset for _, preset, _ in METHODS} >= {"ft", "l2", "ewc", "lwf", "gift", "gift_no_awc"}
+
+
+def write_metrics(out: Path, cell: Cell, avg: float, complete: bool = True) -> None:
+    folder = out / "runs" / cell.name
+    folder.mkdir(parents=True)
+    figures = {"Transfer": avg - 5, "Avg": avg, "Last": avg + 5, "Forget": -1.0, "pretraining": [60.0, 50.0]}
+    (folder / "metrics.json").write_text(json.dumps({"complete": complete, **figures}))
+
+
+def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Path) -> None:
+    cells = [Cell(1, seed, method) for seed in (0, 1, 2) for method in ("ft", "gift")]
+    write_metrics(tmp_path, cells[0], 30.0)
+    write_metrics(tmp_path, cells[2], 34.0)
+    write_metrics(tmp_path, cells[1], 40.0)
+    write_metrics(tmp_path, cells[3], 44.0)
+    write_metrics(tmp_path, cells[5], 99.0, complete=False)  # an unfinished run is neither counted nor skipped
+    assert finished(tmp_path, cells[0]) and not finished(tmp_path, cells[5]) and not finished(tmp_path, cells[4])
+    table = collect(cells, tmp_path)
+    assert table[1]["ft"]["Avg"] == [30.0, 34.0] and table[1]["gift"]["pretraining"] == [50.0, 50.0]
+    page = results_page(table, "test", tmp_path)
+    assert "| FT | 2 | 27.0 ± 2.8 | 32.0 ± 2.8 |" in page
+    assert "| GIFT | 2 | 37.0 ± 2.8 | 42.0 ± 2.8 |" in page
+    assert (tmp_path / "results-order1.png").is_file()
