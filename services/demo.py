@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, dict[str, float | None]]:
     """Everything the module docstring says; returns summary.json's content."""
+    stop_on_signals()
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"starting the generator stack (logs in {out_dir / 'logs'})")
@@ -93,6 +95,13 @@ def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str
     summary = {run.name: figures(run.metrics()) for run in runs}
     write_outputs(out_dir, runs, summary)
     return summary
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so the demo stops everything it started. Set explicitly: a shell
+    starts background jobs with SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def figures(metrics: dict[str, Any]) -> dict[str, float | None]:

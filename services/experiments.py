@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from services.demo import BASE_CONFIG, ONE_THREAD
+from services.demo import BASE_CONFIG, ONE_THREAD, stop_on_signals
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
 
@@ -94,6 +94,7 @@ def finished(out: Path, cell: Cell) -> bool:
 def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training: dict[str, Any]) -> None:
     """Run every unfinished cell, ``parallel`` at a time, against one generator stack; a failed run is reported
     and the others go on."""
+    stop_on_signals()
     todo = [cell for cell in cells if not finished(out, cell)]
     print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs done already; {len(todo)} to run", flush=True)
     if not todo:
