@@ -22,12 +22,16 @@ REPLAY_PROMPTS = ["a car.", "a tree.", "a car.", "a cup.", "a tree.", "a boat.",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices run faster on one thread than on two contended ones; restored for other modules."""
-    threads = torch.get_num_threads()
+def one_thread_float64():
+    """One thread (tiny matrices run faster on one than on two contended ones) and float64: the tests compare two
+    computations of the same quantity, and float32 rounding of sums taken in another order, amplified by Adam's
+    normalisation on near-zero gradients, exceeded any fixed tolerance on some CPUs. Restored for other modules."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
     yield
     torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
 
 
 @pytest.fixture(scope="module")
