@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str
     """Everything the module docstring says; returns summary.json's content."""
     stop_on_signals()
     out_dir = out_dir.resolve()
+    shutil.rmtree(out_dir / "runs", ignore_errors=True)  # a rerun trains afresh; its synthetic cache is kept
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"starting the generator stack (logs in {out_dir / 'logs'})")
     runs: list[Run] = []

@@ -111,7 +111,7 @@ def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training:
                     while configs and len(running) < parallel:
                         config = configs.pop(0)
                         name = Path(config["output_dir"]).name
-                        running.append(start_run(name, config, out / "configs", env=ONE_THREAD))
+                        running.append(start_run(name, config, out / "configs", env=ONE_THREAD, resume=True))
                     for run in [r for r in running if not r.process.alive()]:
                         running.remove(run)
                         done_steps += run.total_steps

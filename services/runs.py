@@ -47,14 +47,17 @@ class Run:
         return json.loads((self.out / "metrics.json").read_text())
 
 
-def start_run(name: str, config: Mapping[str, Any], folder: Path, env: Mapping[str, str] | None = None) -> Run:
-    """Write ``config`` (checked first, so a mistake is named before anything starts) and start `gift train`."""
+def start_run(
+    name: str, config: Mapping[str, Any], folder: Path, env: Mapping[str, str] | None = None, resume: bool = False
+) -> Run:
+    """Write ``config`` (checked first, so a mistake is named before anything starts) and start `gift train`;
+    with ``resume``, a run stopped earlier continues from its checkpoint."""
     checked = parse_config(dict(config), base=folder, source=f"run {name}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     total = sum(checked.schedule(task)["iterations"] for task in checked.tasks)
-    args = [sys.executable, "-m", "services.cli", "train", "--config", str(path)]
+    args = [sys.executable, "-m", "services.cli", "train", "--config", str(path), *(["--resume"] if resume else [])]
     process = Process(name, args, folder / f"{name}.log", dict(env or {}))
     return Run(name, checked.output_dir, process, total)
 

@@ -47,6 +47,8 @@ def test_the_demo_trains_ft_and_gift_through_the_generator_and_writes_its_output
     assert "succeeded: 8 images" in (out / "logs" / "worker0.log").read_text()
     gift = json.loads((out / "runs" / "gift" / "metrics.json").read_text())
     assert gift["split"] == "test" and len(gift["accuracy"]) == 2
+    again = subprocess.run(demo_command(out), env=demo_env(tmp_path), capture_output=True, text=True, timeout=280)
+    assert again.returncode == 0, again.stderr[-3000:]  # a rerun into the same folder trains afresh
 
 
 def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
