@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from services.trainer.engine import warmup_cosine
 from tinyworld.tasks import TASKS, TaskSplit, concept_probes, load_split
 from tinyworld.world import World, caption, captions_true_of, encode_facts, stream_rng
 
@@ -85,17 +86,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _schedule(config: PretrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to zero."""
-
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
-
-    return factor
-
-
 def _world_batch(world: World, step: int, config: PretrainConfig, model: nn.Module, tokenize: Callable) -> tuple:
     """Images of one step, ``config.captions`` captions of each, and which caption is true of which image."""
     start = step * config.batch
@@ -120,7 +110,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> nn.M
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.steps))
     start = time.monotonic()
     for step in range(config.steps):
         images, tokens, truth = _world_batch(world, step, config, model, tokenize)

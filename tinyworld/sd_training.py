@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from services.trainer.engine import warmup_cosine
 from tinyworld.pipeline import SCHEDULER_CONFIG, save_pipeline, untrained_components
 from tinyworld.tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 from tinyworld.world import World, caption, stream_rng
@@ -69,21 +69,10 @@ def to_pixels(images: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return factor
-
-
 def _optimizer(model: nn.Module, lr: float, steps: int, warmup: int) -> tuple[torch.optim.Optimizer, object]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
 
 
 def vae_loss(vae: nn.Module, pixels: Tensor, kl_weight: float, generator: torch.Generator) -> Tensor:
@@ -244,7 +233,7 @@ def train_unet(
     mean, std = latents
     scheduler = noise_scheduler()
     optimizer = torch.optim.AdamW(_trainable(networks, config), weight_decay=0.0, fused=True)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.unet_steps, config.warmup))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup, config.unet_steps))
     ema = copy.deepcopy(networks).requires_grad_(False)
     networks.train()
     start = time.monotonic()

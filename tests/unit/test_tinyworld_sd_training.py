@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
-from transformers import CLIPTokenizer
 
 from tinyworld.clip import create_model, tokenizer
 from tinyworld.pipeline import untrained_components
@@ -26,7 +25,6 @@ from tinyworld.sd_training import (
     train_vae,
     vae_loss,
 )
-from tinyworld.tokenizer import write_clip_tokenizer
 
 TINY = TrainConfig(images=8, batch=4, vae_steps=2, unet_steps=2, warmup=1, threads=1)
 
@@ -47,13 +45,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data():
     return render_set(8, world_seed=0)
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
-    directory = tmp_path_factory.mktemp("tokenizer")
-    write_clip_tokenizer(directory)
-    return CLIPTokenizer.from_pretrained(directory)
 
 
 @pytest.fixture(scope="module")

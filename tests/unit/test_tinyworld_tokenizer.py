@@ -10,7 +10,7 @@ import pytest
 from open_clip.tokenizer import basic_clean, whitespace_clean
 from transformers import CLIPTokenizer
 
-from tinyworld.tokenizer import normalize_prompt, write_clip_tokenizer
+from tinyworld.tokenizer import normalize_prompt
 
 BOS, EOS, LENGTH = 49406, 49407, 77
 
@@ -42,13 +42,6 @@ EDGE_CASES = [
     "word " * 120,
     "supercalifragilisticexpialidocious" * 10,
 ]
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
-    directory = tmp_path_factory.mktemp("tokenizer")
-    write_clip_tokenizer(directory)
-    return CLIPTokenizer.from_pretrained(directory)
 
 
 @pytest.fixture(scope="module")
