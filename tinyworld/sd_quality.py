@@ -160,9 +160,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-concept", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=STEPS, help="DPM-Solver steps per image")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(write_report(args.model, args.clip, args.out, args.per_concept), indent=1))
+    print(json.dumps(write_report(args.model, args.clip, args.out, args.per_concept, args.steps), indent=1))
 
 
 if __name__ == "__main__":
