@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from tqdm import tqdm
 from services.demo import BASE_CONFIG, ONE_THREAD, stop_on_signals
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
+from services.trainer import metrics
+from services.trainer.synthetic import atomic_write
 
 # (label, preset, replay source): the baselines, GIFT, the reference with real images, GIFT's ablations.
 METHODS: tuple[tuple[str, str, str], ...] = (
@@ -48,6 +50,9 @@ ORDERS = {
     1: ("objects", "textures", "digits", "scenes", "letters", "sketches"),
     2: ("letters", "scenes", "objects", "sketches", "digits", "textures"),
 }
+LABELS = {preset: label for label, preset, _ in METHODS}
+NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
+ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
 FIGURES = ("Transfer", "Avg", "Last", "Forget", "pretraining")
 
 
@@ -123,46 +128,83 @@ def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training:
                 stop_all(running)
 
 
-def collect(cells: Sequence[Cell], out: Path) -> dict[int, dict[str, dict[str, list[float]]]]:
-    """order -> method -> figure -> one value per finished seed."""
-    table: dict[int, dict[str, dict[str, list[float]]]] = {}
+Table = dict[int, dict[str, dict[str, dict[int, float]]]]  # order -> method -> figure -> seed -> value
+
+
+def collect(cells: Sequence[Cell], out: Path) -> Table:
+    """Every finished run's figures, and the pre-trained model's own (`ZERO_SHOT`) from the runs' zero-shot rows."""
+    table: Table = {}
     for cell in cells:
         if not finished(out, cell):
             continue
-        metrics = json.loads((out / "runs" / cell.name / "metrics.json").read_text())
-        values = {key: metrics[key] for key in FIGURES[:4]} | {"pretraining": metrics["pretraining"][-1]}
-        figures = table.setdefault(cell.order, {}).setdefault(cell.method, {})
-        for key, value in values.items():
-            figures.setdefault(key, []).append(value)
+        result = json.loads((out / "runs" / cell.name / "metrics.json").read_text())
+        methods = table.setdefault(cell.order, {})
+        measured = {key: result[key] for key in FIGURES[:4]} | {"pretraining": result["pretraining"][-1]}
+        for method, values in ((cell.method, measured), (ZERO_SHOT, zero_shot_figures(result))):
+            for key, value in values.items():
+                methods.setdefault(method, {}).setdefault(key, {})[cell.seed] = value
     return table
 
 
-def results_page(table: dict[int, dict[str, dict[str, list[float]]]], split: str, out: Path) -> str:
+def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
+    """The pre-trained model as a method that never trains: every row of its matrix is the zero-shot row."""
+    row = result["zero_shot"]
+    return metrics.summary([row] * len(row)) | {"pretraining": result["pretraining_zero_shot"]}
+
+
+def results_page(table: Table, split: str, out: Path) -> str:
     lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", ""]
-    labels = {preset: label for label, preset, _ in METHODS}
     for order, methods in sorted(table.items()):
         lines += [f"## Order {order}: {' → '.join(ORDERS[order])}", ""]
         lines += ["| method | seeds | " + " | ".join(FIGURES) + " |", "|---|---:" + "|---:" * len(FIGURES) + "|"]
-        for preset, figures in methods.items():
-            cells = [f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" for v in figures.values()]
-            lines.append(f"| {labels[preset]} | {len(figures['Avg'])} | " + " | ".join(cells) + " |")
-        lines.append("")
+        for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
+            cells = [_mean_sd(methods[method][key].values()) for key in FIGURES]
+            lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+        lines += ["", *bar_lines(methods), ""]
         chart = out / f"results-order{order}.png"
-        bar_chart(chart, methods, labels, order)
+        bar_chart(chart, {m: f for m, f in methods.items() if m != ZERO_SHOT}, order)
         lines += [f"![order {order}]({chart.name})", ""]
-    lines.append("Mean ± standard deviation over seeds; pretraining = zero-shot accuracy on held-out world images, "
-                 "mean over concept families, after the last task.")  # fmt: skip
+    lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs); pretraining = zero-shot "
+                 "accuracy on held-out world images, mean over concept families, after the last task (before any "
+                 "training for the zero-shot row).")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(path: Path, methods: dict[str, dict[str, list[float]]], labels: dict[str, str], order: int) -> None:
+def bar_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """The aim, checked on seed-paired differences: GIFT − FT on Transfer (≥ 5) and Avg (≥ 3), and GIFT − each
+    baseline that replays no data on Avg (> 0)."""
+    if "gift" not in methods:
+        return []
+    lines = ["| aim | GIFT − method | met |", "|---|---:|:---:|"]
+    checks = [("ft", "Transfer", 5.0), ("ft", "Avg", 3.0)] + [(m, "Avg", 0.0) for m in NO_REPLAY]
+    for method, key, bar in checks:
+        if method not in methods:
+            continue
+        gift, other = methods["gift"][key], methods[method][key]
+        differences = [gift[seed] - other[seed] for seed in sorted(gift.keys() & other.keys())]
+        if differences:
+            gain = float(np.mean(differences))
+            met = "yes" if (gain >= bar if bar else gain > 0) else "no"
+            aim = f"≥ {bar:g}" if bar else "> 0"
+            lines.append(f"| {key} over {LABELS[method]} {aim} | {_mean_sd(differences)} | {met} |")
+    return lines
+
+
+def _mean_sd(values: Iterable[float]) -> str:
+    values = list(values)
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
+
+
+def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int) -> None:
     keys = ("Transfer", "Avg", "Last", "pretraining")
     fig, ax = plt.subplots(figsize=(11, 4.2))
     width = 0.8 / len(methods)
-    for i, (preset, figures) in enumerate(methods.items()):
-        means = [np.mean(figures[k]) for k in keys]
-        errors = [np.std(figures[k], ddof=1) if len(figures[k]) > 1 else 0 for k in keys]
-        ax.bar(np.arange(len(keys)) + i * width, means, width, yerr=errors, label=labels[preset], capsize=2)
+    for i, (method, figures) in enumerate(methods.items()):
+        values = [list(figures[k].values()) for k in keys]
+        errors = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+        ax.bar(np.arange(len(keys)) + i * width, [np.mean(v) for v in values], width, yerr=errors,
+               label=LABELS[method], capsize=2)  # fmt: skip
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"order {order}")
@@ -178,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--orders", type=int, nargs="+", choices=sorted(ORDERS), default=sorted(ORDERS))
     parser.add_argument("--methods", nargs="+", choices=[m[1] for m in METHODS], default=[m[1] for m in METHODS])
     parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--page", type=Path, help="where results.md and its charts go (default: OUT/SPLIT)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--lr", type=float, help="every task's learning rate (default: the config's)")
     parser.add_argument("--iterations", type=int, help="every task's iterations (default: the config's)")
@@ -186,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
     sweep(cells, out, args.split, args.parallel, training)
-    page = results_page(collect(cells, out), args.split, out)
-    (out / "results.md").write_text(page)
+    page_dir = (args.page or out).resolve()
+    page_dir.mkdir(parents=True, exist_ok=True)
+    page = results_page(collect(cells, out), args.split, page_dir)
+    atomic_write(page_dir / "results.md", page.encode())
     print(page, flush=True)
 
 
