@@ -34,23 +34,35 @@ from services.stack import LocalStack
 from services.trainer import metrics
 from services.trainer.synthetic import atomic_write
 
-# (label, preset, replay source): the baselines, GIFT, the reference with real images, GIFT's ablations.
-METHODS: tuple[tuple[str, str, str], ...] = (
-    ("GIFT", "gift", "generator"),
-    ("FT", "ft", "generator"),
-    ("L2", "l2", "generator"),
-    ("EWC", "ewc", "generator"),
-    ("LwF", "lwf", "generator"),
-    ("real-image distillation", "replay_distill", "tinyworld"),
-    ("GIFT w/o distillation", "gift_no_distill", "generator"),
-    ("GIFT w/o ITA", "gift_no_ita", "generator"),
-    ("GIFT w/o AWC", "gift_no_awc", "generator"),
-)
+
+@dataclass(frozen=True)
+class Method:
+    """A column of the page: a method preset of the trainer, fed by the generator or by real world images."""
+
+    label: str
+    preset: str
+    source: str = "generator"
+
+
+# The page's methods: the baselines, GIFT, the reference with real images, GIFT's ablations.
+METHODS: dict[str, Method] = {
+    "gift": Method("GIFT", "gift"),
+    "ft": Method("FT", "ft"),
+    "l2": Method("L2", "l2"),
+    "ewc": Method("EWC", "ewc"),
+    "lwf": Method("LwF", "lwf"),
+    "replay_distill": Method("real-image distillation", "replay_distill", "tinyworld"),
+    "gift_no_distill": Method("GIFT w/o distillation", "gift_no_distill"),
+    "gift_no_ita": Method("GIFT w/o ITA", "gift_no_ita"),
+    "gift_no_awc": Method("GIFT w/o AWC", "gift_no_awc"),
+}
+# Diagnostics, run on request: GIFT's whole loss on real world images isolates what the synthetic images cost.
+DIAGNOSTICS: dict[str, Method] = {"gift_real": Method("GIFT on real images", "gift", "tinyworld")}
 ORDERS = {
     1: ("objects", "textures", "digits", "scenes", "letters", "sketches"),
     2: ("letters", "scenes", "objects", "sketches", "digits", "textures"),
 }
-LABELS = {preset: label for label, preset, _ in METHODS}
+LABELS = {key: method.label for key, method in (METHODS | DIAGNOSTICS).items()}
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
 FIGURES = ("Transfer", "Avg", "Last", "Forget", "pretraining")
@@ -71,16 +83,16 @@ class Cell:
 
 def run_config(cell: Cell, out: Path, split: str, api_url: str, training: dict[str, Any]) -> dict[str, Any]:
     """configs/tinyworld.yaml with the cell's method, seed and order, the split, and ``training`` overrides."""
-    _, preset, source = next(m for m in METHODS if m[1] == cell.method)
+    method = (METHODS | DIAGNOSTICS)[cell.method]
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["training"] = {**config["training"], **training}
     config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
     config["output_dir"] = str(out / "runs" / cell.name)
     config["seed"] = cell.seed
-    config["method"] = {**config["method"], "preset": preset}
+    config["method"] = {**config["method"], "preset": method.preset}
     config["synthetic"] = {
         **config["synthetic"],
-        "source": source,
+        "source": method.source,
         "seed": cell.seed,
         "generator_url": api_url,
         "cache_dir": str(out / "synthetic"),
@@ -218,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--orders", type=int, nargs="+", choices=sorted(ORDERS), default=sorted(ORDERS))
-    parser.add_argument("--methods", nargs="+", choices=[m[1] for m in METHODS], default=[m[1] for m in METHODS])
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *DIAGNOSTICS], default=list(METHODS))
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--page", type=Path, help="where results.md and its charts go (default: OUT/SPLIT)")
     parser.add_argument("--parallel", type=int, default=2)

@@ -17,7 +17,9 @@ def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(t
     assert checked.method.preset == "replay_distill" and checked.synthetic.source == "tinyworld"
     assert checked.evaluation.split == "val" and checked.training.lr == 0.001
     assert checked.output_dir == tmp_path / "runs" / "order2-seed1-replay_distill"
-    assert {preset for _, preset, _ in METHODS} >= {"ft", "l2", "ewc", "lwf", "gift", "gift_no_awc"}
+    assert set(METHODS) >= {"ft", "l2", "ewc", "lwf", "gift", "gift_no_awc"}
+    real = parse_config(run_config(Cell(1, 0, "gift_real"), tmp_path, "val", "http://api:1", {}), base=tmp_path)
+    assert real.method.preset == "gift" and real.synthetic.source == "tinyworld"
 
 
 def write_metrics(out: Path, cell: Cell, avg: float, complete: bool = True) -> None:
