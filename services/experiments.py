@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from services.demo import BASE_CONFIG, ONE_THREAD, stop_on_signals
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
 from services.trainer import metrics
+from services.trainer.config import method_settings
 from services.trainer.synthetic import atomic_write
 
 
@@ -81,15 +82,28 @@ class Cell:
         return f"order{self.order}-seed{self.seed}-{self.method}"
 
 
-def run_config(cell: Cell, out: Path, split: str, api_url: str, training: dict[str, Any]) -> dict[str, Any]:
-    """configs/tinyworld.yaml with the cell's method, seed and order, the split, and ``training`` overrides."""
+@dataclass(frozen=True)
+class Overrides:
+    """What a sweep changes in the embedded default's config: every task's schedule, and settings of some methods
+    (``{"gift": {"awc": 0.3}}``), e.g. while choosing them on the val splits."""
+
+    training: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def run_config(cell: Cell, out: Path, split: str, api_url: str, overrides: Overrides) -> dict[str, Any]:
+    """configs/tinyworld.yaml with the cell's method, seed and order, the split, and the overrides."""
     method = (METHODS | DIAGNOSTICS)[cell.method]
     config = yaml.safe_load(BASE_CONFIG.read_text())
-    config["training"] = {**config["training"], **training}
+    config["training"] = {**config["training"], **overrides.training}
     config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
     config["output_dir"] = str(out / "runs" / cell.name)
     config["seed"] = cell.seed
-    config["method"] = {**config["method"], "preset": method.preset}
+    config["method"] = {
+        **config["method"],
+        "preset": method.preset,
+        "overrides": overrides.methods.get(cell.method, {}),
+    }
     config["synthetic"] = {
         **config["synthetic"],
         "source": method.source,
@@ -103,12 +117,33 @@ def run_config(cell: Cell, out: Path, split: str, api_url: str, training: dict[s
     return config
 
 
+def method_overrides(assignments: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``["gift.awc=0.3", ...]`` as ``{"gift": {"awc": 0.3}}``, each checked against its method's settings."""
+    methods: dict[str, dict[str, float]] = {}
+    for text in assignments:
+        key, _, value = text.partition("=")
+        name, _, setting = key.partition(".")
+        if name not in METHODS | DIAGNOSTICS or not setting or not value:
+            raise ValueError(f"--set {text!r}: expected METHOD.SETTING=VALUE with METHOD one of "
+                             f"{', '.join([*METHODS, *DIAGNOSTICS])}, e.g. gift.awc=0.3")  # fmt: skip
+        try:
+            methods.setdefault(name, {})[setting] = float(value)
+        except ValueError:
+            raise ValueError(f"--set {text!r}: {value!r} is not a number") from None
+    for name, settings in methods.items():
+        try:
+            method_settings((METHODS | DIAGNOSTICS)[name].preset, settings)
+        except ValueError as error:
+            raise ValueError(f"--set {name}: {error}") from None
+    return methods
+
+
 def finished(out: Path, cell: Cell) -> bool:
     metrics = out / "runs" / cell.name / "metrics.json"
     return metrics.is_file() and json.loads(metrics.read_text()).get("complete", False)
 
 
-def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training: dict[str, Any]) -> None:
+def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, overrides: Overrides) -> None:
     """Run every unfinished cell, ``parallel`` at a time, against one generator stack; a failed run is reported
     and the others go on."""
     stop_on_signals()
@@ -118,7 +153,7 @@ def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, training:
         return
     with LocalStack(out / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD) as stack:
         stack.start(workers=1)
-        configs = [run_config(cell, out, split, stack.api_url, training) for cell in todo]
+        configs = [run_config(cell, out, split, stack.api_url, overrides) for cell in todo]
         steps = sum(len(c["tasks"]) * c["training"]["iterations"] for c in configs)
         running: list[Run] = []
         done_steps = 0
@@ -236,11 +271,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--lr", type=float, help="every task's learning rate (default: the config's)")
     parser.add_argument("--iterations", type=int, help="every task's iterations (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.SETTING=VALUE",
+                        help="a method's setting, e.g. gift.awc=0.3 (repeatable; one --out per choice)")  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out.resolve() / args.split
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
+    try:
+        overrides = Overrides(training, method_overrides(args.set))
+    except ValueError as error:
+        parser.error(str(error))
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
-    sweep(cells, out, args.split, args.parallel, training)
+    sweep(cells, out, args.split, args.parallel, overrides)
     page_dir = (args.page or out).resolve()
     page_dir.mkdir(parents=True, exist_ok=True)
     page = results_page(collect(cells, out), args.split, page_dir)

@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.experiments import METHODS, ORDERS, Cell, collect, finished, results_page, run_config
+import pytest
+
+from services.experiments import (
+    METHODS,
+    ORDERS,
+    Cell,
+    Overrides,
+    collect,
+    finished,
+    method_overrides,
+    results_page,
+    run_config,
+)
 from services.trainer.config import parse_config
 
 
 def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(tmp_path: Path) -> None:
-    config = run_config(Cell(2, 1, "replay_distill"), tmp_path, "val", "http://api:1", {"lr": 0.001})
+    config = run_config(Cell(2, 1, "replay_distill"), tmp_path, "val", "http://api:1", Overrides({"lr": 0.001}))
     checked = parse_config(config, base=tmp_path)
     assert [task.label for task in checked.tasks] == list(ORDERS[2])
     assert checked.seed == checked.synthetic.seed == 1
@@ -18,7 +30,9 @@ def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(t
     assert checked.evaluation.split == "val" and checked.training.lr == 0.001
     assert checked.output_dir == tmp_path / "runs" / "order2-seed1-replay_distill"
     assert set(METHODS) >= {"ft", "l2", "ewc", "lwf", "gift", "gift_no_awc"}
-    real = parse_config(run_config(Cell(1, 0, "gift_real"), tmp_path, "val", "http://api:1", {}), base=tmp_path)
+    real = parse_config(
+        run_config(Cell(1, 0, "gift_real"), tmp_path, "val", "http://api:1", Overrides()), base=tmp_path
+    )
     assert real.method.preset == "gift" and real.synthetic.source == "tinyworld"
 
 
@@ -48,3 +62,16 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
     # the aims, on seed-paired differences: GIFT is 10 ahead of FT in every figure, the bar needs 5 and 3
     assert "| Transfer over FT ≥ 5 | 10.0 ± 0.0 | yes |" in page and "| Avg over FT ≥ 3 | 10.0 ± 0.0 | yes |" in page
     assert (tmp_path / "results-order1.png").is_file()
+
+
+def test_method_settings_are_set_per_method_and_checked_before_anything_runs(tmp_path: Path) -> None:
+    overrides = Overrides(methods=method_overrides(["gift.awc=0.3", "gift.ita=0"]))
+    gift = parse_config(run_config(Cell(1, 0, "gift"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
+    ft = parse_config(run_config(Cell(1, 0, "ft"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
+    assert (gift.method.settings().awc, gift.method.settings().ita) == (0.3, 0.0)
+    assert ft.method.settings().awc == 0.0  # FT is left as it is
+    wrong = {"gift.awc": "METHOD.SETTING=VALUE", "sgd.awc=1": "METHOD.SETTING=VALUE", "gift.awc=x": "not a number",
+             "gift.momentum=1": "unknown setting momentum"}  # fmt: skip
+    for text, message in wrong.items():
+        with pytest.raises(ValueError, match=message):
+            method_overrides([text])
