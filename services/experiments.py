@@ -199,8 +199,18 @@ def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
     return metrics.summary([row] * len(row)) | {"pretraining": result["pretraining_zero_shot"]}
 
 
-def results_page(table: Table, split: str, out: Path) -> str:
-    lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", ""]
+def settings_line(overrides: Overrides) -> str:
+    """What every run of the page shares: the embedded default's schedule and synthetic sets, as the sweep ran it."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    training, synthetic = config["training"] | overrides.training, config["synthetic"]
+    changed = "".join(f"; {name}: {settings}" for name, settings in overrides.methods.items())
+    return (f"Every run: `configs/tinyworld.yaml`, {training['iterations']} iterations per task, batch "
+            f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn "
+            f"in {synthetic['steps']} DPM-Solver++ steps{changed}.")  # fmt: skip
+
+
+def results_page(table: Table, split: str, out: Path, settings: str = "") -> str:
+    lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", "", settings, ""]
     for order, methods in sorted(table.items()):
         lines += [f"## Order {order}: {' → '.join(ORDERS[order])}", ""]
         lines += ["| method | seeds | " + " | ".join(FIGURES) + " |", "|---|---:" + "|---:" * len(FIGURES) + "|"]
@@ -210,7 +220,7 @@ def results_page(table: Table, split: str, out: Path) -> str:
                          + " | ".join(cells) + " |")  # fmt: skip
         lines += ["", *bar_lines(methods), ""]
         chart = out / f"results-order{order}.png"
-        bar_chart(chart, {m: f for m, f in methods.items() if m != ZERO_SHOT}, order)
+        bar_chart(chart, methods, order)
         lines += [f"![order {order}]({chart.name})", ""]
     lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs); pretraining = zero-shot "
                  "accuracy on held-out world images, mean over concept families, after the last task (before any "
@@ -244,14 +254,21 @@ def _mean_sd(values: Iterable[float]) -> str:
 
 
 def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int) -> None:
+    """Mean ± deviation per method and figure, the pre-trained model's own figure as a dashed line over each group."""
     keys = ("Transfer", "Avg", "Last", "pretraining")
+    trained = [m for m in methods if m != ZERO_SHOT]
     fig, ax = plt.subplots(figsize=(11, 4.2))
-    width = 0.8 / len(methods)
-    for i, (method, figures) in enumerate(methods.items()):
-        values = [list(figures[k].values()) for k in keys]
+    width = 0.8 / len(trained)
+    for i, method in enumerate(trained):
+        values = [list(methods[method][k].values()) for k in keys]
         errors = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
         ax.bar(np.arange(len(keys)) + i * width, [np.mean(v) for v in values], width, yerr=errors,
                label=LABELS[method], capsize=2)  # fmt: skip
+    if ZERO_SHOT in methods:
+        for k, key in enumerate(keys):
+            level = np.mean(list(methods[ZERO_SHOT][key].values()))
+            ax.hlines(level, k - width, k + 0.8, colors="black", linestyles="dashed", linewidth=1,
+                      label="zero-shot (no training)" if k == 0 else None)  # fmt: skip
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"order {order}")
@@ -284,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sweep(cells, out, args.split, args.parallel, overrides)
     page_dir = (args.page or out).resolve()
     page_dir.mkdir(parents=True, exist_ok=True)
-    page = results_page(collect(cells, out), args.split, page_dir)
+    page = results_page(collect(cells, out), args.split, page_dir, settings_line(overrides))
     atomic_write(page_dir / "results.md", page.encode())
     print(page, flush=True)
 

@@ -17,6 +17,7 @@ from services.experiments import (
     method_overrides,
     results_page,
     run_config,
+    settings_line,
 )
 from services.trainer.config import parse_config
 
@@ -54,7 +55,8 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
     assert finished(tmp_path, cells[0]) and not finished(tmp_path, cells[5]) and not finished(tmp_path, cells[4])
     table = collect(cells, tmp_path)
     assert table[1]["ft"]["Avg"] == {0: 30.0, 1: 34.0} and table[1]["gift"]["pretraining"] == {0: 50.0, 1: 50.0}
-    page = results_page(table, "test", tmp_path)
+    page = results_page(table, "test", tmp_path, settings_line(Overrides({"iterations": 7}, {"gift": {"awc": 0.3}})))
+    assert "7 iterations per task" in page and "gift: {'awc': 0.3}" in page
     assert "| FT | 2 | 27.0 ± 2.8 | 32.0 ± 2.8 |" in page
     assert "| GIFT | 2 | 37.0 ± 2.8 | 42.0 ± 2.8 |" in page
     # the pre-trained model's row: its matrix is the zero-shot row repeated, it forgets nothing
