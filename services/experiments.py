@@ -66,7 +66,10 @@ ORDERS = {
 LABELS = {key: method.label for key, method in (METHODS | DIAGNOSTICS).items()}
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
-FIGURES = ("Transfer", "Avg", "Last", "Forget", "pretraining")
+MTIL = ("Transfer", "Avg", "Last", "Forget")
+# learnt: mean accuracy on each task right after training it (what a method lets the model learn);
+# pretraining: the pre-training probe after the last task (what it keeps of pre-training)
+FIGURES = (*MTIL, "learnt", "pretraining")
 
 
 @dataclass(frozen=True)
@@ -186,17 +189,22 @@ def collect(cells: Sequence[Cell], out: Path) -> Table:
             continue
         result = json.loads((out / "runs" / cell.name / "metrics.json").read_text())
         methods = table.setdefault(cell.order, {})
-        measured = {key: result[key] for key in FIGURES[:4]} | {"pretraining": result["pretraining"][-1]}
-        for method, values in ((cell.method, measured), (ZERO_SHOT, zero_shot_figures(result))):
+        for method, values in ((cell.method, run_figures(result)), (ZERO_SHOT, zero_shot_figures(result))):
             for key, value in values.items():
                 methods.setdefault(method, {}).setdefault(key, {})[cell.seed] = value
     return table
 
 
+def run_figures(result: dict[str, Any]) -> dict[str, float]:
+    learnt = float(np.mean(np.diag(result["accuracy"])))
+    return {key: result[key] for key in MTIL} | {"learnt": learnt, "pretraining": result["pretraining"][-1]}
+
+
 def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
     """The pre-trained model as a method that never trains: every row of its matrix is the zero-shot row."""
     row = result["zero_shot"]
-    return metrics.summary([row] * len(row)) | {"pretraining": result["pretraining_zero_shot"]}
+    return run_figures({**metrics.summary([row] * len(row)), "accuracy": [row] * len(row),
+                        "pretraining": [result["pretraining_zero_shot"]]})  # fmt: skip
 
 
 def settings_line(overrides: Overrides) -> str:
@@ -222,9 +230,9 @@ def results_page(table: Table, split: str, out: Path, settings: str = "") -> str
         chart = out / f"results-order{order}.png"
         bar_chart(chart, methods, order)
         lines += [f"![order {order}]({chart.name})", ""]
-    lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs); pretraining = zero-shot "
-                 "accuracy on held-out world images, mean over concept families, after the last task (before any "
-                 "training for the zero-shot row).")  # fmt: skip
+    lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs). learnt = mean accuracy on "
+                 "each task right after training it; pretraining = zero-shot accuracy on held-out world images, mean "
+                 "over concept families, after the last task (before any training for the zero-shot row).")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -255,9 +263,9 @@ def _mean_sd(values: Iterable[float]) -> str:
 
 def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int) -> None:
     """Mean ± deviation per method and figure, the pre-trained model's own figure as a dashed line over each group."""
-    keys = ("Transfer", "Avg", "Last", "pretraining")
+    keys = ("Transfer", "Avg", "Last", "learnt", "pretraining")
     trained = [m for m in methods if m != ZERO_SHOT]
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.8 / len(trained)
     for i, method in enumerate(trained):
         values = [list(methods[method][k].values()) for k in keys]
