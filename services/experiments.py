@@ -59,11 +59,12 @@ METHODS: dict[str, Method] = {
 }
 # Diagnostics, run on request: GIFT's whole loss on real world images isolates what the synthetic images cost.
 DIAGNOSTICS: dict[str, Method] = {"gift_real": Method("GIFT on real images", "gift", "tinyworld")}
+ALL_METHODS = METHODS | DIAGNOSTICS
 ORDERS = {
     1: ("objects", "textures", "digits", "scenes", "letters", "sketches"),
     2: ("letters", "scenes", "objects", "sketches", "digits", "textures"),
 }
-LABELS = {key: method.label for key, method in (METHODS | DIAGNOSTICS).items()}
+LABELS = {key: method.label for key, method in ALL_METHODS.items()}
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
 MTIL = ("Transfer", "Avg", "Last", "Forget")
@@ -96,7 +97,7 @@ class Overrides:
 
 def run_config(cell: Cell, out: Path, split: str, api_url: str, overrides: Overrides) -> dict[str, Any]:
     """configs/tinyworld.yaml with the cell's method, seed and order, the split, and the overrides."""
-    method = (METHODS | DIAGNOSTICS)[cell.method]
+    method = ALL_METHODS[cell.method]
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["training"] = {**config["training"], **overrides.training}
     config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
@@ -126,16 +127,16 @@ def method_overrides(assignments: Sequence[str]) -> dict[str, dict[str, float]]:
     for text in assignments:
         key, _, value = text.partition("=")
         name, _, setting = key.partition(".")
-        if name not in METHODS | DIAGNOSTICS or not setting or not value:
+        if name not in ALL_METHODS or not setting or not value:
             raise ValueError(f"--set {text!r}: expected METHOD.SETTING=VALUE with METHOD one of "
-                             f"{', '.join([*METHODS, *DIAGNOSTICS])}, e.g. gift.awc=0.3")  # fmt: skip
+                             f"{', '.join(ALL_METHODS)}, e.g. gift.awc=0.3")  # fmt: skip
         try:
             methods.setdefault(name, {})[setting] = float(value)
         except ValueError:
             raise ValueError(f"--set {text!r}: {value!r} is not a number") from None
     for name, settings in methods.items():
         try:
-            method_settings((METHODS | DIAGNOSTICS)[name].preset, settings)
+            method_settings(ALL_METHODS[name].preset, settings)
         except ValueError as error:
             raise ValueError(f"--set {name}: {error}") from None
     return methods
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--orders", type=int, nargs="+", choices=sorted(ORDERS), default=sorted(ORDERS))
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *DIAGNOSTICS], default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS), default=list(METHODS))
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--page", type=Path, help="where results.md and its charts go (default: OUT/SPLIT)")
     parser.add_argument("--parallel", type=int, default=2)

@@ -12,6 +12,7 @@ from services.experiments import (
     ORDERS,
     Cell,
     Overrides,
+    bar_lines,
     collect,
     finished,
     method_overrides,
@@ -82,3 +83,16 @@ def test_method_settings_are_set_per_method_and_checked_before_anything_runs(tmp
     for text, message in wrong.items():
         with pytest.raises(ValueError, match=message):
             method_overrides([text])
+
+
+def test_an_aim_is_met_only_when_the_seed_paired_gain_reaches_it() -> None:
+    methods = {
+        "gift": {"Transfer": {0: 32.0, 1: 33.0}, "Avg": {0: 40.0, 1: 41.0}},
+        "ft": {"Transfer": {0: 28.0, 1: 28.0}, "Avg": {0: 36.0, 1: 38.0}},
+        "ewc": {"Avg": {0: 41.0, 1: 41.0, 2: 99.0}},  # seed 2 has no GIFT run to pair with: left out
+    }
+    lines = bar_lines(methods)
+    assert "| Transfer over FT ≥ 5 | 4.5 ± 0.7 | no |" in lines
+    assert "| Avg over FT ≥ 3 | 3.5 ± 0.7 | yes |" in lines
+    assert "| Avg over EWC > 0 | -0.5 ± 0.7 | no |" in lines
+    assert not any("L2" in line for line in lines)  # no L2 runs, no L2 line
