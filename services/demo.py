@@ -61,7 +61,7 @@ def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
     config["output_dir"] = str(out_dir / "runs" / method)
-    config["method"] = {**config["method"], "preset": method}
+    config["method"] = method_section(method, config["method"])
     config["training"] = {**config["training"], "iterations": settings.iterations, "num_workers": 0}
     config["synthetic"] = {
         **config["synthetic"],
@@ -74,6 +74,11 @@ def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings
     config["tasks"] = config["tasks"][: settings.tasks]
     config["progress"] = False  # the demo draws one bar per run instead
     return {**config, **settings.overrides}
+
+
+def method_section(method: str, base: dict[str, Any]) -> dict[str, Any]:
+    """The config's own method as it stands, its val-chosen weights included; any other preset without them."""
+    return base if method == base["preset"] else {**base, "preset": method, "overrides": {}}
 
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, dict[str, float | None]]:

@@ -142,6 +142,18 @@ def method_overrides(assignments: Sequence[str]) -> dict[str, dict[str, float]]:
     return methods
 
 
+def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each method's changed settings: the config's own (chosen on val) for runs of the config's preset, then
+    ``--set``'s. The other presets, GIFT's ablations among them, start from their definitions."""
+    base = yaml.safe_load(BASE_CONFIG.read_text())["method"]
+    weights = {}
+    for name in names:
+        own = base.get("overrides", {}) if ALL_METHODS[name].preset == base["preset"] else {}
+        if changed := {**own, **chosen.get(name, {})}:
+            weights[name] = changed
+    return weights
+
+
 def finished(out: Path, cell: Cell) -> bool:
     metrics = out / "runs" / cell.name / "metrics.json"
     return metrics.is_file() and json.loads(metrics.read_text()).get("complete", False)
@@ -303,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out.resolve() / args.split
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
     try:
-        overrides = Overrides(training, method_overrides(args.set))
+        overrides = Overrides(training, method_weights(args.methods, method_overrides(args.set)))
     except ValueError as error:
         parser.error(str(error))
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]

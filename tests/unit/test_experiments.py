@@ -16,6 +16,7 @@ from services.experiments import (
     collect,
     finished,
     method_overrides,
+    method_weights,
     results_page,
     run_config,
     settings_line,
@@ -96,3 +97,8 @@ def test_an_aim_is_met_only_when_the_seed_paired_gain_reaches_it() -> None:
     assert "| Avg over FT ≥ 3 | 3.5 ± 0.7 | yes |" in lines
     assert "| Avg over EWC > 0 | -0.5 ± 0.7 | no |" in lines
     assert not any("L2" in line for line in lines)  # no L2 runs, no L2 line
+
+
+def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> None:
+    chosen = method_weights(["gift", "gift_real", "gift_no_ita", "ft"], method_overrides(["gift.awc=0.5"]))
+    assert chosen == {"gift": {"awc": 0.5, "ita": 0.0}, "gift_real": {"awc": 0.0, "ita": 0.0}}

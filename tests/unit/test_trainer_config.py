@@ -175,5 +175,7 @@ def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe()
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
     assert Path(str(config.model.pretrained)).resolve() == tinyworld / "weights" / "tiny-clip.pt"
     assert config.method.preset == "gift" and config.synthetic.concepts == "tinyworld"
+    settings = config.method.settings()  # the weights chosen on val: the contrastive distillation alone
+    assert (settings.distill, settings.ita, settings.awc) == (1.0, 0.0, 0.0)
     assert config.evaluation.split == "val" and config.evaluation.pretraining_probe == "tinyworld"
     assert config.training.num_workers == config.evaluation.num_workers == 0
