@@ -3,10 +3,11 @@
     python -m services.experiments --out runs/experiments [--seeds 0 1 2] [--orders 1 2] [--split test]
 
 Each run is a `gift train` process from the embedded default's config (configs/tinyworld.yaml) with the method,
-seed, order and split set; two run at a time, and one generator stack serves the GIFT runs' synthetic sets. A run
-that finished is not run again, so an interrupted sweep continues where it stopped. The page (`results.md`) gives
-mean and standard deviation over seeds of Transfer, Avg, Last, Forget and what each method kept of pre-training,
-with a bar chart; settings are chosen with `--split val`, and the page reported with `--split test`.
+seed, order and split set (runs of the config's own method keep its val-chosen weights); two run at a time, and
+one generator stack serves the GIFT runs' synthetic sets. A run that finished is not run again, so an interrupted
+sweep continues where it stopped. The page (`results.md`) gives mean and standard deviation over seeds of Transfer,
+Avg, Last, Forget and what each method kept of pre-training, with a bar chart; settings are chosen with
+`--split val`, and the page reported with `--split test`.
 """
 
 from __future__ import annotations
