@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, help="every task's iterations (default: the config's)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.SETTING=VALUE",
                         help="a method's setting, e.g. gift.awc=0.3 (repeatable; one --out per choice)")  # fmt: skip
+    parser.add_argument("--page-only", action="store_true", help="write the page from the runs finished so far")
     args = parser.parse_args(argv)
     out = args.out.resolve() / args.split
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
@@ -320,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
-    sweep(cells, out, args.split, args.parallel, overrides)
+    if not args.page_only:
+        sweep(cells, out, args.split, args.parallel, overrides)
     page_dir = (args.page or out).resolve()
     page_dir.mkdir(parents=True, exist_ok=True)
     page = results_page(collect(cells, out), args.split, page_dir, settings_line(overrides))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import services.experiments
 from services.experiments import (
     METHODS,
     ORDERS,
@@ -15,6 +16,7 @@ from services.experiments import (
     bar_lines,
     collect,
     finished,
+    main,
     method_overrides,
     method_weights,
     results_page,
@@ -102,3 +104,14 @@ def test_an_aim_is_met_only_when_the_seed_paired_gain_reaches_it() -> None:
 def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> None:
     chosen = method_weights(["gift", "gift_real", "gift_no_ita", "ft"], method_overrides(["gift.awc=0.5"]))
     assert chosen == {"gift": {"awc": 0.5, "ita": 0.0}, "gift_real": {"awc": 0.0, "ita": 0.0}}
+
+
+def test_page_only_writes_the_page_from_finished_runs_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services.experiments, "sweep", lambda *args: pytest.fail("--page-only started runs"))
+    for seed in (0, 1):
+        write_metrics(tmp_path / "test", Cell(1, seed, "ft"), 30.0 + seed)
+    main(["--out", str(tmp_path), "--orders", "1", "--methods", "ft", "gift", "--page-only"])
+    page = (tmp_path / "test" / "results.md").read_text()
+    assert "| FT | 2 | 25.5 ± 0.7 | 30.5 ± 0.7 |" in page and "| GIFT |" not in page
