@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from services.demo import BASE_CONFIG, ONE_THREAD, stop_on_signals
+from services.demo import BASE_CONFIG, ONE_THREAD, method_section, stop_on_signals
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
 from services.trainer import metrics
@@ -149,7 +149,7 @@ def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) ->
     base = yaml.safe_load(BASE_CONFIG.read_text())["method"]
     weights = {}
     for name in names:
-        own = base.get("overrides", {}) if ALL_METHODS[name].preset == base["preset"] else {}
+        own = method_section(ALL_METHODS[name].preset, base).get("overrides", {})
         if changed := {**own, **chosen.get(name, {})}:
             weights[name] = changed
     return weights
