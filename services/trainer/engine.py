@@ -85,7 +85,7 @@ class Engine:
         previous = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device)
         self.optimizer = torch.optim.AdamW(
-            self.state.params.values(), lr=task.lr, betas=self.betas, weight_decay=self.weight_decay
+            self.state.params.values(), lr=task.lr, betas=self.betas, weight_decay=self.weight_decay, fused=True
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(task.warmup, task.iterations))
         self.step_in_task = 0
