@@ -4,10 +4,12 @@
 
 Each run is a `gift train` process from the embedded default's config (configs/tinyworld.yaml) with the method,
 seed, order and split set (runs of the config's own method keep its val-chosen weights); two run at a time, and
-one generator stack serves the GIFT runs' synthetic sets. A run that finished is not run again, so an interrupted
-sweep continues where it stopped. The page (`results.md`) gives mean and standard deviation over seeds of Transfer,
-Avg, Last, Forget and what each method kept of pre-training, with a bar chart; settings are chosen with
-`--split val`, and the page reported with `--split test`.
+one generator stack serves the GIFT runs' synthetic sets. The page (`results.md`) gives mean and standard deviation
+over seeds of Transfer, Avg, Last, Forget and what each method kept of pre-training, with a bar chart; settings are
+chosen with `--split val`, and the page reported with `--split test`.
+
+The page keeps every finished run's metrics beside it (`runs.json`, rewritten as each run ends), so it outlives the
+run folders: a sweep into the same page, with the same settings, runs only what the page does not hold yet.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ ORDERS = {
 LABELS = {key: method.label for key, method in ALL_METHODS.items()}
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
+RECORD = "runs.json"
 MTIL = ("Transfer", "Avg", "Last", "Forget")
 # learnt: mean accuracy on each task right after training it (what a method lets the model learn);
 # pretraining: the pre-training probe after the last task (what it keeps of pre-training)
@@ -155,19 +158,60 @@ def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) ->
     return weights
 
 
-def finished(out: Path, cell: Cell) -> bool:
-    metrics = out / "runs" / cell.name / "metrics.json"
-    return metrics.is_file() and json.loads(metrics.read_text()).get("complete", False)
+def finished(out: Path, cell: Cell) -> dict[str, Any] | None:
+    """The metrics of the cell's run in `out`, if it ran to the end."""
+    path = out / "runs" / cell.name / "metrics.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    return result if result.get("complete", False) else None
 
 
-def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, overrides: Overrides) -> None:
-    """Run every unfinished cell, ``parallel`` at a time, against one generator stack; a failed run is reported
-    and the others go on."""
+@dataclass
+class PageRecord:
+    """Every finished run of a page (`runs.json` beside it). Runs belong on one page only under the same split,
+    schedule and weights per method, so a sweep with other settings is refused rather than mixed in."""
+
+    split: str
+    schedule: str
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell name -> {"cell": ..., "metrics": ...}
+
+    @classmethod
+    def open(cls, folder: Path, split: str, schedule: str, weights: dict[str, dict[str, float]]) -> PageRecord:
+        """The record in `folder` (a new one if none), checked against the settings about to be run."""
+        path = folder / RECORD
+        record = cls(**json.loads(path.read_text())) if path.is_file() else cls(split, schedule)
+        if (record.split, record.schedule) != (split, schedule):
+            raise ValueError(f"{path} holds runs on {record.split} with '{record.schedule}', not on {split} with "
+                             f"'{schedule}': give this sweep its own --page")  # fmt: skip
+        for method, own in weights.items():
+            if method in record.weights and record.weights[method] != own:
+                raise ValueError(f"{path} holds {method} runs with settings {record.weights[method] or 'as defined'}"
+                                 f", not {own or 'as defined'}: give this sweep its own --page")  # fmt: skip
+        return record
+
+    def __contains__(self, cell: Cell) -> bool:
+        return cell.name in self.runs
+
+    def add(self, cell: Cell, metrics: dict[str, Any], weights: dict[str, float]) -> None:
+        self.runs[cell.name] = {"cell": asdict(cell), "metrics": metrics}
+        self.weights[cell.method] = weights
+
+    def cells(self) -> list[tuple[Cell, dict[str, Any]]]:
+        return [(Cell(**run["cell"]), run["metrics"]) for _, run in sorted(self.runs.items())]
+
+    def save(self, folder: Path) -> None:
+        atomic_write(folder / RECORD, json.dumps(asdict(self), indent=1).encode())
+
+
+def sweep(
+    todo: Sequence[Cell], out: Path, split: str, parallel: int, overrides: Overrides, on_finish: Callable[[Cell], None]
+) -> None:
+    """Run the cells, ``parallel`` at a time, against one generator stack, calling `on_finish` as each run ends
+    well; a failed run is reported and the others go on."""
     stop_on_signals()
-    todo = [cell for cell in cells if not finished(out, cell)]
-    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs done already; {len(todo)} to run", flush=True)
     if not todo:
         return
+    by_name = {cell.name: cell for cell in todo}
     with LocalStack(out / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD) as stack:
         stack.start(workers=1)
         configs = [run_config(cell, out, split, stack.api_url, overrides) for cell in todo]
@@ -186,6 +230,8 @@ def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, overrides
                         done_steps += run.total_steps
                         if run.process.popen.returncode != 0:
                             tqdm.write(f"experiments: run {run.name} failed; see {run.process.log}")
+                        else:
+                            on_finish(by_name[run.name])
                     bar.update(done_steps + sum(r.steps_done() for r in running) - bar.n)
                     time.sleep(1.0)
             finally:
@@ -195,13 +241,10 @@ def sweep(cells: Sequence[Cell], out: Path, split: str, parallel: int, overrides
 Table = dict[int, dict[str, dict[str, dict[int, float]]]]  # order -> method -> figure -> seed -> value
 
 
-def collect(cells: Sequence[Cell], out: Path) -> Table:
-    """Every finished run's figures, and the pre-trained model's own (`ZERO_SHOT`) from the runs' zero-shot rows."""
+def collect(runs: Iterable[tuple[Cell, dict[str, Any]]]) -> Table:
+    """Every run's figures, and the pre-trained model's own (`ZERO_SHOT`) from the runs' zero-shot rows."""
     table: Table = {}
-    for cell in cells:
-        if not finished(out, cell):
-            continue
-        result = json.loads((out / "runs" / cell.name / "metrics.json").read_text())
+    for cell, result in runs:
         methods = table.setdefault(cell.order, {})
         for method, values in ((cell.method, run_figures(result)), (ZERO_SHOT, zero_shot_figures(result))):
             for key, value in values.items():
@@ -221,14 +264,18 @@ def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
                         "pretraining": [result["pretraining_zero_shot"]]})  # fmt: skip
 
 
-def settings_line(overrides: Overrides) -> str:
-    """What every run of the page shares: the embedded default's schedule and synthetic sets, as the sweep ran it."""
+def schedule_line(training: dict[str, Any]) -> str:
+    """What every run of a page shares: the embedded default's schedule and synthetic sets, as the sweep runs it."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
-    training, synthetic = config["training"] | overrides.training, config["synthetic"]
-    changed = "".join(f"; {name}: {settings}" for name, settings in overrides.methods.items())
-    return (f"Every run: `configs/tinyworld.yaml`, {training['iterations']} iterations per task, batch "
-            f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn "
-            f"in {synthetic['steps']} DPM-Solver++ steps{changed}.")  # fmt: skip
+    training, synthetic = config["training"] | training, config["synthetic"]
+    return (f"`configs/tinyworld.yaml`, {training['iterations']} iterations per task, batch {training['batch_size']}, "
+            f"lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in {synthetic['steps']} "
+            "DPM-Solver++ steps")  # fmt: skip
+
+
+def settings_line(record: PageRecord) -> str:
+    changed = "".join(f"; {name}: {weights}" for name, weights in record.weights.items() if weights)
+    return f"Every run: {record.schedule}{changed}."
 
 
 def results_page(table: Table, split: str, out: Path, settings: str = "") -> str:
@@ -315,19 +362,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--page-only", action="store_true", help="write the page from the runs finished so far")
     args = parser.parse_args(argv)
     out = args.out.resolve() / args.split
+    page_dir = (args.page or out).resolve()
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
     try:
         overrides = Overrides(training, method_weights(args.methods, method_overrides(args.set)))
+        weights = {method: overrides.methods.get(method, {}) for method in args.methods}
+        record = PageRecord.open(page_dir, args.split, schedule_line(training), weights)
     except ValueError as error:
         parser.error(str(error))
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
+
+    def publish(*done: Cell) -> None:
+        """Take finished runs into the record, and write it and the page again."""
+        for cell in done:
+            record.add(cell, finished(out, cell), weights[cell.method])
+        record.save(page_dir)
+        page = results_page(collect(record.cells()), args.split, page_dir, settings_line(record))
+        atomic_write(page_dir / "results.md", page.encode())
+
+    publish(*[cell for cell in cells if cell not in record and finished(out, cell)])
+    todo = [cell for cell in cells if cell not in record]
+    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs on the page already; {len(todo)} to run")
     if not args.page_only:
-        sweep(cells, out, args.split, args.parallel, overrides)
-    page_dir = (args.page or out).resolve()
-    page_dir.mkdir(parents=True, exist_ok=True)
-    page = results_page(collect(cells, out), args.split, page_dir, settings_line(overrides))
-    atomic_write(page_dir / "results.md", page.encode())
-    print(page, flush=True)
+        sweep(todo, out, args.split, args.parallel, overrides, on_finish=publish)
+    print((page_dir / "results.md").read_text(), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from services.experiments import (
     ORDERS,
     Cell,
     Overrides,
+    PageRecord,
     bar_lines,
     collect,
     finished,
@@ -21,6 +22,7 @@ from services.experiments import (
     method_weights,
     results_page,
     run_config,
+    schedule_line,
     settings_line,
 )
 from services.trainer.config import parse_config
@@ -58,10 +60,15 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
     write_metrics(tmp_path, cells[3], 44.0)
     write_metrics(tmp_path, cells[5], 99.0, complete=False)  # an unfinished run is neither counted nor skipped
     assert finished(tmp_path, cells[0]) and not finished(tmp_path, cells[5]) and not finished(tmp_path, cells[4])
-    table = collect(cells, tmp_path)
+    record = PageRecord("test", schedule_line({"iterations": 7}))
+    for cell in cells:
+        if result := finished(tmp_path, cell):
+            record.add(cell, result, {"awc": 0.3} if cell.method == "gift" else {})
+    table = collect(record.cells())
     assert table[1]["ft"]["Avg"] == {0: 30.0, 1: 34.0} and table[1]["gift"]["pretraining"] == {0: 50.0, 1: 50.0}
-    page = results_page(table, "test", tmp_path, settings_line(Overrides({"iterations": 7}, {"gift": {"awc": 0.3}})))
-    assert "7 iterations per task" in page and "gift: {'awc': 0.3}" in page
+    page = results_page(table, "test", tmp_path, settings_line(record))
+    assert "7 iterations per task" in page and "gift: {'awc': 0.3}." in page
+    assert page.count(": {") == 1  # FT's weights are as defined: no entry
     assert "| FT | 2 | 27.0 ± 2.8 | 32.0 ± 2.8 |" in page
     assert "| GIFT | 2 | 37.0 ± 2.8 | 42.0 ± 2.8 |" in page
     # the pre-trained model's row: its matrix is the zero-shot row repeated, it forgets nothing
@@ -115,3 +122,32 @@ def test_page_only_writes_the_page_from_finished_runs_and_starts_nothing(
     main(["--out", str(tmp_path), "--orders", "1", "--methods", "ft", "gift", "--page-only"])
     page = (tmp_path / "test" / "results.md").read_text()
     assert "| FT | 2 | 25.5 ± 0.7 | 30.5 ± 0.7 |" in page and "| GIFT |" not in page
+
+
+def test_the_page_keeps_its_runs_so_a_later_sweep_runs_only_what_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[Cell]] = []
+    monkeypatch.setattr(services.experiments, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    page = tmp_path / "page"
+    write_metrics(tmp_path / "first" / "test", Cell(1, 0, "ft"), 30.0)
+    main(["--out", str(tmp_path / "first"), "--page", str(page), "--orders", "1", "--seeds", "0", "1",
+          "--methods", "ft"])  # fmt: skip
+    assert asked == [[Cell(1, 1, "ft")]]
+    # the run folders are gone (a new machine): the page still holds seed 0, and the sweep adds seed 1's run
+    write_metrics(tmp_path / "second" / "test", Cell(1, 1, "ft"), 34.0)
+    main(["--out", str(tmp_path / "second"), "--page", str(page), "--orders", "1", "--seeds", "0", "1",
+          "--methods", "ft"])  # fmt: skip
+    assert asked[-1] == []
+    assert "| FT | 2 | 27.0 ± 2.8 | 32.0 ± 2.8 |" in (page / "results.md").read_text()
+    assert json.loads((page / "runs.json").read_text())["runs"].keys() == {"order1-seed0-ft", "order1-seed1-ft"}
+
+
+def test_a_page_refuses_runs_made_with_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_metrics(tmp_path / "test", Cell(1, 0, "gift"), 30.0)
+    common = ["--out", str(tmp_path), "--orders", "1", "--seeds", "0", "--page-only"]
+    main([*common, "--methods", "gift", "ft"])
+    for other in (["--methods", "gift", "--set", "gift.awc=0.5"], ["--methods", "ft", "--iterations", "5"]):
+        with pytest.raises(SystemExit):
+            main([*common, *other])
+        assert "runs.json holds" in capsys.readouterr().err
