@@ -41,11 +41,13 @@ from services.trainer.synthetic import atomic_write
 
 @dataclass(frozen=True)
 class Method:
-    """A column of the page: a method preset of the trainer, fed by the generator or by real world images."""
+    """A column of the page: a method preset of the trainer, fed by the generator or by real world images; `chosen`
+    runs the config's own preset with the config's val-chosen weights, else with the preset's definition."""
 
     label: str
     preset: str
     source: str = "generator"
+    chosen: bool = True
 
 
 # The page's methods: the baselines, GIFT, the reference with real images, GIFT's ablations.
@@ -56,6 +58,8 @@ METHODS: dict[str, Method] = {
     "ewc": Method("EWC", "ewc"),
     "lwf": Method("LwF", "lwf"),
     "replay_distill": Method("real-image distillation", "replay_distill", "tinyworld"),
+    # the ablations take out one part of GIFT as the paper weighs it, so that GIFT is on the page too
+    "gift_paper": Method("GIFT, paper's weights", "gift", chosen=False),
     "gift_no_distill": Method("GIFT w/o distillation", "gift_no_distill"),
     "gift_no_ita": Method("GIFT w/o ITA", "gift_no_ita"),
     "gift_no_awc": Method("GIFT w/o AWC", "gift_no_awc"),
@@ -152,7 +156,8 @@ def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) ->
     base = yaml.safe_load(BASE_CONFIG.read_text())["method"]
     weights = {}
     for name in names:
-        own = method_section(ALL_METHODS[name].preset, base).get("overrides", {})
+        method = ALL_METHODS[name]
+        own = method_section(method.preset, base).get("overrides", {}) if method.chosen else {}
         if changed := {**own, **chosen.get(name, {})}:
             weights[name] = changed
     return weights

@@ -109,8 +109,10 @@ def test_an_aim_is_met_only_when_the_seed_paired_gain_reaches_it() -> None:
 
 
 def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> None:
-    chosen = method_weights(["gift", "gift_real", "gift_no_ita", "ft"], method_overrides(["gift.awc=0.5"]))
+    names = ["gift", "gift_real", "gift_no_ita", "gift_paper", "ft"]
+    chosen = method_weights(names, method_overrides(["gift.awc=0.5"]))
     assert chosen == {"gift": {"awc": 0.5, "ita": 0.0}, "gift_real": {"awc": 0.0, "ita": 0.0}}
+    assert method_weights(names, method_overrides(["gift_paper.ita=0.1"]))["gift_paper"] == {"ita": 0.1}
 
 
 def test_page_only_writes_the_page_from_finished_runs_and_starts_nothing(
