@@ -380,14 +380,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def publish(*done: Cell) -> None:
         """Take finished runs into the record, and write it and the page again."""
         for cell in done:
-            record.add(cell, finished(out, cell), weights[cell.method])
+            if (metrics := finished(out, cell)) is not None:
+                record.add(cell, metrics, weights[cell.method])
         record.save(page_dir)
         page = results_page(collect(record.cells()), args.split, page_dir, settings_line(record))
         atomic_write(page_dir / "results.md", page.encode())
 
     publish(*[cell for cell in cells if cell not in record and finished(out, cell)])
     todo = [cell for cell in cells if cell not in record]
-    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs on the page already; {len(todo)} to run")
+    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs on the page already; {len(todo)} to run",
+          flush=True)  # fmt: skip
     if not args.page_only:
         sweep(todo, out, args.split, args.parallel, overrides, on_finish=publish)
     print((page_dir / "results.md").read_text(), flush=True)
