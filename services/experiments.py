@@ -79,6 +79,7 @@ MTIL = ("Transfer", "Avg", "Last", "Forget")
 # learnt: mean accuracy on each task right after training it (what a method lets the model learn);
 # pretraining: the pre-training probe after the last task (what it keeps of pre-training)
 FIGURES = (*MTIL, "learnt", "pretraining")
+TASK_TRANSFER = "Transfer on "  # + a task's name: mean accuracy on it of the models trained before it
 
 
 @dataclass(frozen=True)
@@ -258,14 +259,17 @@ def collect(runs: Iterable[tuple[Cell, dict[str, Any]]]) -> Table:
 
 
 def run_figures(result: dict[str, Any]) -> dict[str, float]:
+    """The page's figures, and Transfer task by task (keys `TASK_TRANSFER` + task)."""
     learnt = float(np.mean(np.diag(result["accuracy"])))
-    return {key: result[key] for key in MTIL} | {"learnt": learnt, "pretraining": result["pretraining"][-1]}
+    per_task = zip(result["tasks"][1:], metrics.transfer_per_task(result["accuracy"]), strict=True)
+    return ({key: result[key] for key in MTIL} | {"learnt": learnt, "pretraining": result["pretraining"][-1]}
+            | {TASK_TRANSFER + task: value for task, value in per_task})  # fmt: skip
 
 
 def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
     """The pre-trained model as a method that never trains: every row of its matrix is the zero-shot row."""
     row = result["zero_shot"]
-    return run_figures({**metrics.summary([row] * len(row)), "accuracy": [row] * len(row),
+    return run_figures({**metrics.summary([row] * len(row)), "accuracy": [row] * len(row), "tasks": result["tasks"],
                         "pretraining": [result["pretraining_zero_shot"]]})  # fmt: skip
 
 
@@ -292,14 +296,26 @@ def results_page(table: Table, split: str, out: Path, settings: str = "") -> str
             cells = [_mean_sd(methods[method][key].values()) for key in FIGURES]
             lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
                          + " | ".join(cells) + " |")  # fmt: skip
-        lines += ["", *bar_lines(methods), ""]
+        lines += ["", *bar_lines(methods), "", *transfer_lines(methods), ""]
         chart = out / f"results-order{order}.png"
         bar_chart(chart, methods, order)
         lines += [f"![order {order}]({chart.name})", ""]
     lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs). learnt = mean accuracy on "
                  "each task right after training it; pretraining = zero-shot accuracy on held-out world images, mean "
-                 "over concept families, after the last task (before any training for the zero-shot row).")  # fmt: skip
+                 "over concept families, after the last task (before any training for the zero-shot row); Transfer "
+                 "on a task = mean accuracy on it of the models trained before it.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def transfer_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """Transfer task by task, mean over seeds: on which unseen tasks a method loses what the pre-trained model had."""
+    tasks = [key.removeprefix(TASK_TRANSFER) for key in methods[ZERO_SHOT] if key.startswith(TASK_TRANSFER)]
+    lines = ["| Transfer on | " + " | ".join(tasks) + " |", "|---" + "|---:" * len(tasks) + "|"]
+    for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
+        values = [np.mean(list(methods[method][TASK_TRANSFER + task].values())) for task in tasks]
+        lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | " + " | ".join(f"{v:.1f}" for v in values)
+                     + " |")  # fmt: skip
+    return lines
 
 
 def bar_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:

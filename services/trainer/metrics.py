@@ -20,13 +20,19 @@ def _square(accuracies: Matrix) -> np.ndarray:
     return a
 
 
+def transfer_per_task(accuracies: Matrix) -> list[float]:
+    """mean_{i<j} A[i][j] for each task j after the first: what the models trained before task j keep of it."""
+    a = _square(accuracies)
+    return [float(a[:j, j].mean()) for j in range(1, len(a))]
+
+
 def transfer(accuracies: Matrix) -> float:
     """Transfer = mean over j ≥ 2 of mean_{i<j} A[i][j]: the upper triangle, what is kept for tasks not yet learnt.
 
     NaN (undefined) for a single task.
     """
-    a = _square(accuracies)
-    return float(np.mean([a[:j, j].mean() for j in range(1, len(a))])) if len(a) > 1 else math.nan
+    per_task = transfer_per_task(accuracies)
+    return float(np.mean(per_task)) if per_task else math.nan
 
 
 def average(accuracies: Matrix) -> float:

@@ -47,8 +47,8 @@ def write_metrics(out: Path, cell: Cell, avg: float, complete: bool = True) -> N
     folder = out / "runs" / cell.name
     folder.mkdir(parents=True)
     figures = {"Transfer": avg - 5, "Avg": avg, "Last": avg + 5, "Forget": -1.0, "pretraining": [60.0, 50.0],
-               "accuracy": [[avg + 10, 0.0], [0.0, avg + 20]]}  # fmt: skip
-    before = {"zero_shot": [20.0, 30.0, 40.0], "zero_shot_Transfer": 35.0, "pretraining_zero_shot": 70.0}
+               "accuracy": [[avg + 10, avg - 5], [0.0, avg + 20]], "tasks": ["objects", "textures"]}  # fmt: skip
+    before = {"zero_shot": [20.0, 40.0], "zero_shot_Transfer": 40.0, "pretraining_zero_shot": 70.0}
     (folder / "metrics.json").write_text(json.dumps({"complete": complete, **figures, **before}))
 
 
@@ -73,12 +73,15 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
     assert "| GIFT | 2 | 37.0 ± 2.8 | 42.0 ± 2.8 |" in page
     # the pre-trained model's row: its matrix is the zero-shot row repeated, it forgets nothing
     assert (
-        "| zero-shot (no training) | 2 | 35.0 ± 0.0 | 30.0 ± 0.0 | 30.0 ± 0.0 | 0.0 ± 0.0 | 30.0 ± 0.0 | 70.0 ± 0.0 |"
+        "| zero-shot (no training) | 2 | 40.0 ± 0.0 | 30.0 ± 0.0 | 30.0 ± 0.0 | 0.0 ± 0.0 | 30.0 ± 0.0 | 70.0 ± 0.0 |"
         in page
     )
     assert "| FT | 2 | 27.0 ± 2.8 | 32.0 ± 2.8 | 37.0 ± 2.8 | -1.0 ± 0.0 | 47.0 ± 2.8 | 50.0 ± 0.0 |" in page
     # the aims, on seed-paired differences: GIFT is 10 ahead of FT in every figure, the bar needs 5 and 3
     assert "| Transfer over FT ≥ 5 | 10.0 ± 0.0 | yes |" in page and "| Avg over FT ≥ 3 | 10.0 ± 0.0 | yes |" in page
+    # Transfer task by task: on textures, the only task after the first, the model trained on objects scores avg − 5
+    assert "| Transfer on | textures |" in page and "| FT | 27.0 |" in page
+    assert "| zero-shot (no training) | 40.0 |" in page
     assert (tmp_path / "results-order1.png").is_file()
 
 

@@ -24,6 +24,7 @@ A = [
 
 def test_mtil_metrics_by_hand() -> None:
     assert metrics.transfer(A) == pytest.approx((50 + (40 + 45) / 2) / 2)  # upper triangle, column by column
+    assert metrics.transfer_per_task(A) == pytest.approx([50, (40 + 45) / 2])
     assert metrics.average(A) == pytest.approx(615 / 9)
     assert metrics.last(A) == pytest.approx((60 + 85 + 95) / 3)
     assert metrics.forget(A) == pytest.approx(((60 - 80) + (85 - 90)) / 2)  # last task left out
