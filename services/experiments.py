@@ -185,6 +185,9 @@ class PageRecord:
     def open(cls, folder: Path, split: str, schedule: str, weights: dict[str, dict[str, float]]) -> PageRecord:
         """The record in `folder` (a new one if none), checked against the settings about to be run."""
         path = folder / RECORD
+        if not path.is_file() and (folder / "results.md").is_file():
+            raise ValueError(f"{folder} holds a page without its runs ({RECORD}); it would be overwritten: give this "
+                             "sweep its own --page")  # fmt: skip
         record = cls(**json.loads(path.read_text())) if path.is_file() else cls(split, schedule)
         if (record.split, record.schedule) != (split, schedule):
             raise ValueError(f"{path} holds runs on {record.split} with '{record.schedule}', not on {split} with "

@@ -156,3 +156,9 @@ def test_a_page_refuses_runs_made_with_other_settings(tmp_path: Path, capsys: py
         with pytest.raises(SystemExit):
             main([*common, *other])
         assert "runs.json holds" in capsys.readouterr().err
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.md").write_text("a page made before pages kept their runs")
+    with pytest.raises(SystemExit):
+        main([*common, "--methods", "ft", "--page", str(tmp_path / "old")])
+    assert "without its runs" in capsys.readouterr().err
+    assert (tmp_path / "old" / "results.md").read_text() == "a page made before pages kept their runs"
