@@ -35,7 +35,8 @@ from services.demo import BASE_CONFIG, ONE_THREAD, method_section, stop_on_signa
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
 from services.trainer import metrics
-from services.trainer.config import method_settings
+from services.trainer.config import method_settings, parse_config
+from services.trainer.runner import CONFIG, changed_settings, outcome_settings
 from services.trainer.synthetic import atomic_write
 
 
@@ -104,7 +105,7 @@ class Overrides:
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def run_config(cell: Cell, out: Path, split: str, api_url: str, overrides: Overrides) -> dict[str, Any]:
+def run_config(cell: Cell, out: Path, split: str, api_url: str | None, overrides: Overrides) -> dict[str, Any]:
     """configs/tinyworld.yaml with the cell's method, seed and order, the split, and the overrides."""
     method = ALL_METHODS[cell.method]
     config = yaml.safe_load(BASE_CONFIG.read_text())
@@ -164,11 +165,19 @@ def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) ->
     return weights
 
 
-def finished(out: Path, cell: Cell) -> dict[str, Any] | None:
-    """The metrics of the cell's run in `out`, if it ran to the end."""
-    path = out / "runs" / cell.name / "metrics.json"
+def finished(out: Path, cell: Cell, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of the cell's run in `out`, if it ran to the end; a finished run with other settings than
+    `expected` (the cell's `run_config`) is refused rather than put on a page it does not belong to."""
+    folder = out / "runs" / cell.name
+    path = folder / "metrics.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
-    return result if result.get("complete", False) else None
+    if not result.get("complete", False):
+        return None
+    saved = outcome_settings(parse_config(json.loads((folder / CONFIG).read_text()), base=folder))
+    if changed := changed_settings(saved, parse_config(expected, base=folder)):
+        raise ValueError(f"{folder} holds a finished run with other settings ({', '.join(changed)}) than this "
+                         "sweep's: give this sweep its own --out")  # fmt: skip
+    return result
 
 
 @dataclass
@@ -396,16 +405,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(error))
     cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
 
-    def publish(*done: Cell) -> None:
+    def done(cell: Cell) -> dict[str, Any] | None:
+        return finished(out, cell, run_config(cell, out, args.split, None, overrides))
+
+    def publish(*ended: Cell) -> None:
         """Take finished runs into the record, and write it and the page again."""
-        for cell in done:
-            if (metrics := finished(out, cell)) is not None:
+        for cell in ended:
+            if (metrics := done(cell)) is not None:
                 record.add(cell, metrics, weights[cell.method])
         record.save(page_dir)
         page = results_page(collect(record.cells()), args.split, page_dir, settings_line(record))
         atomic_write(page_dir / "results.md", page.encode())
 
-    publish(*[cell for cell in cells if cell not in record and finished(out, cell)])
+    try:
+        publish(*[cell for cell in cells if cell not in record and done(cell)])
+    except ValueError as error:
+        parser.error(str(error))
     todo = [cell for cell in cells if cell not in record]
     print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs on the page already; {len(todo)} to run",
           flush=True)  # fmt: skip

@@ -47,6 +47,7 @@ LOSSES = "losses.jsonl"
 CONFIG = "config.json"
 # Settings a resumed run may change: they do not change what the run computes.
 OPERATIONAL = {
+    "output_dir": True,
     "progress": True,
     "checkpoint_every": True,
     "device": True,
@@ -146,9 +147,7 @@ class Runner:
             self._log_file = self._open_log()
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        saved, current = checkpoint["config"], _outcome_settings(self.config)
-        changed = sorted(key for key in current if current[key] != saved.get(key))
-        if changed:
+        if changed := changed_settings(checkpoint["config"], self.config):
             raise UserError(f"the config changed since the checkpoint in {self.out} ({', '.join(changed)}); "
                             "resume with the same settings, or start a new run in another output_dir")  # fmt: skip
         self.engine.load_state_dict(checkpoint["engine"])
@@ -279,7 +278,7 @@ class Runner:
             "engine": self.engine.state_dict(),
             "results": asdict(self.results),
             "log": self.log,
-            "config": _outcome_settings(self.config),
+            "config": outcome_settings(self.config),
         }
         atomic_save(state, self.out / CHECKPOINT)
 
@@ -306,9 +305,15 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _outcome_settings(config: RunConfig) -> dict[str, Any]:
+def outcome_settings(config: RunConfig) -> dict[str, Any]:
     """The config without the settings a resumed run may change (OPERATIONAL)."""
     return json.loads(config.model_dump_json(exclude=OPERATIONAL))
+
+
+def changed_settings(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """The top-level sections whose outcome settings differ between a saved run's and `config`."""
+    current = outcome_settings(config)
+    return sorted(key for key in current if current[key] != saved.get(key))
 
 
 def say(message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,6 +25,7 @@ from services.experiments import (
     run_config,
     schedule_line,
     settings_line,
+    sweep,
 )
 from services.trainer.config import parse_config
 
@@ -43,9 +45,16 @@ def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(t
     assert real.method.preset == "gift" and real.synthetic.source == "tinyworld"
 
 
-def write_metrics(out: Path, cell: Cell, avg: float, complete: bool = True) -> None:
+def write_metrics(
+    out: Path, cell: Cell, avg: float, complete: bool = True, settings: dict[str, float] | None = None
+) -> None:
+    """A run folder as `gift train` leaves it: its config (the method's chosen weights unless `settings`) and its
+    metrics."""
     folder = out / "runs" / cell.name
     folder.mkdir(parents=True)
+    weights = method_weights([cell.method], {}) if settings is None else {cell.method: settings}
+    config = parse_config(run_config(cell, out, out.name, None, Overrides(methods=weights)), base=folder)
+    (folder / "config.json").write_text(config.model_dump_json())
     figures = {"Transfer": avg - 5, "Avg": avg, "Last": avg + 5, "Forget": -1.0, "pretraining": [60.0, 50.0],
                "accuracy": [[avg + 10, avg - 5], [0.0, avg + 20]], "tasks": ["objects", "textures"]}  # fmt: skip
     before = {"zero_shot": [20.0, 40.0], "zero_shot_Transfer": 40.0, "pretraining_zero_shot": 70.0}
@@ -54,15 +63,21 @@ def write_metrics(out: Path, cell: Cell, avg: float, complete: bool = True) -> N
 
 def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Path) -> None:
     cells = [Cell(1, seed, method) for seed in (0, 1, 2) for method in ("ft", "gift")]
+    tmp_path = tmp_path / "test"
     write_metrics(tmp_path, cells[0], 30.0)
     write_metrics(tmp_path, cells[2], 34.0)
     write_metrics(tmp_path, cells[1], 40.0)
     write_metrics(tmp_path, cells[3], 44.0)
     write_metrics(tmp_path, cells[5], 99.0, complete=False)  # an unfinished run is neither counted nor skipped
-    assert finished(tmp_path, cells[0]) and not finished(tmp_path, cells[5]) and not finished(tmp_path, cells[4])
+
+    def ended(cell: Cell) -> dict | None:
+        weights = Overrides(methods=method_weights([cell.method], {}))
+        return finished(tmp_path, cell, run_config(cell, tmp_path, "test", None, weights))
+
+    assert ended(cells[0]) and not ended(cells[5]) and not ended(cells[4])
     record = PageRecord("test", schedule_line({"iterations": 7}))
     for cell in cells:
-        if result := finished(tmp_path, cell):
+        if result := ended(cell):
             record.add(cell, result, {"awc": 0.3} if cell.method == "gift" else {})
     table = collect(record.cells())
     assert table[1]["ft"]["Avg"] == {0: 30.0, 1: 34.0} and table[1]["gift"]["pretraining"] == {0: 50.0, 1: 50.0}
@@ -162,3 +177,43 @@ def test_a_page_refuses_runs_made_with_other_settings(tmp_path: Path, capsys: py
         main([*common, "--methods", "ft", "--page", str(tmp_path / "old")])
     assert "without its runs" in capsys.readouterr().err
     assert (tmp_path / "old" / "results.md").read_text() == "a page made before pages kept their runs"
+
+
+def test_a_finished_run_made_with_other_settings_is_refused_not_put_on_the_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_metrics(tmp_path / "test", Cell(1, 0, "gift"), 30.0, settings={"awc": 0.5, "ita": 0.0})
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--orders", "1", "--seeds", "0", "--methods", "gift", "--page-only"])
+    assert "order1-seed0-gift holds a finished run with other settings (method)" in capsys.readouterr().err
+    assert not (tmp_path / "test" / "runs.json").exists()
+
+
+def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Stack:  # the generator stack the runs would talk to
+        api_url = "http://api:1"
+
+        def __enter__(self) -> Stack:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def start(self, workers: int) -> None:
+            pass
+
+    def start_run(name: str, config: dict, folder: Path, **kwargs: object) -> SimpleNamespace:
+        code = 1 if name.endswith("-ft") else 0  # the FT run fails
+        process = SimpleNamespace(alive=lambda: False, popen=SimpleNamespace(returncode=code), log=folder / name)
+        return SimpleNamespace(name=name, process=process, total_steps=6, steps_done=lambda: 6)
+
+    monkeypatch.setattr(services.experiments, "LocalStack", lambda *args, **kwargs: Stack())
+    monkeypatch.setattr(services.experiments, "start_run", start_run)
+    monkeypatch.setattr(services.experiments.time, "sleep", lambda seconds: None)
+    ended: list[Cell] = []
+    todo = [Cell(1, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "gift")]
+    sweep(todo, tmp_path, "test", 2, Overrides(), on_finish=ended.append)
+    assert ended == [Cell(1, 0, "gift"), Cell(2, 0, "gift")]
+    assert "run order1-seed0-ft failed" in capsys.readouterr().out
