@@ -11,6 +11,7 @@ from gift_common.errors import UserError
 from services.cli import main as cli_main
 from services.trainer.config import MTIL_DATASETS, load_config, parse_config
 from services.trainer.main import run_training
+from services.trainer.runner import changed_settings, outcome_settings
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 MINIMAL = {
@@ -179,3 +180,11 @@ def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe()
     assert (settings.distill, settings.ita, settings.awc) == (1.0, 0.0, 0.0)
     assert config.evaluation.split == "val" and config.evaluation.pretraining_probe == "tinyworld"
     assert config.training.num_workers == config.evaluation.num_workers == 0
+
+
+def test_a_resumed_run_may_move_or_change_its_operational_settings_but_not_what_it_computes(tmp_path: Path) -> None:
+    saved = outcome_settings(parse_config(MINIMAL, base=tmp_path))
+    moved = {**MINIMAL, "output_dir": "elsewhere/a", "progress": False, "training": {"num_workers": 0}}
+    assert changed_settings(saved, parse_config(moved, base=tmp_path)) == []
+    other = {**MINIMAL, "training": {"lr": 0.5}, "seed": 3}
+    assert changed_settings(saved, parse_config(other, base=tmp_path)) == ["seed", "training"]
