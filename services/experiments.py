@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from gift_common.manifest import find_manifest, sha256_file
 from services.demo import BASE_CONFIG, ONE_THREAD, method_section, stop_on_signals
 from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
@@ -286,12 +287,15 @@ def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
 
 
 def schedule_line(training: dict[str, Any]) -> str:
-    """What every run of a page shares: the embedded default's schedule and synthetic sets, as the sweep runs it."""
+    """What every run of a page shares: the embedded default's weights, schedule and synthetic sets, as the sweep
+    runs them. The weights are named by their manifest's SHA-256, so that a rebuild starts a page of its own."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     training, synthetic = config["training"] | training, config["synthetic"]
-    return (f"`configs/tinyworld.yaml`, {training['iterations']} iterations per task, batch {training['batch_size']}, "
-            f"lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in {synthetic['steps']} "
-            "DPM-Solver++ steps")  # fmt: skip
+    manifest = find_manifest(BASE_CONFIG.parent / config["model"]["pretrained"])
+    weights = f"tiny world weights {sha256_file(manifest)[:12]}" if manifest else "weights without a manifest"
+    return (f"`configs/tinyworld.yaml` ({weights}), {training['iterations']} iterations per task, batch "
+            f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in "
+            f"{synthetic['steps']} DPM-Solver++ steps")  # fmt: skip
 
 
 def settings_line(record: PageRecord) -> str:

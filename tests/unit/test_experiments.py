@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 import services.experiments
 from services.experiments import (
@@ -217,3 +218,20 @@ def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_faile
     sweep(todo, tmp_path, "test", 2, Overrides(), on_finish=ended.append)
     assert ended == [Cell(1, 0, "gift"), Cell(2, 0, "gift")]
     assert "run order1-seed0-ft failed" in capsys.readouterr().out
+
+
+def test_a_page_names_the_weights_it_was_made_with_so_a_rebuild_starts_a_page_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load(services.experiments.BASE_CONFIG.read_text())
+    config["model"]["pretrained"] = str(tmp_path / "weights" / "tiny-clip.pt")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(services.experiments, "BASE_CONFIG", tmp_path / "config.yaml")
+    (tmp_path / "weights" / "MANIFEST.json").write_text('{"files": {"tiny-clip.pt": "aa"}}')
+    first = schedule_line({})
+    (tmp_path / "weights" / "MANIFEST.json").write_text('{"files": {"tiny-clip.pt": "bb"}}')
+    assert "tiny world weights" in first and schedule_line({}) != first
+    PageRecord("test", first).save(tmp_path)
+    with pytest.raises(ValueError, match="give this sweep its own --page"):
+        PageRecord.open(tmp_path, "test", schedule_line({}), {})
