@@ -36,11 +36,11 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 CLIP_FILE, SD_DIR, REPORT_DIR = "tiny-clip.pt", "sd", "report"
 CONFIG_FILE = "build-config.json"
 REPORT = {"per_concept": 5, "steps": 25}
-# Sized for about 75 minutes on two cores (measured costs in NOTES.md): the CLIP and the VAE side by side, then
-# the UNet at about 0.55 s per step of 32 latents.
-CLIP = PretrainConfig(steps=2000)
+# Sized for about 65 minutes on two cores (stage costs measured in NOTES.md): the CLIP (about 0.42 s a step) and the
+# VAE side by side, then the UNet at about 0.17 s per step of 32 latents.
+CLIP = PretrainConfig()
 SD = TrainConfig(
-    images=60_000, batch=32, vae_batch=16, vae_steps=2000, vae_lr=2e-3, unet_steps=3000, unet_lr=1e-3, threads=2
+    images=60_000, batch=32, vae_batch=16, vae_steps=2000, vae_lr=2e-3, unet_steps=12000, unet_lr=1e-3, threads=2
 )
 # A glibc allocator that keeps freed memory instead of handing it back page by page (measured in NOTES.md).
 ALLOCATOR = {

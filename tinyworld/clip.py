@@ -69,7 +69,7 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, scale: Tensor, truth: 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 2000
+    steps: int = 4000
     batch: int = 128
     captions: int = 2  # captions drawn per image: more supervision for the price of one image forward
     lr: float = 1e-3
