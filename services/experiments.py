@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from gift_common.errors import UserError
 from gift_common.manifest import find_manifest, sha256_file
 from services.demo import BASE_CONFIG, ONE_THREAD, method_section, stop_on_signals
 from services.runs import Run, start_run, stop_all
@@ -174,7 +175,11 @@ def finished(out: Path, cell: Cell, expected: dict[str, Any]) -> dict[str, Any] 
     result = json.loads(path.read_text()) if path.is_file() else {}
     if not result.get("complete", False):
         return None
-    saved = outcome_settings(parse_config(json.loads((folder / CONFIG).read_text()), base=folder))
+    try:
+        saved = outcome_settings(parse_config(json.loads((folder / CONFIG).read_text()), base=folder))
+    except (OSError, ValueError, UserError) as error:  # no config, not JSON, or not a run config
+        raise ValueError(f"{folder} holds finished metrics without a readable {CONFIG} ({error}), so its settings "
+                         "cannot be checked: give this sweep its own --out") from None  # fmt: skip
     if changed := changed_settings(saved, parse_config(expected, base=folder)):
         raise ValueError(f"{folder} holds a finished run with other settings ({', '.join(changed)}) than this "
                          "sweep's: give this sweep its own --out")  # fmt: skip

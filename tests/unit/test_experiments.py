@@ -188,6 +188,10 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_put_on_the_page(
         main(["--out", str(tmp_path), "--orders", "1", "--seeds", "0", "--methods", "gift", "--page-only"])
     assert "order1-seed0-gift holds a finished run with other settings (method)" in capsys.readouterr().err
     assert not (tmp_path / "test" / "runs.json").exists()
+    (tmp_path / "test" / "runs" / "order1-seed0-gift" / "config.json").unlink()  # a run whose settings are unknown
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--orders", "1", "--seeds", "0", "--methods", "gift", "--page-only"])
+    assert "without a readable config.json" in capsys.readouterr().err
 
 
 def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_failed(
