@@ -83,7 +83,9 @@ def stage_report(scratch: Path) -> None:
     torch.set_num_threads(2)
     settings = json.loads((scratch / CONFIG_FILE).read_text())["report"]
     report = write_report(scratch / SD_DIR, scratch / CLIP_FILE, scratch / REPORT_DIR, **settings)
-    log(f"[report] generated: {json.dumps(report['generated']['mean'])}, real: {json.dumps(report['real']['mean'])}")
+    concepts = {source: report[source]["mean"] for source in ("generated", "real")}
+    log(f"[report] single concepts: {json.dumps(concepts)}")
+    log(f"[report] whole scenes: {json.dumps(report['scenes'])}")
 
 
 STAGES = {"clip": stage_clip, "vae": stage_vae, "unet": stage_unet, "report": stage_report}

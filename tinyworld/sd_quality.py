@@ -5,6 +5,12 @@ the generator worker's path: ``DiffusionPipeline.from_pretrained``, a CPU genera
 guidance 7.5. The tiny CLIP classifies each image among all concepts and among its family's. Beside it, the same
 classifier on real held-out world images whose caption names one concept: what the judge can see at best.
 
+Top-1 among all concepts is bounded by the judge: an image asked to show "red" also shows a shape, a background, a
+size, any of which the judge may name first. So the report also asks for whole scenes: held-out captions that name
+everything their image shows, no two true of the same image, each drawn twice; an image counts when the judge finds
+its own caption the most similar of them all (chance: one in the number of captions), with real images of the
+same captions beside it.
+
     python -m tinyworld.sd_quality --model DIR --clip WEIGHTS --out DIR
 """
 
@@ -24,9 +30,18 @@ from tqdm import tqdm
 
 from tinyworld.clip import create_model, image_batch, tokenizer
 from tinyworld.tasks import heldout_pairs
-from tinyworld.world import CONCEPT_NAMES, CONCEPT_TEMPLATES, CONCEPTS, FAMILIES
+from tinyworld.world import (
+    CONCEPT_NAMES,
+    CONCEPT_TEMPLATES,
+    CONCEPTS,
+    FAMILIES,
+    Pair,
+    captions_true_of,
+    encode_facts,
+)
 
 STEPS, GUIDANCE = 25, 7.5  # the generator worker's defaults
+SCENES, DRAWS_PER_SCENE = 100, 2  # the whole-scene check: captions (chance 1%), images drawn from each
 
 
 def load_pipeline(directory: Path) -> object:
@@ -110,6 +125,43 @@ def single_concept_pairs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return np.stack([image for image, _ in chosen]), np.array([label for _, label in chosen])
 
 
+def distinct_scenes(pairs: Sequence[Pair], count: int) -> list[Pair]:
+    """Up to ``count`` pairs whose caption names every fact of the image, no caption true of another's image."""
+    full = [p for p in pairs if p.caption_facts == p.facts]
+    true = captions_true_of(encode_facts([p.caption_facts for p in full]), encode_facts([p.facts for p in full]))
+    chosen: list[int] = []
+    for i in range(len(full)):
+        if len(chosen) == count:
+            break
+        if not any(true[i, j] or true[j, i] for j in chosen):
+            chosen.append(i)
+    return [full[i] for i in chosen]
+
+
+@torch.no_grad()
+def caption_retrieval(model: nn.Module, images: np.ndarray, captions: Sequence[str], owners: np.ndarray) -> float:
+    """How often an image's most similar caption is its own (``owners[i]`` indexes image i's caption)."""
+    model.eval()
+    image_features = model.encode_image(image_batch(model, images), normalize=True)
+    text_features = model.encode_text(tokenizer()(list(captions)), normalize=True)
+    return float(((image_features @ text_features.T).argmax(1).numpy() == owners).mean())
+
+
+def scene_report(pipeline: object, clip: nn.Module, steps: int = STEPS) -> dict[str, float]:
+    """The whole-scene check on generated and on real images."""
+    scenes = distinct_scenes(heldout_pairs(4000), SCENES)
+    captions = [p.caption for p in scenes]
+    owners = np.repeat(np.arange(len(scenes)), DRAWS_PER_SCENE)
+    images = generate(pipeline, [captions[i] for i in owners], list(range(len(owners))), steps=steps)
+    real = np.stack([p.image for p in scenes])
+    return {
+        "generated": caption_retrieval(clip, images, captions, owners),
+        "real": caption_retrieval(clip, real, captions, np.arange(len(scenes))),
+        "captions": len(scenes),
+        "chance": 1 / len(scenes),
+    }
+
+
 def family_grid(images: np.ndarray, names: Sequence[str], columns: int = 10, zoom: int = 3) -> Image.Image:
     """One enlarged image per concept with its name under it."""
     side, label = 32 * zoom, 14
@@ -147,6 +199,7 @@ def write_report(model: Path, clip_weights: Path, out: Path, per_concept: int = 
     report = {
         "generated": family_accuracy(concept_logits(clip, images), labels),
         "real": family_accuracy(concept_logits(clip, real_images), real_labels),
+        "scenes": scene_report(pipeline, clip, steps),
         "grids": [path.name for path in write_grids(pipeline, out, steps=steps)],
     }
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
