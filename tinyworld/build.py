@@ -117,7 +117,9 @@ def build(out: Path, clip: PretrainConfig = CLIP, sd: TrainConfig = SD, report: 
     scratch.mkdir(parents=True)
     configs = {"clip": asdict(clip), "sd": asdict(sd), "report": report}
     (scratch / CONFIG_FILE).write_text(json.dumps(configs, indent=1))
-    log(f"building into {out}: {json.dumps(configs)}")
+    # float kernels differ between CPU generations, and so do the weights they train: the log says which ran
+    machine = f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    log(f"building into {out} ({machine}): {json.dumps(configs)}")
     groups = [("clip", "vae"), ("unet",)] + ([("report",)] if report else [])
     for group in groups:
         run_stages(group, scratch)

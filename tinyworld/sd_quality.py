@@ -114,12 +114,12 @@ def family_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, dict[st
     return report
 
 
-def single_concept_pairs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out world images whose caption names exactly one concept, labelled with it."""
+def single_concept_pairs(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``pairs`` whose caption names exactly one concept, labelled with it."""
     index = {(concept.family, concept.value): i for i, concept in enumerate(CONCEPTS)}
     chosen = [
         (p.image, index[next(iter(p.caption_facts.items()))])
-        for p in heldout_pairs(count, seed)
+        for p in pairs
         if len(p.caption_facts) == 1 and next(iter(p.caption_facts.items())) in index
     ]
     return np.stack([image for image, _ in chosen]), np.array([label for _, label in chosen])
@@ -147,9 +147,9 @@ def caption_retrieval(model: nn.Module, images: np.ndarray, captions: Sequence[s
     return float(((image_features @ text_features.T).argmax(1).numpy() == owners).mean())
 
 
-def scene_report(pipeline: object, clip: nn.Module, steps: int = STEPS) -> dict[str, float]:
-    """The whole-scene check on generated and on real images."""
-    scenes = distinct_scenes(heldout_pairs(4000), SCENES)
+def scene_report(pipeline: object, clip: nn.Module, pairs: Sequence[Pair], steps: int = STEPS) -> dict[str, float]:
+    """The whole-scene check on generated images and on the real images of ``pairs`` it picks."""
+    scenes = distinct_scenes(pairs, SCENES)
     captions = [p.caption for p in scenes]
     owners = np.repeat(np.arange(len(scenes)), DRAWS_PER_SCENE)
     images = generate(pipeline, [captions[i] for i in owners], list(range(len(owners))), steps=steps)
@@ -195,11 +195,12 @@ def write_report(model: Path, clip_weights: Path, out: Path, per_concept: int = 
     clip = create_model(clip_weights)
     prompts, labels = concept_prompts(per_concept)
     images = generate(pipeline, prompts, list(range(len(prompts))), steps=steps)
-    real_images, real_labels = single_concept_pairs(4000)
+    heldout = heldout_pairs(4000)
+    real_images, real_labels = single_concept_pairs(heldout)
     report = {
         "generated": family_accuracy(concept_logits(clip, images), labels),
         "real": family_accuracy(concept_logits(clip, real_images), real_labels),
-        "scenes": scene_report(pipeline, clip, steps),
+        "scenes": scene_report(pipeline, clip, heldout, steps),
         "grids": [path.name for path in write_grids(pipeline, out, steps=steps)],
     }
     (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
