@@ -133,7 +133,7 @@ def distinct_scenes(pairs: Sequence[Pair], count: int) -> list[Pair]:
     for i in range(len(full)):
         if len(chosen) == count:
             break
-        if not any(true[i, j] or true[j, i] for j in chosen):
+        if not (true[i, chosen].any() or true[chosen, i].any()):
             chosen.append(i)
     return [full[i] for i in chosen]
 

@@ -19,7 +19,6 @@ def test_each_whole_scene_caption_is_true_of_its_own_image_alone() -> None:
     assert len(scenes) == 40 and all(p.caption_facts == p.facts for p in scenes)
     true = captions_true_of(encode_facts([p.caption_facts for p in scenes]), encode_facts([p.facts for p in scenes]))
     assert np.array_equal(true, np.eye(len(scenes), dtype=bool))
-    assert len(distinct_scenes(pairs, 10_000)) < len(pairs)  # asking for more than exist gives what exists
 
 
 class Lookup(nn.Module):
