@@ -412,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         record = PageRecord.open(page_dir, args.split, schedule_line(training), weights)
     except ValueError as error:
         parser.error(str(error))
-    cells = [Cell(o, s, m) for o in args.orders for s in args.seeds for m in args.methods]
+    # method by method, in the order given: a sweep cut short leaves whole columns on the page
+    cells = [Cell(o, s, m) for m in args.methods for o in args.orders for s in args.seeds]
 
     def done(cell: Cell) -> dict[str, Any] | None:
         return finished(out, cell, run_config(cell, out, args.split, None, overrides))

@@ -164,6 +164,15 @@ def test_the_page_keeps_its_runs_so_a_later_sweep_runs_only_what_it_lacks(
     assert json.loads((page / "runs.json").read_text())["runs"].keys() == {"order1-seed0-ft", "order1-seed1-ft"}
 
 
+def test_the_sweep_runs_method_by_method_so_a_cut_short_sweep_leaves_whole_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[Cell]] = []
+    monkeypatch.setattr(services.experiments, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    main(["--out", str(tmp_path), "--orders", "1", "2", "--seeds", "0", "--methods", "gift", "ft"])
+    assert asked == [[Cell(1, 0, "gift"), Cell(2, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "ft")]]
+
+
 def test_a_page_refuses_runs_made_with_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_metrics(tmp_path / "test", Cell(1, 0, "gift"), 30.0)
     common = ["--out", str(tmp_path), "--orders", "1", "--seeds", "0", "--page-only"]
