@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/tinyworld/pyproject.toml
 	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e plugins/tinyworld
 	touch $(STAMP)
 
 demo: $(STAMP)

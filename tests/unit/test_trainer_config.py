@@ -172,7 +172,7 @@ def test_tinyworld_tasks_are_named_after_their_task_and_their_concepts_get_their
 def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe() -> None:
     config = load_config(CONFIGS / "tinyworld.yaml")
     assert [task.label for task in config.tasks] == ["objects", "textures", "digits", "scenes", "letters", "sketches"]
-    tinyworld = CONFIGS.parent / "tinyworld"
+    tinyworld = CONFIGS.parent / "plugins" / "tinyworld" / "tinyworld"
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
     assert Path(str(config.model.pretrained)).resolve() == tinyworld / "weights" / "tiny-clip.pt"
     assert config.method.preset == "gift" and config.synthetic.concepts == "tinyworld"
