@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
+    SerializeAsAny,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -25,55 +24,15 @@ from pydantic import (
 
 from gift_common.errors import UserError
 from services.trainer.context import TeacherMode
+from services.trainer.datasets import MTIL_DATASETS, SOURCES
+from services.trainer.evaluation import PROBES
+from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Positive, Strict, Template, relative_to_config
 from services.trainer.methods import PRESETS, MethodSettings
-from tinyworld.tasks import TASKS as TINYWORLD_TASKS
+from services.trainer.synthetic import CONCEPTS, REPLAY_SOURCES
 
-MTIL_DATASETS = (
-    "Aircraft",
-    "Caltech101",
-    "CIFAR100",
-    "DTD",
-    "EuroSAT",
-    "Flowers",
-    "Food",
-    "MNIST",
-    "OxfordPet",
-    "StanfordCars",
-    "SUN397",
-)
-DatasetType = Literal[(*MTIL_DATASETS, "imagefolder", "csv", "tinyworld")]  # type: ignore[valid-type]
+__all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
+
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-DEFAULT_TEMPLATE = "a photo of a {}."
-TINYWORLD_TEMPLATE = "a photo of {}."  # the world's concept names carry their article: "a circle", "grass"
-
-
-def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
-    path = path.expanduser()
-    base = (info.context or {}).get("base")
-    return path if path.is_absolute() or base is None else base / path
-
-
-ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-def _check_template(template: str) -> str:
-    try:
-        filled = template.format("\0")
-    except (IndexError, KeyError, ValueError):
-        filled = ""
-    if template.count("{}") != 1 or filled.count("\0") != 1:
-        raise ValueError("a template needs exactly one '{}' where the class name goes, and no other braces")
-    return template
-
-
-Template = Annotated[str, AfterValidator(_check_template)]
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Strict):
@@ -83,7 +42,7 @@ class ModelConfig(Strict):
     @field_validator("architecture")
     @classmethod
     def _json_paths_relative_to_config(cls, value: str, info: ValidationInfo) -> str:
-        return str(_relative_to_config(Path(value), info)) if value.endswith(".json") else value
+        return str(relative_to_config(Path(value), info)) if value.endswith(".json") else value
 
 
 class MethodConfig(Strict):
@@ -126,47 +85,9 @@ class TrainingConfig(Strict):
     num_workers: int = Field(default=4, ge=0, description="data loader processes per training process")
 
 
-class DatasetConfig(Strict):
-    """An MTIL dataset through torchvision, an ImageFolder (root/train, root/test), CSVs (root/{train,test}.csv), or
-    a task of the embedded tiny world (`task`, no root: its splits are drawn, with native val splits)."""
-
-    type: DatasetType
-    root: ConfigPath | None = Field(default=None, validate_default=True, description="every type but tinyworld")
-    task: str | None = Field(default=None, validate_default=True, description="tinyworld only: a task name")
-    seed: int = Field(default=0, ge=0, description="tinyworld only: the seed its splits are drawn from")
-    test_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="held out for testing where torchvision has no split (Caltech101, ...)"
-    )
-    val_fraction: float = Field(
-        default=0.1, gt=0, lt=1, description="of train: the val split, not trained on when evaluating on val"
-    )
-
-    @field_validator("root")
-    @classmethod
-    def _root_unless_tinyworld(cls, root: Path | None, info: ValidationInfo) -> Path | None:
-        kind = info.data.get("type")
-        if kind == "tinyworld" and root is not None:
-            raise ValueError("not used by dataset type tinyworld (its images are drawn, not read)")
-        if kind not in (None, "tinyworld") and root is None:
-            raise ValueError(f"required for dataset type {kind}")
-        return root
-
-    @field_validator("task")
-    @classmethod
-    def _tinyworld_task(cls, task: str | None, info: ValidationInfo) -> str | None:
-        kind, known = info.data.get("type"), ", ".join(TINYWORLD_TASKS)
-        if kind == "tinyworld" and task is None:
-            raise ValueError(f"required for dataset type tinyworld: one of {known}")
-        if kind == "tinyworld" and task not in TINYWORLD_TASKS:
-            raise ValueError(f"unknown tinyworld task; known: {known}")
-        if kind not in (None, "tinyworld") and task is not None:
-            raise ValueError("only for dataset type tinyworld")
-        return task
-
-
 class TaskConfig(Strict):
     name: str | None = Field(default=None, min_length=1, description="default: the dataset type or folder name")
-    dataset: DatasetConfig
+    dataset: SerializeAsAny[BaseModel] = Field(description="{type: a registered dataset type, ...its options}")
     classnames: list[str] | None = Field(default=None, min_length=2, description="in label order; default: dataset's")
     templates: list[Template] | None = Field(default=None, min_length=1, description="[0] trains; all evaluate")
     lr: Positive | None = None
@@ -174,29 +95,38 @@ class TaskConfig(Strict):
     warmup: int | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _registered_source(cls, value: Any, info: ValidationInfo) -> BaseModel:
+        """The options of the source the `type` names, checked by that source's own model."""
+        if isinstance(value, BaseModel):
+            return value
+        if not isinstance(value, dict) or "type" not in value:
+            raise ValueError(f"a mapping with a 'type', one of: {', '.join(SOURCES.names())}")
+        try:
+            source = SOURCES.get(str(value["type"]))
+        except ValueError as error:
+            raise ValueError(f"type: {error}") from None
+        try:
+            return source.options.model_validate(value, context=info.context)
+        except ValidationError as error:
+            raise ValueError(format_errors(error)) from None
+
     @property
     def label(self) -> str:
         """The task's name in logs, tables and checkpoints."""
-        if self.name is not None:
-            return self.name
-        if self.dataset.root is None:  # tinyworld
-            return str(self.dataset.task)
-        return self.dataset.root.name if self.dataset.type in ("imagefolder", "csv") else self.dataset.type
+        return self.name if self.name is not None else SOURCES.get(self.dataset.type).label(self.dataset)
 
 
 class SyntheticConfig(Strict):
     """The synthetic set S_t of every task (METHOD.md) and how the generator makes it."""
 
     size: int = Field(default=1000, ge=1, description="pairs per task")
-    source: Literal["generator", "tinyworld"] = Field(
-        default="generator", description="images from the generator, or real world images (the replay baseline)"
+    source: str = Field(
+        default="generator", description="where replay images come from: the generator, or a registered source"
     )
-    concepts: str = Field(
-        default="imagenet", description="'imagenet', 'tinyworld' (the world's concepts) or a file of one per line"
-    )
-    concept_template: Template = Field(
-        default=DEFAULT_TEMPLATE, description=f"default {TINYWORLD_TEMPLATE!r} for concepts tinyworld"
-    )
+    concepts: str = Field(default="imagenet", description="a registered concept list, or a file of one per line")
+    concept_template: Template = Field(default=DEFAULT_TEMPLATE, description="default: the concept list's own")
     model: str | None = Field(default=None, description="a generator model name; None = the server's default")
     steps: int = Field(default=25, ge=1, le=200)
     guidance: float = Field(default=7.5, ge=0, le=30)
@@ -210,28 +140,44 @@ class SyntheticConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _tinyworld_template(cls, data: Any) -> Any:
-        """World concept names carry their own article, so "a photo of a {}." would double it."""
-        if isinstance(data, dict) and data.get("concepts") == "tinyworld" and "concept_template" not in data:
-            return {**data, "concept_template": TINYWORLD_TEMPLATE}
+    def _concept_list_template(cls, data: Any) -> Any:
+        """A concept list may word its names its own way (with their article, say), so it brings its template."""
+        if isinstance(data, dict) and "concept_template" not in data:
+            listed = data.get("concepts", "imagenet")
+            if listed in CONCEPTS:
+                return {**data, "concept_template": CONCEPTS.get(listed).template}
         return data
 
     @field_validator("concepts")
     @classmethod
     def _concept_file_relative_to_config(cls, value: str, info: ValidationInfo) -> str:
-        return value if value in ("imagenet", "tinyworld") else str(_relative_to_config(Path(value), info))
+        return value if value in CONCEPTS else str(relative_to_config(Path(value), info))
+
+    @field_validator("source")
+    @classmethod
+    def _registered_replay_source(cls, value: str) -> str:
+        if value not in REPLAY_SOURCES:
+            raise ValueError(f"unknown replay source {value!r}; registered: {', '.join(REPLAY_SOURCES.names())}")
+        return value
 
 
 class EvaluationConfig(Strict):
     """Which split the matrix is measured on (choose settings on val, report on test), and the pre-training probe."""
 
     split: Literal["test", "val"] = "test"
-    pretraining_probe: Literal["none", "tinyworld"] = Field(
-        default="none", description="tinyworld: zero-shot accuracy on held-out world images per concept family"
+    pretraining_probe: str = Field(
+        default="none", description="a registered probe of what the model keeps of pre-training, or none"
     )
     probe_size: int = Field(default=2000, ge=1, description="held-out world images the probe draws")
     batch_size: int = Field(default=256, ge=1)
     num_workers: int = Field(default=4, ge=0)
+
+    @field_validator("pretraining_probe")
+    @classmethod
+    def _registered_probe(cls, value: str) -> str:
+        if value != "none" and value not in PROBES:
+            raise ValueError(f"unknown probe {value!r}; registered: {', '.join(['none', *PROBES.names()])}")
+        return value
 
 
 class RunConfig(Strict):

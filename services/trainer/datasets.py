@@ -1,41 +1,46 @@
-"""Task datasets: the eleven MTIL datasets through torchvision, ImageFolder trees and CSV lists from local files,
-and the embedded tiny world's tasks, which are drawn.
+"""Task data: the dataset sources the trainer knows by name, and the splits every run reads through them.
 
-Nothing downloads: a missing or incomplete root is a UserError naming the task, the dataset and the path. Every
-dataset yields (image tensor, label) with labels indexing the task's class names, which ship for the MTIL datasets
-in `data/mtil.json` (in torchvision's label order) together with the prompt template the GIFT authors used.
+A run config's `dataset: {type: NAME, ...}` names a source of `SOURCES`: the eleven MTIL datasets through
+torchvision, ImageFolder trees and CSV lists from local files are built in; plugins add theirs (`gift.datasets`,
+see services/trainer/plugins.py). Nothing downloads: a missing or incomplete root is a UserError naming the task,
+the dataset and the path. Every dataset yields (image tensor, label) with labels indexing the task's class names,
+which ship for the MTIL datasets in `data/mtil.json` (in torchvision's label order) together with the prompt
+template the GIFT authors used.
 
-Splits are train, val and test. The tiny world has its own val splits; elsewhere val is a fixed part of train
-(`val_fraction`), left out of training only when a run evaluates on val, so that settings are chosen on val and
-reported on test.
+Splits are train, val and test. Sources with val splits of their own serve them; elsewhere val is a fixed part of
+train (`val_fraction`), left out of training only when a run evaluates on val, so that settings are chosen on val
+and reported on test.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torchvision.datasets as tv
 from PIL import Image
+from pydantic import Field
 from torch.utils.data import Dataset, Subset
 
 from gift_common.errors import UserError
-from services.trainer.config import DEFAULT_TEMPLATE, DatasetConfig, TaskConfig
-from tinyworld import tasks as tinyworld
-from tinyworld.world import CONCEPT_NAMES
+from gift_common.plugins import Registry
+from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Strict
+from services.trainer.plugins import DatasetSource, Split, Transform
+
+if TYPE_CHECKING:
+    from services.trainer.config import TaskConfig
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLIT_SEED = 0  # the held-out split of datasets without an official one is the same for every run
 VAL_SEED = 1  # so is the val part of train, drawn independently of the held-out split
-
-Split = Literal["train", "val", "test"]
-
-Transform = Callable[[Image.Image], torch.Tensor]
+DEFAULT_VAL_FRACTION = 0.1
 
 # MTIL name -> (torchvision class, its keyword for the train / test split, where it looks under root)
 TORCHVISION: dict[str, tuple[type[Dataset], tuple[dict[str, Any], dict[str, Any]] | None, str]] = {
@@ -59,52 +64,126 @@ def mtil_metadata() -> dict[str, dict[str, list[str]]]:
     return {k: v for k, v in json.loads((DATA_DIR / "mtil.json").read_text()).items() if not k.startswith("_")}
 
 
-@cache
-def imagenet_classnames() -> list[str]:
-    """ImageNet's 1,000 class names (CLIP's cleaned wording): the pre-training concepts of METHOD.md."""
-    return (DATA_DIR / "imagenet_classnames.txt").read_text().splitlines()
+MTIL_DATASETS = tuple(TORCHVISION)
 
 
-def concept_names(spec: str) -> list[str]:
-    """'imagenet', 'tinyworld' (the world's concept names), or a text file with one concept per line (blank lines
-    ignored)."""
-    if spec == "imagenet":
-        return imagenet_classnames()
-    if spec == "tinyworld":
-        return list(CONCEPT_NAMES)
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"synthetic.concepts: {path} is not a file; give 'imagenet' or a file with one name per line")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise UserError(f"synthetic.concepts: {path} lists no concept")
-    return names
+# --- the built-in sources -------------------------------------------------------------------------------------
+
+
+class LocalFiles(Strict):
+    """Options of the sources that read a local root and take val from train."""
+
+    root: ConfigPath
+    val_fraction: float = Field(
+        default=DEFAULT_VAL_FRACTION, gt=0, lt=1, description="of train: the val split, not trained on when on val"
+    )
+
+
+class MtilOptions(LocalFiles):
+    type: Literal[MTIL_DATASETS]  # type: ignore[valid-type]
+    test_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="held out for testing where torchvision has no split (Caltech101, ...)"
+    )
+
+
+class ImageFolderOptions(LocalFiles):
+    """root/train and root/test, one folder per class."""
+
+    type: Literal["imagefolder"]
+
+
+class CsvOptions(LocalFiles):
+    """root/train.csv and root/test.csv listing `path,label`."""
+
+    type: Literal["csv"]
+
+
+@dataclass(frozen=True)
+class Mtil:
+    """An MTIL dataset through its torchvision class, from a root laid out as torchvision's download leaves it."""
+
+    options: type[MtilOptions] = MtilOptions
+    has_val: bool = False
+
+    def label(self, options: MtilOptions) -> str:
+        return options.type
+
+    def classnames(self, options: MtilOptions) -> list[str]:
+        return mtil_metadata()[options.type]["classnames"]
+
+    def templates(self, options: MtilOptions) -> list[str]:
+        return mtil_metadata()[options.type]["templates"]
+
+    def load(self, options: MtilOptions, split: Split, transform: Transform, classnames: Sequence[str]) -> Dataset:
+        return _torchvision(_existing(options.root), options, split != "test", transform)
+
+
+@dataclass(frozen=True)
+class ImageFolderSource:
+    options: type[ImageFolderOptions] = ImageFolderOptions
+    has_val: bool = False
+
+    def label(self, options: ImageFolderOptions) -> str:
+        return options.root.name
+
+    def classnames(self, options: ImageFolderOptions) -> list[str]:
+        folders = sorted(_existing(_existing(options.root) / "train").iterdir(), key=lambda p: p.name)
+        return [entry.name.replace("_", " ") for entry in folders if entry.is_dir()]
+
+    def templates(self, options: ImageFolderOptions) -> None:
+        return None
+
+    def load(
+        self, options: ImageFolderOptions, split: Split, transform: Transform, classnames: Sequence[str]
+    ) -> Dataset:
+        folder = _existing(_existing(options.root) / ("test" if split == "test" else "train"))
+        try:
+            return tv.ImageFolder(str(folder), transform=transform)
+        except FileNotFoundError as error:
+            raise UserError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    options: type[CsvOptions] = CsvOptions
+    has_val: bool = False
+
+    def label(self, options: CsvOptions) -> str:
+        return options.root.name
+
+    def classnames(self, options: CsvOptions) -> list[str]:
+        raise UserError("a CSV dataset needs 'classnames' (label i names classnames[i])")
+
+    def templates(self, options: CsvOptions) -> None:
+        return None
+
+    def load(self, options: CsvOptions, split: Split, transform: Transform, classnames: Sequence[str]) -> Dataset:
+        return CsvImages(_existing(_existing(options.root) / f"{split}.csv"), classnames, transform)
+
+
+SOURCES: Registry[DatasetSource] = Registry(
+    "gift.datasets",
+    "dataset type",
+    {**dict.fromkeys(MTIL_DATASETS, Mtil()), "imagefolder": ImageFolderSource(), "csv": CsvSource()},
+)
+
+
+# --- what the runner asks for -----------------------------------------------------------------------------------
 
 
 def classnames(task: TaskConfig) -> list[str]:
-    """The task's class names: its own, else the dataset's (MTIL table, or ImageFolder's folder names)."""
+    """The task's class names: its own, else its source's (MTIL table, ImageFolder's folder names, a plugin's)."""
     if task.classnames is not None:
         return task.classnames
-    spec = task.dataset
-    if spec.type == "tinyworld":
-        return list(tinyworld.TASKS[str(spec.task)].classnames)
-    if spec.type == "imagefolder":
-        folder = _existing(task, _root(task) / "train")
-        return [
-            entry.name.replace("_", " ") for entry in sorted(folder.iterdir(), key=lambda p: p.name) if entry.is_dir()
-        ]
-    if spec.type == "csv":
-        raise UserError(f"task {task.label}: a CSV dataset needs 'classnames' (label i names classnames[i])")
-    return mtil_metadata()[spec.type]["classnames"]
+    with _about(task):
+        return _source(task).classnames(task.dataset)
 
 
 def templates(task: TaskConfig) -> list[str]:
-    """The task's prompt templates: its own, else the dataset's, else "a photo of a {}."."""
+    """The task's prompt templates: its own, else its source's, else "a photo of a {}."."""
     if task.templates is not None:
         return task.templates
-    if task.dataset.type == "tinyworld":
-        return list(tinyworld.TASKS[str(task.dataset.task)].templates)
-    return mtil_metadata().get(task.dataset.type, {}).get("templates", [DEFAULT_TEMPLATE])
+    return _source(task).templates(task.dataset) or [DEFAULT_TEMPLATE]
 
 
 def load_split(
@@ -112,34 +191,33 @@ def load_split(
 ) -> Dataset:
     """The task's split as (image tensor, label) pairs, checked against its class names.
 
-    Val is the tiny world's own, else a fixed part of train; train leaves that part out when `hold_out_val`.
+    Val is the source's own where it has one, else a fixed part of train; train leaves that part out when
+    `hold_out_val`.
     """
-    if task.dataset.type == "tinyworld":
-        return _tinyworld(task, names, split, transform)
-    source = _load(task, names, train=split != "test", transform=transform)
-    if split == "val" or (split == "train" and hold_out_val):
-        return val_split(source, task.dataset.val_fraction, val=split == "val")
-    return source
-
-
-def _load(task: TaskConfig, names: Sequence[str], train: bool, transform: Transform) -> Dataset:
-    spec, root = task.dataset, _root(task)
-    _existing(task, root)
-    if spec.type == "csv":
-        return CsvImages(_existing(task, root / ("train.csv" if train else "test.csv")), names, transform)
-    if spec.type == "imagefolder":
-        dataset = _imagefolder(task, root / ("train" if train else "test"), transform)
-    else:
-        dataset = _torchvision(task, spec, train, transform)
-    _check_class_count(task, dataset, names)
+    source = _source(task)
+    with _about(task):
+        if source.has_val:
+            dataset = source.load(task.dataset, split, transform, names)
+        else:
+            dataset = source.load(task.dataset, "test" if split == "test" else "train", transform, names)
+            if split == "val" or (split == "train" and hold_out_val):
+                fraction = getattr(task.dataset, "val_fraction", DEFAULT_VAL_FRACTION)
+                dataset = val_split(dataset, fraction, val=split == "val")
+        _check_class_count(dataset, names)
     return dataset
 
 
-def _tinyworld(task: TaskConfig, names: Sequence[str], split: Split, transform: Transform) -> Dataset:
-    spec = tinyworld.TASKS[str(task.dataset.task)]
-    if len(names) != len(spec.classnames):
-        raise UserError(f"task {task.label}: {len(names)} class names for tinyworld's {len(spec.classnames)} classes")
-    return tinyworld.load_split(spec.name, split, seed=task.dataset.seed, transform=transform)
+def _source(task: TaskConfig) -> DatasetSource:
+    return SOURCES.get(task.dataset.type)
+
+
+@contextmanager
+def _about(task: TaskConfig) -> Iterator[None]:
+    """Prefix a source's UserError with the task and its dataset type, so the user knows which task to fix."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(f"task {task.label} ({task.dataset.type}): {error}") from None
 
 
 def val_split(train: Dataset, val_fraction: float, val: bool) -> Subset:
@@ -152,20 +230,13 @@ def val_split(train: Dataset, val_fraction: float, val: bool) -> Subset:
     return subset
 
 
-def _imagefolder(task: TaskConfig, folder: Path, transform: Transform) -> Dataset:
-    try:
-        return tv.ImageFolder(str(_existing(task, folder)), transform=transform)
-    except FileNotFoundError as error:
-        raise UserError(f"task {task.label} (imagefolder): {error}") from None
-
-
-def _torchvision(task: TaskConfig, spec: DatasetConfig, train: bool, transform: Transform) -> Dataset:
-    cls, splits, layout, root = *TORCHVISION[spec.type], _root(task)
+def _torchvision(root: Path, spec: MtilOptions, train: bool, transform: Transform) -> Dataset:
+    cls, splits, layout = TORCHVISION[spec.type]
     try:
         dataset = cls(str(root), transform=transform, **({} if splits is None else splits[0 if train else 1]))
     except RuntimeError as error:
         raise UserError(
-            f"task {task.label}: torchvision's {cls.__name__} finds no data under {root} ({error}); put the "
+            f"torchvision's {cls.__name__} finds no data under {root} ({error}); put the "
             f"dataset there as its download would, i.e. {root / layout}... (nothing is downloaded)"
         ) from None
     return dataset if splits is not None else held_out_split(dataset, spec.test_fraction, train)
@@ -180,26 +251,23 @@ def held_out_split(dataset: Dataset, test_fraction: float, train: bool) -> Subse
     return subset
 
 
-def _dataset_classes(dataset: Dataset) -> list[str] | None:
-    """The class list a torchvision dataset carries, under whichever name it uses (none for Flowers102)."""
-    return getattr(dataset, "classes", None) or getattr(dataset, "categories", None)
+def _dataset_classes(dataset: Dataset) -> Sequence[str] | None:
+    """The class list a dataset carries, under whichever name it uses (none for Flowers102)."""
+    for name in ("classes", "categories", "classnames"):
+        if found := getattr(dataset, name, None):
+            return found
+    return None
 
 
-def _check_class_count(task: TaskConfig, dataset: Dataset, names: Sequence[str]) -> None:
+def _check_class_count(dataset: Dataset, names: Sequence[str]) -> None:
     found = _dataset_classes(dataset)
     if found is not None and len(found) != len(names):
-        raise UserError(f"task {task.label}: {len(names)} class names for a dataset of {len(found)} classes")
+        raise UserError(f"{len(names)} class names for a dataset of {len(found)} classes")
 
 
-def _root(task: TaskConfig) -> Path:
-    """The dataset's root; the config makes sure every type that reads files has one."""
-    assert task.dataset.root is not None, f"task {task.label}: no root"
-    return task.dataset.root
-
-
-def _existing(task: TaskConfig, path: Path) -> Path:
+def _existing(path: Path) -> Path:
     if not path.exists():
-        raise UserError(f"task {task.label} ({task.dataset.type}): {path} does not exist")
+        raise UserError(f"{path} does not exist")
     return path
 
 

@@ -9,7 +9,6 @@ Under torchrun each backward pass ends with a gradient all-reduce (see `distribu
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -17,22 +16,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from gift_common.schedules import warmup_cosine
 from services.trainer import distributed
 from services.trainer.context import ReplayBatch, Seekable, StepContext, Task, TaskState, TeacherMode
 from services.trainer.methods import PHASES, LossTerm
 
 StepLog = dict[str, float]
-
-
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate factor at a step: linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return factor
 
 
 def entered(batches: Iterable[Sequence[Tensor]], step: int) -> Iterable[Sequence[Tensor]]:

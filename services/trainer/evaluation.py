@@ -1,24 +1,24 @@
 """Zero-shot top-1 accuracy (the MTIL protocol): classes become text embeddings, an image goes to the nearest one.
 
-Also the pre-training probe of the tiny world, the analogue of MTIL's ImageNet accuracy: zero-shot accuracy on
-held-out world images within each concept family, i.e. how much of what pre-training taught a model still knows.
+Also the pre-training probes (`PROBES`, registered by plugins), analogues of MTIL's ImageNet accuracy: zero-shot
+accuracy on held-out pre-training images within each of several heads (say, concept families), i.e. how much of
+what pre-training taught a model still knows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import open_clip
 import torch
 from torch import Tensor, nn
 
+from gift_common.plugins import Registry
 from services.trainer import distributed
-from tinyworld.tasks import TaskSplit, heldout_pairs
-from tinyworld.world import CONCEPT_TEMPLATES, CONCEPTS, FAMILIES, World
+from services.trainer.plugins import Probe, ProbeSource
 
-PROBE_TEST_START = 1_000_000  # the test probe's held-out images start here; val's are the first ones
+PROBES: Registry[ProbeSource] = Registry("gift.probes", "pre-training probe")
 
 
 def zero_shot_classifier(
@@ -66,41 +66,15 @@ def zero_shot_accuracy(
     return correct / total
 
 
-@dataclass(frozen=True)
-class ConceptProbe:
-    """Held-out world images (their label is their index) and, per concept family, the value each image shows
-    (an index into the family's concept names, -1 where it shows none): tinyworld.tasks.concept_probes' labels,
-    with every image encoded once for all families."""
-
-    images: TaskSplit
-    labels: dict[str, np.ndarray]
-    classnames: dict[str, list[str]]
-    templates: tuple[str, ...] = CONCEPT_TEMPLATES
-
-
-def concept_probe(split: str, count: int, transform: Callable | None = None, seed: int = 0) -> ConceptProbe:
-    """val: the held-out images concept_probes(count, seed) labels; test: as many others, further along the stream."""
-    pairs = heldout_pairs(count, seed) if split == "val" else World(seed).pairs(PROBE_TEST_START, count, "heldout")
-    labels, classnames = {}, {}
-    for family, values in FAMILIES.items():
-        shown = np.array([values.index(p.facts[family]) if p.facts.get(family) in values else -1 for p in pairs])
-        if (shown >= 0).any():  # a small probe may lack a family; the default 2,000 images show every one
-            labels[family] = shown
-            classnames[family] = [c.name for c in CONCEPTS if c.family == family]
-    images = np.stack([p.image for p in pairs])
-    dataset = TaskSplit(f"world-{split}", images, np.arange(len(pairs)), (), CONCEPT_TEMPLATES, transform)
-    return ConceptProbe(dataset, labels, classnames)
-
-
 @torch.no_grad()
 def probe_accuracies(
     model: nn.Module,
     tokenizer: Callable[..., Tensor],
     batches: Iterable[Sequence[Tensor]],
-    probe: ConceptProbe,
+    probe: Probe,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Per family, top-1 accuracy in [0, 1] among that family's concepts on the images that show one of them.
+    """Per head, top-1 accuracy in [0, 1] among that head's classes on the images that show one of them.
 
     `batches` are (images, image indices), under DDP this process's shard; counts are summed over processes.
     """

@@ -22,25 +22,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
-from services.trainer.evaluation import ConceptProbe, concept_probe, probe_accuracies, zero_shot_accuracy
+from services.trainer.evaluation import PROBES, probe_accuracies, zero_shot_accuracy
 from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer, image_transforms
+from services.trainer.plugins import Probe, ReplaySets
 from services.trainer.streams import BatchStream, in_order
-from services.trainer.synthetic import (
-    SetCache,
-    SyntheticPairs,
-    SyntheticSets,
-    WorldSets,
-    default_cache_dir,
-    prompt_pool,
-    set_request,
-)
+from services.trainer.synthetic import REPLAY_SOURCES, SyntheticPairs, concept_names, prompt_pool, set_request
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"
@@ -172,37 +164,29 @@ class Runner:
                             f"{distributed.world_size()} processes")  # fmt: skip
         return TaskData(task, names, templates, train, evaluated)
 
-    def _load_probe(self) -> ConceptProbe | None:
+    def _load_probe(self) -> Probe | None:
         evaluation = self.config.evaluation
         if evaluation.pretraining_probe == "none":
             return None
-        return concept_probe(evaluation.split, evaluation.probe_size, self.eval_transform)
+        return PROBES.get(evaluation.pretraining_probe)(evaluation.split, evaluation.probe_size, self.eval_transform)
 
     def _empty_results(self) -> reports.Results:
         names = [t.name for t in self.tasks]
         return reports.Results(names, self.config.evaluation.split, probe=None if self.probe is None else [])
 
-    def _start_synthetic(self) -> SyntheticSets | WorldSets:
-        """Ask for the sets of every task still to train, in order, while training runs; or draw them from the
-        tiny world (`synthetic.source: tinyworld`), with the same prompts."""
+    def _start_synthetic(self) -> ReplaySets:
+        """The replay sets of every task still to train, from the configured source (the generator makes them in
+        order while training runs)."""
         settings = self.config.synthetic
-        concepts = datasets.concept_names(settings.concepts)
+        concepts = concept_names(settings.concepts)
         requests = {}
         for index in range(self.engine.tasks_done, len(self.tasks)):
             previous = [(t.classnames, t.templates[0]) for t in self.tasks[:index]]
             pool = prompt_pool(concepts, settings.concept_template, previous)
             requests[self.tasks[index].name] = set_request(pool, settings, index)
-        if settings.source == "tinyworld":
-            return WorldSets(requests, settings)
-        return SyntheticSets(
-            requests,
-            SetCache(default_cache_dir(settings)),
-            lambda: GeneratorClient(settings.generator_url),
-            fetch=distributed.local_rank() == 0,
-            timeout=settings.timeout,
-        )
+        return REPLAY_SOURCES.get(settings.source)(requests, settings)
 
-    def _task(self, index: int, synthetic: SyntheticSets | WorldSets | None) -> Task:
+    def _task(self, index: int, synthetic: ReplaySets | None) -> Task:
         data, schedule = self.tasks[index], self.config.schedule(self.tasks[index].config)
         return Task(
             name=data.name,
@@ -214,7 +198,7 @@ class Runner:
             warmup=schedule["warmup"],
         )
 
-    def _replay(self, index: int, synthetic: SyntheticSets | WorldSets, batch_size: int) -> ReplaySet:
+    def _replay(self, index: int, synthetic: ReplaySets, batch_size: int) -> ReplaySet:
         name = self.tasks[index].name
         if not synthetic.ready(name):
             say(f"task {name}: waiting for its synthetic set")

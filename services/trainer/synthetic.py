@@ -6,8 +6,10 @@ jobs, so asking for all at once would delay the first), while the engine trains.
 `images/<sha256>.png` and `sets/<request key>.json`; a rerun or a resume reads them without the generator, and
 every image's SHA-256 is checked when it arrives and whenever it is read.
 
-With `source: tinyworld` the same prompts get real pre-training images of the tiny world instead (`WorldSets`, in
-memory, no generator): replay distillation on real data, the reference synthetic data tries to reach.
+Where the replay images come from is a registered source (`REPLAY_SOURCES`, `synthetic.source`): the generator is
+built in; a plugin may pair the same prompts with real pre-training images instead (replay distillation on real
+data, the reference synthetic data tries to reach). The pre-training concepts of the prompts are a registered
+concept list (`CONCEPTS`, `synthetic.concepts`: ImageNet's class names built in) or a file.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -30,13 +34,53 @@ from torch.utils.data import Dataset
 
 from gift_common.client import GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
 from gift_common.errors import UserError
+from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import Settings
-from services.trainer.config import SyntheticConfig
-from tinyworld.replay import conditioned_pair, fact_of
+from services.trainer import distributed
+from services.trainer.fields import DEFAULT_TEMPLATE
+from services.trainer.plugins import ConceptList, ReplaySource
+
+if TYPE_CHECKING:
+    from services.trainer.config import SyntheticConfig
 
 POLL_SECONDS = 1.0  # how long one wait for a job or for another process's stored set lasts before looking again
 T = TypeVar("T")
+DATA_DIR = Path(__file__).parent / "data"
+
+
+# --- the prompts ------------------------------------------------------------------------------------------------
+
+
+@cache
+def imagenet_classnames() -> list[str]:
+    """ImageNet's 1,000 class names (CLIP's cleaned wording): the pre-training concepts of METHOD.md."""
+    return (DATA_DIR / "imagenet_classnames.txt").read_text().splitlines()
+
+
+@dataclass(frozen=True)
+class ImageNetConcepts:
+    template: str = DEFAULT_TEMPLATE
+
+    def names(self) -> list[str]:
+        return imagenet_classnames()
+
+
+CONCEPTS: Registry[ConceptList] = Registry("gift.concepts", "concept list", {"imagenet": ImageNetConcepts()})
+
+
+def concept_names(spec: str) -> list[str]:
+    """A registered concept list's names, or a text file's (one concept per line, blank lines ignored)."""
+    if spec in CONCEPTS:
+        return CONCEPTS.get(spec).names()
+    path = Path(spec)
+    if not path.is_file():
+        known = ", ".join(CONCEPTS.names())
+        raise UserError(f"synthetic.concepts: {path} is not a file; give one of {known} or a file with one name a line")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"synthetic.concepts: {path} lists no concept")
+    return names
 
 
 def prompt_pool(
@@ -235,38 +279,24 @@ def default_cache_dir(settings: SyntheticConfig) -> Path:
     return settings.cache_dir or Settings().home / "synthetic"
 
 
-class WorldSets:
-    """The same sets as `SyntheticSets` asks for, each prompt paired with a real world image of what it names.
+def generator_sets(requests: Mapping[str, JobRequest], settings: SyntheticConfig) -> SyntheticSets:
+    """The built-in replay source: the generator makes the sets, one process per machine asks for them."""
+    return SyntheticSets(
+        dict(requests),
+        SetCache(default_cache_dir(settings)),
+        lambda: GeneratorClient(settings.generator_url),
+        fetch=distributed.local_rank() == 0,
+        timeout=settings.timeout,
+    )
 
-    Image i is drawn from the "replay" stream at the index the generator would take as its seed (the request's
-    seed + i), so no image repeats within a run and a rerun or a resume draws the same ones; a prompt outside the
-    world's vocabulary is a UserError.
-    """
 
-    def __init__(self, requests: dict[str, JobRequest], settings: SyntheticConfig) -> None:
-        self.requests, self.settings = requests, settings
-
-    def ready(self, task: str) -> bool:
-        return True  # drawn when asked for: about a millisecond an image
-
-    def images(self, task: str) -> np.ndarray:
-        """(size, H, W, 3) uint8 world images, in prompt order."""
-        request, templates = self.requests[task], (self.settings.concept_template,)
-        try:
-            facts = [fact_of(prompt, templates) for prompt in request.prompts]
-        except ValueError as error:
-            raise UserError(f"synthetic set of task {task} (source tinyworld): {error}") from None
-        seed, start = self.settings.seed, request.seed
-        return np.stack([conditioned_pair(*fact, start + i, seed=seed).image for i, fact in enumerate(facts)])
-
-    def close(self) -> None:
-        pass
+REPLAY_SOURCES: Registry[ReplaySource] = Registry("gift.replay", "replay source", {"generator": generator_sets})
 
 
 class SyntheticPairs(Dataset):
     """(image, prompt tokens, index) of one replay set; images with the evaluation transform, no augmentation.
 
-    Images are PNG files (the generator's, from the cache) or uint8 arrays in memory (real world images).
+    Images are PNG files (the generator's, from the cache) or uint8 arrays in memory (a source's real images).
     """
 
     def __init__(self, images: Sequence[Path] | np.ndarray, tokens: torch.Tensor, transform: Callable) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from transformers import CLIPTokenizer
-
 from tinyworld.tokenizer import write_clip_tokenizer
+from transformers import CLIPTokenizer
 
 
 @pytest.fixture(scope="module")

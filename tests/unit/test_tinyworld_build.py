@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from gift_common.manifest import MANIFEST, verify
-from services.generator.worker.synthesis import load_model, resolve_device
-from services.trainer.models import create_model
 from tinyworld import clip
 from tinyworld.build import CLIP_FILE, CONFIG_FILE, REPORT_DIR, SD_DIR, build
 from tinyworld.clip import PretrainConfig
 from tinyworld.sd_training import TrainConfig
+
+from gift_common.manifest import MANIFEST, verify
+from services.generator.worker.synthesis import load_model, resolve_device
+from services.trainer.models import create_model
 
 TINY_CLIP = PretrainConfig(steps=2, batch=8, warmup=1)
 TINY_SD = TrainConfig(images=16, batch=4, vae_batch=4, vae_steps=2, unet_steps=2, warmup=1, threads=1)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
-
-from services.trainer.models import create_model, create_tokenizer
 from tinyworld import clip
 from tinyworld.world import World
+
+from services.trainer.models import create_model, create_tokenizer
 
 
 def test_the_architecture_loads_through_the_trainers_factory_with_open_clips_tokenizer() -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
-
 from tinyworld import pipeline as tinyworld_pipeline
 from tinyworld.pipeline import UNTRAINED_NAME, build_untrained_pipeline, default_model_dir
 

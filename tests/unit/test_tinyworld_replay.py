@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tinyworld.replay import conditioned_pair, fact_of, prompt_facts, task_family
 from tinyworld.tasks import TASKS
 from tinyworld.world import CONCEPT_NAMES, CONCEPT_TEMPLATES, CONCEPTS

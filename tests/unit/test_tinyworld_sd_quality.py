@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from tinyworld import sd_quality
 from tinyworld.sd_quality import caption_retrieval, distinct_scenes
 from tinyworld.tasks import heldout_pairs
 from tinyworld.world import captions_true_of, encode_facts
+from torch import nn
 
 
 def test_each_whole_scene_caption_is_true_of_its_own_image_alone() -> None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
-
 from tinyworld.clip import create_model, tokenizer
 from tinyworld.pipeline import untrained_components
 from tinyworld.sd_training import (

@@ -8,9 +8,8 @@ import unicodedata
 import open_clip
 import pytest
 from open_clip.tokenizer import basic_clean, whitespace_clean
-from transformers import CLIPTokenizer
-
 from tinyworld.tokenizer import normalize_prompt
+from transformers import CLIPTokenizer
 
 BOS, EOS, LENGTH = 49406, 49407, 77
 

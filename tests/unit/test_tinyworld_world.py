@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pytest
-
 from tinyworld.tasks import SPLIT_SIZES, SPLITS, TASKS, TaskSplit, concept_probes, load_split
 from tinyworld.world import (
     CONCEPT_NAMES,

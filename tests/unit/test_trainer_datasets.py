@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gift_common.errors import UserError
-from services.trainer import datasets
+from services.trainer import datasets, synthetic
 from services.trainer.config import MTIL_DATASETS, TaskConfig
 
 
@@ -25,7 +25,8 @@ def save_image(path: Path, color: tuple[int, int, int]) -> None:
 
 
 def task(type_: str, root: Path, test_fraction: float = 0.2, **fields) -> TaskConfig:
-    return TaskConfig(dataset={"type": type_, "root": root, "test_fraction": test_fraction}, **fields)
+    split = {"test_fraction": test_fraction} if type_ in MTIL_DATASETS else {}
+    return TaskConfig(dataset={"type": type_, "root": root, **split}, **fields)
 
 
 def test_mtil_class_names_and_templates_ship_with_the_package() -> None:
@@ -36,7 +37,7 @@ def test_mtil_class_names_and_templates_ship_with_the_package() -> None:
     for name, size in sizes.items():
         assert len(metadata[name]["classnames"]) == len(set(metadata[name]["classnames"])) == size, name
         assert all(template.count("{}") == 1 for template in metadata[name]["templates"]), name
-    assert len(datasets.imagenet_classnames()) == 1000 and datasets.imagenet_classnames()[:2] == ["tench", "goldfish"]
+    assert len(synthetic.imagenet_classnames()) == 1000 and synthetic.imagenet_classnames()[:2] == ["tench", "goldfish"]
 
 
 def test_csv_with_index_and_name_labels(tmp_path: Path) -> None:
@@ -113,6 +114,6 @@ def test_datasets_without_an_official_split_get_a_fixed_held_out_part(tmp_path: 
 
 def test_concepts_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "concepts.txt").write_text("tree\n\n  red car \n")
-    assert datasets.concept_names(str(tmp_path / "concepts.txt")) == ["tree", "red car"]
+    assert synthetic.concept_names(str(tmp_path / "concepts.txt")) == ["tree", "red car"]
     with pytest.raises(UserError, match="is not a file"):
-        datasets.concept_names(str(tmp_path / "none.txt"))
+        synthetic.concept_names(str(tmp_path / "none.txt"))

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gift_common.schedules import warmup_cosine
 from services.trainer.context import CachedTeacher, ReplayBatch, ReplaySet, Task
-from services.trainer.engine import Engine, warmup_cosine
+from services.trainer.engine import Engine
 from services.trainer.methods import GIFT, PRESETS, build_terms, preset
 from services.trainer.models import create_model, create_tokenizer
 from tests.unit.test_trainer_models import write_tiny_arch

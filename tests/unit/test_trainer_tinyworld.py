@@ -10,18 +10,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from services.trainer import datasets, reports
-from services.trainer.config import SyntheticConfig, TaskConfig, parse_config
-from services.trainer.evaluation import concept_probe, probe_accuracies, zero_shot_accuracy
-from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer, image_transforms
-from services.trainer.runner import run
-from services.trainer.streams import in_order
-from services.trainer.synthetic import SyntheticPairs, WorldSets, prompt_pool, set_request
 from tinyworld import tasks as tinyworld
+from tinyworld.plugin import WorldSets
+from tinyworld.plugin import probe as concept_probe
 from tinyworld.replay import conditioned_pair, fact_of
 from tinyworld.world import CONCEPT_NAMES, FAMILIES
 
+from services.trainer import datasets, reports
+from services.trainer.config import SyntheticConfig, TaskConfig, parse_config
+from services.trainer.evaluation import probe_accuracies, zero_shot_accuracy
+from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer, image_transforms
+from services.trainer.runner import run
+from services.trainer.streams import in_order
+from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
+
+pytestmark = pytest.mark.tinyworld
 SMALL = {"train": 24, "val": 12, "test": 12}
 
 
@@ -78,9 +81,9 @@ def test_val_is_a_fixed_part_of_train_left_out_only_when_evaluating_on_val(tmp_p
 
 
 def test_the_world_concepts_are_a_synthetic_pool() -> None:
-    assert datasets.concept_names("tinyworld") == list(CONCEPT_NAMES)
+    assert concept_names("tinyworld") == list(CONCEPT_NAMES)
     settings = SyntheticConfig.model_validate({"concepts": "tinyworld"})
-    pool = prompt_pool(datasets.concept_names("tinyworld"), settings.concept_template, [])
+    pool = prompt_pool(concept_names("tinyworld"), settings.concept_template, [])
     assert "a photo of a red thing." in pool and "a photo of grass." in pool and len(pool) == len(CONCEPT_NAMES)
 
 
@@ -91,7 +94,7 @@ def world_sets(size: int = 40) -> WorldSets:
     requests = {}
     for index, task in enumerate(order):
         previous = [(t.classnames, t.templates[0]) for t in order[:index]]
-        pool = prompt_pool(datasets.concept_names("tinyworld"), settings.concept_template, previous)
+        pool = prompt_pool(concept_names("tinyworld"), settings.concept_template, previous)
         requests[task.name] = set_request(pool, settings, index)
     return WorldSets(requests, settings)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from services.trainer.engine import warmup_cosine
+from gift_common.schedules import warmup_cosine
 from tinyworld.tasks import TASKS, TaskSplit, concept_probes, load_split
 from tinyworld.world import World, caption, captions_true_of, encode_facts, stream_rng
 

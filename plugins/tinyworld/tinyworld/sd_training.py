@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from services.trainer.engine import warmup_cosine
+from gift_common.schedules import warmup_cosine
 from tinyworld.pipeline import SCHEDULER_CONFIG, save_pipeline, untrained_components
 from tinyworld.tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 from tinyworld.world import World, caption, stream_rng

@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 
 from gift_common.content_key import image_key
 from gift_common.errors import UserError
+from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
@@ -217,6 +218,18 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
     return name, Path(directory)
 
 
+# Models that installed plugins provide: a callable of the local cache folder that returns a pipeline directory.
+PLUGIN_MODELS: Registry[Callable[[Path], Path]] = Registry("gift.generator.models", "generator model")
+
+
+def plugin_models(home: Path) -> list[tuple[str, Path]]:
+    """What a worker given no --model serves: every model an installed plugin provides, under its registered name."""
+    models = [(name, find_dir(home)) for name, find_dir in PLUGIN_MODELS.items()]
+    if not models:
+        raise UserError("no --model given and no installed plugin provides one: pass --model NAME=DIR")
+    return models
+
+
 def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -226,9 +239,7 @@ def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) ->
     if not models and settings.models:
         models = [parse_model_spec(spec) for spec in settings.models.split(",") if spec.strip()]
     if not models:
-        from tinyworld.pipeline import default_model_dir
-
-        models = [(settings.default_model, default_model_dir(settings.home))]
+        models = plugin_models(settings.home)
     loaded = {name: synthesis.load_model(name, directory, device) for name, directory in models}
     worker = Worker(loaded, settings, batch_size)
     for signum in (signal.SIGTERM, signal.SIGINT):
