@@ -25,12 +25,12 @@ from pathlib import Path
 
 import httpx
 import torch
+from tinyworld.pipeline import default_model_dir
 
 from gift_common.client import AsyncGeneratorClient
 from gift_common.schemas import JobRequest
 from services.generator.worker.synthesis import generate, load_model
 from services.stack import LocalStack
-from tinyworld.pipeline import default_model_dir
 
 CLIENTS, PROMPTS_PER_JOB = 4, 16
 
