@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 1000
     max_queued_jobs_per_tenant: int = 64
     max_body_bytes: int = 2 * 1024 * 1024
+    max_image_cost: int = Field(
+        default=512 * 512 * 100, ge=1, description="most height x width x num_inference_steps of one image"
+    )
     worker_seen_seconds: float = 30.0
     retry_after_seconds: int = 2
 

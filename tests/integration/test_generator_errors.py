@@ -141,3 +141,44 @@ def test_409_for_the_archive_of_an_unfinished_job_and_cancelling_a_finished_one(
     response = httpx.delete(f"{api}/v1/jobs/{done['id']}", headers=ALICE)
     assert response.status_code == 409 and "succeeded" in _detail(response)
     httpx.delete(f"{api}/v1/jobs/{queued['id']}", headers=ALICE)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (rb'{"prompts": ["\ud800"]}', "prompts"),
+        (rb'{"prompts": ["x", "ok \udc00"]}', "prompts"),
+        (rb'{"prompts": ["x"], "negative_prompt": "\ud800"}', "negative_prompt"),
+        (rb'{"prompts": ["x"], "model": "\ud800"}', "model"),
+        (rb'{"prompts": ["x"], "\ud800": 1}', "body"),  # a key: refused while parsing the body
+    ],
+)
+def test_422_for_a_lone_surrogate_in_any_string(api, body, field):
+    """JSON may escape half a UTF-16 pair; such text cannot be hashed or stored, and once was a 500."""
+    response = httpx.post(f"{api}/v1/jobs", content=body, headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert field in error["loc"] and ("surrogate" in error["msg"] or error["type"] == "string_unicode"), error
+
+
+@pytest.mark.parametrize("field", ["seed", "num_inference_steps", "height", "width", "guidance_scale"])
+def test_422_for_a_boolean_in_a_number_field(api, field):
+    response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], field: True}, headers=ALICE)
+    assert response.status_code == 422 and "a boolean is not a number" in _detail(response), response.text
+    response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "seeds": [False]}, headers=ALICE)
+    assert response.status_code == 422 and "seeds" in _detail(response)
+
+
+def test_422_for_an_image_over_the_cost_limit_which_models_states(api):
+    (model,) = [m for m in httpx.get(f"{api}/v1/models", headers=ALICE).json() if m["name"] == IDLE_MODEL]
+    assert model["max_image_cost"] == 512 * 512 * 100, "the default allows SD 1.5 at 512x512 with 50 steps, twice"
+    huge = {"prompts": ["x"], "model": IDLE_MODEL, "height": 2048, "width": 2048, "num_inference_steps": 200}
+    response = httpx.post(f"{api}/v1/jobs", json=huge, headers=ALICE)
+    assert response.status_code == 422, response.text
+    assert _detail(response).startswith('"height, width, num_inference_steps: 2048 x 2048 pixels x 200 steps')
+    native = {"prompts": ["x"], "model": IDLE_MODEL, "num_inference_steps": 200}  # 32 x 32 x 200: fine
+    sd15 = {"prompts": ["x"], "model": IDLE_MODEL, "height": 512, "width": 512, "num_inference_steps": 50}
+    for body in (native, sd15):
+        accepted = httpx.post(f"{api}/v1/jobs", json=body, headers=ALICE)
+        assert accepted.status_code == 202, accepted.text
+        httpx.delete(f"{api}/v1/jobs/{accepted.json()['id']}", headers=ALICE)

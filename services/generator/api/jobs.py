@@ -68,7 +68,11 @@ class JobService:
         for name, value in raw.items():
             entry = json.loads(value)
             info = ModelInfo(
-                name=name, height=entry["height"], width=entry["width"], default=name == self.settings.default_model
+                name=name,
+                height=entry["height"],
+                width=entry["width"],
+                default=name == self.settings.default_model,
+                max_image_cost=self.settings.max_image_cost,
             )
             models[name] = RegisteredModel(info, entry["fingerprint"])
         return models
@@ -87,6 +91,7 @@ class JobService:
         if request.model not in models and request.model != self.settings.default_model:
             names = ", ".join(sorted(models)) or "none registered yet"
             raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
+        self._check_cost(request, models.get(request.model))
         await self._check_tenant_quota(tenant)
 
         job_id = uuid.uuid4().hex
@@ -110,6 +115,24 @@ class JobService:
                 raise JobError(422, f"prompts.{i}: {len(prompt)} characters; at most {self.settings.max_prompt_chars}")
         if request.negative_prompt and len(request.negative_prompt) > self.settings.max_prompt_chars:
             raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
+
+    def _check_cost(self, request: JobRequest, model: RegisteredModel | None) -> None:
+        """Refuse images whose pipeline call would hold a worker too long: cost is pixels times denoising steps.
+
+        A default model no worker has registered yet has no known native size: only the sizes given are checked.
+        """
+        height = request.height or (model.info.height if model else None)
+        width = request.width or (model.info.width if model else None)
+        if height is None or width is None:
+            return
+        cost, limit = height * width * request.num_inference_steps, self.settings.max_image_cost
+        if cost > limit:
+            raise JobError(
+                422,
+                f"height, width, num_inference_steps: {height} x {width} pixels x {request.num_inference_steps} steps "
+                f"= {cost:,} pixel-steps per image; this server accepts at most {limit:,} (GIFT_MAX_IMAGE_COST): "
+                "ask for fewer steps or a smaller size",
+            )
 
     async def _check_tenant_quota(self, tenant: str) -> None:
         queued = await self.redis.scard(redis_keys.tenant_active(tenant))
