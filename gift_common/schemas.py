@@ -105,3 +105,21 @@ class ModelInfo(BaseModel):
     max_image_cost: int | None = Field(
         default=None, description="the most height x width x num_inference_steps this server accepts for one image"
     )
+
+
+class ErrorBody(BaseModel):
+    """Every error but a schema 422: one line, the field first where a field is at fault."""
+
+    detail: str
+
+
+class SchemaIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query' or 'path', then the field and list index")
+    msg: str
+    type: str
+
+
+class InvalidRequestBody(BaseModel):
+    """A 422: a list of schema issues, or one line (field first) for a server limit such as an unknown model."""
+
+    detail: list[SchemaIssue] | str

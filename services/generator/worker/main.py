@@ -49,6 +49,7 @@ class Worker:
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
         self._held: dict[str, list[str]] = {}
+        self._call: tuple[set[str], threading.Event] | None = None  # the pipeline call running: its jobs, its stop
         self._next_reclaim = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -82,6 +83,13 @@ class Worker:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
             with contextlib.suppress(*REDIS_DOWN):  # the main loop reports it
                 self.queue.heartbeat(self._held)
+                self._stop_call_if_unwanted()
+
+    def _stop_call_if_unwanted(self) -> None:
+        """Cancellation reaches a running pipeline call here: once every job it serves has ended, it stops."""
+        call = self._call
+        if call is not None and not self.queue.live(call[0]):
+            call[1].set()
 
     def _until_redis_answers(self, action: Callable[[], T]) -> T:
         """Run ``action`` until Redis answers: results already made are not thrown away for an outage."""
@@ -172,6 +180,8 @@ class Worker:
 
     def _synthesise(self, tasks: list[Task]) -> list[tuple[Task, str, bytes]]:
         shape = tasks[0].shape
+        job_ids, stop = {task.job_id for task in tasks}, threading.Event()
+        self._call = (job_ids, stop)
         try:
             pngs = synthesis.generate(
                 self.models[shape.model],
@@ -182,13 +192,21 @@ class Worker:
                 guidance_scale=shape.guidance_scale,
                 height=shape.height,
                 width=shape.width,
+                interrupted=stop.is_set,
             )
+        except synthesis.Interrupted as stopped:
+            log.info("pipeline call of %d images %s: its jobs %s ended", len(tasks), stopped, sorted(job_ids))
+            for job_id in job_ids:
+                self._forget(job_id)
+            return []
         except Exception as error:  # a pipeline error ends the jobs that asked for it, not the worker
             log.exception("pipeline call of %d images failed", len(tasks))
             message = f"image generation failed: {error}"
-            for job_id in {task.job_id for task in tasks}:
+            for job_id in job_ids:
                 self._until_redis_answers(lambda j=job_id: self.queue.fail_job(j, message))
             return []
+        finally:
+            self._call = None
         return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
 
     def _store_and_record(self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]]) -> None:
