@@ -42,6 +42,13 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
+class CacheScope(StrEnum):
+    """Who shares a job's cached images: every tenant of the deployment, or only the tenant that asked."""
+
+    deployment = "deployment"
+    tenant = "tenant"
+
+
 class JobRequest(BaseModel):
     """A batch of prompts to synthesise. Server-side limits (prompt count, length) are checked by the API."""
 
@@ -56,6 +63,7 @@ class JobRequest(BaseModel):
     height: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     negative_prompt: Text | None = None
+    cache_scope: CacheScope | None = None
 
     @field_validator("prompts")
     @classmethod
@@ -75,6 +83,10 @@ class JobRequest(BaseModel):
 
     def seed_of(self, index: int) -> int:
         return self.seeds[index] if self.seeds is not None else self.seed + index
+
+    def cache_owner(self, tenant: str) -> str | None:
+        """The tenant whose private cache serves and keeps this job's images; None for the shared cache."""
+        return tenant if self.cache_scope == CacheScope.tenant else None
 
 
 class ImageInfo(BaseModel):

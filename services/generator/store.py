@@ -93,11 +93,11 @@ return found
 KEYS_PER_LOOKUP = 512  # a lookup of more keys is split, so one script never holds Redis for long
 
 
-def lookup_args(content_keys: list[str], ttl: int) -> list[tuple[list[str], list[str | int]]]:
-    """(KEYS, ARGV) of the CACHE_LOOKUP calls for ``content_keys``, in order."""
-    keys = [redis_keys.cache(key) for key in content_keys]
+def lookup_args(content_keys: list[str], ttl: int, owner: str | None = None) -> list[tuple[list[str], list[str | int]]]:
+    """(KEYS, ARGV) of the CACHE_LOOKUP calls for ``content_keys`` in ``owner``'s cache scope, in order."""
+    keys = [redis_keys.cache(key, owner) for key in content_keys]
     return [
-        (keys[start : start + KEYS_PER_LOOKUP], [redis_keys.png(""), ttl])
+        (keys[start : start + KEYS_PER_LOOKUP], [redis_keys.png("", owner), ttl])
         for start in range(0, len(keys), KEYS_PER_LOOKUP)
     ]
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from services.stack import Process, _wait_until, free_port
 
 from .conftest import wait_for
 
@@ -52,3 +57,44 @@ def test_cancel_stops_a_running_pipeline_call_so_another_tenants_job_waits_no_lo
     print(f"the small job finished {time.monotonic() - cancelled_at:.1f} s after the large one was cancelled")
     assert "stopped after denoising step" in worker_log.read_text(), "the large call ran to its end"
     assert _generated(stack) == 1, "only the small job's image is made: the large call was cut short"
+
+
+def test_a_tenant_scoped_cache_shares_nothing_and_the_deployment_scope_shares_as_before(make_stack, tmp_path):
+    stack = make_stack(**KEYS)
+    secret = {"prompts": ["alice's own picture"], "num_inference_steps": 2, "cache_scope": "tenant"}
+    alices = _finish(stack, ALICE, _submit(stack, ALICE, secret)["id"])
+    sha = alices["images"][0]["sha256"]
+    image = httpx.get(f"{stack.api_url}/v1/images/{sha}", headers=ALICE)
+    assert image.status_code == 200 and image.headers["Cache-Control"].startswith("private"), image.headers
+    assert httpx.get(f"{stack.api_url}/v1/images/{sha}", headers=BOB).status_code == 404, "bob reads alice's own"
+    for scope in ("tenant", "deployment"):
+        bobs = _submit(stack, BOB, {**secret, "cache_scope": scope})
+        assert bobs["cached"] == 0 and bobs["status"] == "queued", f"bob learns alice asked ({scope} scope)"
+        httpx.delete(f"{stack.api_url}/v1/jobs/{bobs['id']}", headers=BOB)
+    again = _submit(stack, ALICE, secret)
+    assert again["status"] == "succeeded" and again["cached"] == 1, "her own cache still serves her"
+
+    shared = {"prompts": ["a picture for everyone"], "num_inference_steps": 2}
+    _finish(stack, ALICE, _submit(stack, ALICE, shared)["id"])
+    bobs = _submit(stack, BOB, shared)
+    assert bobs["status"] == "succeeded" and bobs["cached"] == 1, "the deployment scope is shared by default"
+    assert httpx.get(f"{stack.api_url}{bobs['images'][0]['url']}", headers=BOB).status_code == 200
+
+    with _api(stack, tmp_path, GIFT_CACHE_SCOPE="tenant") as private_api:
+        bobs = httpx.post(f"{private_api}/v1/jobs", json=shared, headers=BOB).json()
+        assert bobs["cached"] == 0, "GIFT_CACHE_SCOPE=tenant makes a job that names no scope private"
+        httpx.delete(f"{private_api}/v1/jobs/{bobs['id']}", headers=BOB)
+
+
+@contextlib.contextmanager
+def _api(stack, tmp_path, **env: str) -> Iterator[str]:
+    """A second API process on the stack's Redis with other settings."""
+    port = free_port()
+    args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(port)]
+    process = Process("api2", args, tmp_path / "api2.log", {**stack.env, "GIFT_REDIS_URL": stack.redis_url, **env})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+        yield url
+    finally:
+        process.stop()

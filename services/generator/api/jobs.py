@@ -84,7 +84,11 @@ class JobService:
 
     async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
         self._check_limits(request)
-        request = request.model_copy(update={"model": request.model or self.settings.default_model})
+        defaults = {
+            "model": request.model or self.settings.default_model,
+            "cache_scope": request.cache_scope or self.settings.cache_scope,
+        }
+        request = request.model_copy(update=defaults)
         models = await self.registered_models()
         if request.model not in models:
             models = await self.registered_models(fresh=True)
@@ -96,7 +100,7 @@ class JobService:
 
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()
-        hits = await self._cache_hits(request, models.get(request.model))
+        hits = await self._cache_hits(request, models.get(request.model), request.cache_owner(tenant))
         fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
         fields, records = await self._create(job_id, tenant, request, fields, hits, misses)
@@ -143,7 +147,9 @@ class JobService:
                 f"{self.settings.max_queued_jobs_per_tenant}: wait for some to finish",
             )
 
-    async def _cache_hits(self, request: JobRequest, model: RegisteredModel | None) -> dict[int, str]:
+    async def _cache_hits(
+        self, request: JobRequest, model: RegisteredModel | None, owner: str | None
+    ) -> dict[int, str]:
         """Indices whose image is already stored, with its SHA-256; the cache's TTLs are refreshed."""
         if model is None:
             return {}
@@ -161,7 +167,7 @@ class JobService:
             for i, prompt in enumerate(request.prompts)
         ]
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
             found += await self._lookup(keys=lookup_keys, args=args)
         return {i: sha for i, sha in enumerate(found) if sha}
 
@@ -253,27 +259,28 @@ class JobService:
             log.info("job %s cancelled by tenant %s after %d of %d images", job_id, tenant, status.done, status.total)
         return await self.status(job_id, tenant)
 
-    async def image(self, sha256: str) -> bytes | None:
-        return await self.blobs.get(redis_keys.png(sha256))
+    async def image(self, sha256: str, tenant: str) -> bytes | None:
+        """The tenant's own image (cache scope ``tenant``), else the deployment's shared one; never another's own."""
+        return await self.blobs.get(redis_keys.png(sha256, tenant)) or await self.blobs.get(redis_keys.png(sha256))
 
-    async def archive_members(self, status: JobStatus) -> AsyncIterator[tuple[int, bytes]]:
+    async def archive_members(self, status: JobStatus, owner: str | None) -> AsyncIterator[tuple[int, bytes]]:
         """The PNG bytes of a finished job's images in index order, fetched a batch at a time."""
         for start in range(0, len(status.images), 64):
             batch = status.images[start : start + 64]
-            blobs = await self.blobs.mget([redis_keys.png(image.sha256) for image in batch])
+            blobs = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
             for image, blob in zip(batch, blobs, strict=True):
                 if blob is None:
                     raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
                 yield image.index, blob
 
-    async def missing_images(self, status: JobStatus) -> list[int]:
+    async def missing_images(self, status: JobStatus, owner: str | None) -> list[int]:
         """Indices whose bytes are gone (evicted): checked before an archive starts streaming."""
         missing = []
         for start in range(0, len(status.images), KEY_BATCH):
             batch = status.images[start : start + KEY_BATCH]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for image in batch:
-                    pipe.exists(redis_keys.png(image.sha256))
+                    pipe.exists(redis_keys.png(image.sha256, owner))
                 exists = await pipe.execute()
             missing += [image.index for image, ok in zip(batch, exists, strict=True) if not ok]
         return missing

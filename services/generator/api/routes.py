@@ -104,12 +104,13 @@ async def job_archive(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> Stream
         raise _not_found(job_id)
     if status.status != JobState.succeeded:
         raise HTTPException(409, f"job {job_id} is {status.status.value}; the archive exists once it has succeeded")
-    missing = await jobs.missing_images(status)
+    request = await jobs.request_of(job_id)
+    owner = request.cache_owner(tenant)
+    missing = await jobs.missing_images(status, owner)
     if missing:
         raise HTTPException(410, f"images {missing[:10]} of job {job_id} were evicted from storage; submit it again")
-    request = await jobs.request_of(job_id)
     return StreamingResponse(
-        tar_stream(status, request, jobs.archive_members(status)),
+        tar_stream(status, request, jobs.archive_members(status, owner)),
         media_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.tar"'},
     )
@@ -120,11 +121,12 @@ async def job_archive(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> Stream
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **_errors(*V1_ERRORS, 404)},
 )
-async def get_image(sha256: Sha256, jobs: JobsDep, _tenant: TenantDep) -> Response:
-    blob = await jobs.image(sha256)
+async def get_image(sha256: Sha256, jobs: JobsDep, tenant: TenantDep, settings: SettingsDep) -> Response:
+    blob = await jobs.image(sha256, tenant)
     if blob is None:
-        raise HTTPException(404, f"image {sha256} not found (never made, or evicted from storage)")
-    return Response(blob, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        raise HTTPException(404, f"image {sha256} not found (never made, evicted, or another tenant's own)")
+    audience = "private" if settings.api_keys else "public"  # a shared proxy must not serve a tenant's bytes to others
+    return Response(blob, media_type="image/png", headers={"Cache-Control": f"{audience}, max-age=31536000, immutable"})
 
 
 @v1.get("/models", response_model=list[ModelInfo], responses=_errors(401, 503))

@@ -35,6 +35,7 @@ class Task:
     seed: int
     shape: Shape
     key: str  # the content key (gift_common.content_key.image_key)
+    owner: str | None = None  # the tenant of a tenant-scoped cache (JobRequest.cache_owner), None when shared
 
 
 class Backlog:

@@ -112,7 +112,7 @@ class Worker:
         if not batch:
             return False
         batch = self._drop_ended(batch)
-        hits = self.queue.cached([task.key for task in batch])
+        hits = self._cached(batch)
         cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
         misses = [task for task, sha in zip(batch, hits, strict=True) if not sha]
         started = time.perf_counter()
@@ -164,7 +164,16 @@ class Worker:
             width=shape.width,
         )
         prompt, negative = request.prompts[index], request.negative_prompt
-        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key)
+        owner = request.cache_owner(job.tenant)
+        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner)
+
+    def _cached(self, batch: list[Task]) -> list[str | None]:
+        """The stored SHA-256 of each task's image, or None, each looked up in its own job's cache scope."""
+        found: dict[Task, str | None] = {}
+        for owner in {task.owner for task in batch}:
+            tasks = [task for task in batch if task.owner == owner]
+            found.update(zip(tasks, self.queue.cached([task.key for task in tasks], owner), strict=True))
+        return [found[task] for task in batch]
 
     def _drop_ended(self, batch: list[Task]) -> list[Task]:
         """Cancellation takes effect here, between batches: an ended job's images are not generated."""
@@ -210,7 +219,7 @@ class Worker:
         return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
 
     def _store_and_record(self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]]) -> None:
-        self.queue.store_pngs(self.blobs, [(task.key, sha, png) for task, sha, png in made])
+        self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png in made])
         by_job: dict[str, list[tuple[Task, str, bool]]] = {}
         for task, sha in cached:
             by_job.setdefault(task.job_id, []).append((task, sha, True))

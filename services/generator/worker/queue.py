@@ -144,22 +144,22 @@ class WorkerQueue:
 
     # --- storing ----------------------------------------------------------------------------------
 
-    def cached(self, keys: list[str]) -> list[str | None]:
+    def cached(self, keys: list[str], owner: str | None) -> list[str | None]:
         """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
             found += self._lookup(keys=lookup_keys, args=args)
         return found
 
-    def store_pngs(self, blobs: Redis, items: list[tuple[str, str, bytes]]) -> None:
-        """Store (content key, sha256, PNG) triples: bytes first, once; then the cache entry that names them."""
+    def store_pngs(self, blobs: Redis, items: list[tuple[str | None, str, str, bytes]]) -> None:
+        """Store (owner, content key, sha256, PNG): bytes first, once; then the cache entry that names them."""
         ttl = self.settings.image_ttl_seconds
         with blobs.pipeline(transaction=False) as pipe:
-            for _, sha, png in items:
-                pipe.set(redis_keys.png(sha), png, ex=ttl, nx=True)
-                pipe.expire(redis_keys.png(sha), ttl)
-            for key, sha, _ in items:
-                pipe.set(redis_keys.cache(key), sha, ex=ttl)
+            for owner, _, sha, png in items:
+                pipe.set(redis_keys.png(sha, owner), png, ex=ttl, nx=True)
+                pipe.expire(redis_keys.png(sha, owner), ttl)
+            for owner, key, sha, _ in items:
+                pipe.set(redis_keys.cache(key, owner), sha, ex=ttl)
             pipe.execute()
 
     def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
