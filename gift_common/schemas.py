@@ -27,6 +27,7 @@ def _not_bool(value: Any) -> Any:
 
 Text = Annotated[str, AfterValidator(_utf8)]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
 Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
 
 
@@ -59,7 +60,7 @@ class JobRequest(BaseModel):
     seed: Seed = 0
     seeds: list[Seed] | None = None
     num_inference_steps: Integer = Field(default=25, ge=1, le=200)
-    guidance_scale: Annotated[float, BeforeValidator(_not_bool)] = Field(default=7.5, ge=0, le=30, allow_inf_nan=False)
+    guidance_scale: Number = Field(default=7.5, ge=0, le=30, allow_inf_nan=False)
     height: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     negative_prompt: Text | None = None
