@@ -10,7 +10,7 @@ COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 
 	--python-platform x86_64-manylinux_2_28 --no-emit-package gift --no-emit-package gift-tinyworld \
 	--custom-compile-command "make lock"
 
-.PHONY: demo test check lint bench setup lock clean
+.PHONY: demo test check bench setup lock clean
 
 setup: $(STAMP)
 
@@ -34,16 +34,19 @@ lock: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gift demo --out $(or $(OUT),demo-out)
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+# The static checks, also run by the pre-commit hooks (.pre-commit-config.yaml): style, format, import rules, types.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/generator_throughput.py
 	$(BIN)/python bench/trainer_step.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache
