@@ -1,7 +1,8 @@
 """The API and gift_common's client install from the lock's `api` role and serve without torch.
 
 A fresh virtual environment gets exactly requirements/api.txt (hashed, no dependency resolution) and the project
-itself (not editable); the API runs from it against a real redis-server and the client, also from it, talks to it over HTTP.
+itself (not editable); the API runs from it against a real redis-server, and the client, also from it, talks to it
+over HTTP.
 """
 
 from __future__ import annotations
