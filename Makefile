@@ -27,8 +27,7 @@ $(STAMP): requirements/lock.txt pyproject.toml plugins/tinyworld/pyproject.toml
 lock: $(STAMP)
 	$(COMPILE) $(UPGRADE) requirements/lock.in -o requirements/lock.txt
 	for role in $(ROLES); do \
-		printf -- '-e .[%s]\nsetuptools\n' $$role | \
-		$(COMPILE) - -c requirements/lock.txt -o requirements/$$role.txt || exit 1; \
+		$(COMPILE) requirements/$$role.in -c requirements/lock.txt -o requirements/$$role.txt || exit 1; \
 	done
 
 demo: $(STAMP)
