@@ -35,10 +35,10 @@ class Outcomes:
     slowest_seconds: float = 0.0  # from the fault to the job's end
 
     def settle(self, client: GeneratorClient, job_id: str, images: int, since: float, bound: float) -> None:
-        """Wait for one accepted job and count its outcome."""
+        """Wait for one accepted job until ``bound`` s after ``since`` (the fault) and count its outcome."""
         self.accepted += 1
         try:
-            job = client.wait(job_id, timeout=bound, progress=False)
+            job = client.wait(job_id, timeout=max(0.0, since + bound - time.monotonic()), progress=False)
         except JobTimeout:
             self.stuck += 1
             return
@@ -56,7 +56,7 @@ class Outcomes:
 
 
 def redis_kill_trials(
-    stack: LocalStack, trials: int, *, images: int = 8, max_delay: float = 0.1, bound: float = 90.0, seed: int = 0
+    stack: LocalStack, trials: int, *, images: int = 8, max_delay: float = 0.03, bound: float = 60.0, seed: int = 0
 ) -> Outcomes:
     """Per trial: submit a job, SIGKILL Redis at a random moment up to ``max_delay`` s after the 202, restart it
     on the same append-only file, and wait up to ``bound`` s for the job to end with every image once."""
@@ -92,7 +92,9 @@ class FullRedis:
         return sum(n for by_status in self.answers.values() for status, n in by_status.items() if status == "500")
 
 
-def maxmemory_trial(stack: LocalStack, *, jobs: int = 3, images: int = 8, full_seconds: float = 4.0) -> FullRedis:
+def maxmemory_trial(
+    stack: LocalStack, *, jobs: int = 3, images: int = 8, full_seconds: float = 4.0, bound: float = 60.0
+) -> FullRedis:
     """Fill Redis (maxmemory 1 byte, noeviction) while workers have work in hand, submit, read and cancel during
     it, then lift the limit: every job accepted must end with every image once, none may be answered 500."""
     admin = redis.Redis.from_url(stack.redis_url)
@@ -119,7 +121,7 @@ def maxmemory_trial(stack: LocalStack, *, jobs: int = 3, images: int = 8, full_s
             ended = time.monotonic()
         kept = before[:-1] if cancelled.status_code == 200 else before
         for job_id in [job.id for job in kept] + during:
-            figures.outcomes.settle(client, job_id, images, ended, bound=120.0)
+            figures.outcomes.settle(client, job_id, images, ended, bound)
     return figures
 
 

@@ -3,8 +3,14 @@ of submissions against a tenant's limit. The trial logic is services/fault_trial
 
 from __future__ import annotations
 
-import pytest
+import os
+import signal
 
+import pytest
+import redis
+
+from gift_common.client import GeneratorClient
+from gift_common.schemas import JobRequest
 from services.fault_trials import maxmemory_trial, quota_burst, redis_kill_trials
 
 pytestmark = pytest.mark.integration
@@ -44,3 +50,22 @@ def test_a_burst_of_submissions_never_passes_the_tenant_limit(make_stack):
     assert burst.accepted == 4 and burst.unfinished_after == 4, burst
     assert burst.refused == burst.submitted - 4 and not burst.other, burst
     assert burst.refused_without_retry_after == 0
+
+
+def test_a_worker_takes_back_its_own_chunk_that_it_never_received(make_stack):
+    """As when Redis ran a worker's read and died before the reply: the chunk is pending under a live worker
+    that never got it (its heartbeat does not keep it fresh), so after the claim timeout the worker takes it."""
+    stack = make_stack(workers=1)
+    admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    (consumer,) = admin.zrange("gift:workers", 0, -1)
+    worker = stack.workers[0]
+    client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
+    os.kill(worker.pid, signal.SIGSTOP)  # so that only the read below delivers the job's chunk
+    try:
+        job = client.submit(JobRequest(prompts=[f"lost reply {i}" for i in range(8)], num_inference_steps=2))
+        delivered = admin.xreadgroup("workers", consumer, {f"gift:job:{job.id}:work": ">"}, count=100)
+        assert delivered, "the job's chunk is now pending under the worker"
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    finished = client.wait(job.id, timeout=60, progress=False)
+    assert sorted(image.index for image in finished.images) == list(range(8))
