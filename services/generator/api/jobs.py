@@ -155,9 +155,10 @@ class JobService:
         records = {
             str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha) for i, sha in hits.items()
         }
-        increments = [("cache_hits", len(hits))] if hits else []
-        increments += [] if misses else [("jobs_succeeded", 1)]
-        counters = {field: amount for _, field, amount in (stats.counter_increment(*i) for i in increments)}
+        increments = {"cache_hits": len(hits)} if hits else {}
+        if not misses:
+            increments["jobs_succeeded"] = 1
+        counters = dict(stats.counter_increment(name, n)[1:] for name, n in increments.items())
         keys = [
             redis_keys.job(job_id),
             redis_keys.job_images(job_id),
