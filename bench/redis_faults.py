@@ -8,7 +8,7 @@
 (c) --threads clients bursting submissions of one tenant against a limit of --limit unfinished jobs: accepted
     (at most the limit), refused (429, each with Retry-After), other answers.
 
-Real processes: a private redis-server (append-only, --appendfsync as docker-compose.yml: everysec), the API and
+Real processes: a private redis-server (append-only, --appendfsync as docker-compose.yml: always), the API and
 one worker on the tiny pipeline. The last line printed is one JSON object.
 Run: .venv/bin/python bench/redis_faults.py --trials 50
 """
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per job")
     parser.add_argument("--max-delay", type=float, default=0.03, help="latest kill after a 202, seconds")
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a job may take after a fault")
-    parser.add_argument("--appendfsync", choices=["everysec", "always"], default="everysec")
+    parser.add_argument("--appendfsync", choices=["always", "everysec"], default="always", help="as docker-compose")
     parser.add_argument("--limit", type=int, default=8, help="the tenant's unfinished jobs limit in (c)")
     parser.add_argument("--threads", type=int, default=16, help="concurrent clients in (c)")
     parser.add_argument("--torch-threads", type=int, default=1)

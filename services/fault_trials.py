@@ -79,12 +79,12 @@ def redis_kill_trials(
 class FullRedis:
     """Answers while Redis was at its maxmemory, and what became of the jobs accepted around it."""
 
-    answers: dict[str, Counter] = field(default_factory=dict)  # request kind -> HTTP status -> count
+    answers: dict[str, dict[str, int]] = field(default_factory=dict)  # request kind -> HTTP status -> count
     retry_after_missing: int = 0  # 503s without a Retry-After header
     outcomes: Outcomes = field(default_factory=Outcomes)
 
     def count(self, kind: str, response: httpx.Response) -> None:
-        self.answers.setdefault(kind, Counter())[str(response.status_code)] += 1
+        _tally(self.answers.setdefault(kind, {}), str(response.status_code))
         if response.status_code == 503 and "Retry-After" not in response.headers:
             self.retry_after_missing += 1
 
@@ -142,7 +142,7 @@ class Burst:
     accepted: int = 0
     refused: int = 0  # 429
     refused_without_retry_after: int = 0
-    other: Counter = field(default_factory=Counter)  # any other status
+    other: dict[str, int] = field(default_factory=dict)  # any other status -> count
     unfinished_after: int = 0  # the tenant's unfinished jobs as Redis counts them
 
 
@@ -168,7 +168,7 @@ def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread:
                         burst.refused += 1
                         burst.refused_without_retry_after += "Retry-After" not in response.headers
                     else:
-                        burst.other[str(response.status_code)] += 1
+                        _tally(burst.other, str(response.status_code))
 
     workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
     for worker in workers:
@@ -181,5 +181,9 @@ def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread:
     return burst
 
 
+def _tally(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
 def as_json(figures: object) -> dict:
-    return json.loads(json.dumps(asdict(figures)))  # type: ignore[call-overload]
+    return asdict(figures)  # type: ignore[call-overload]

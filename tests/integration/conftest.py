@@ -59,9 +59,8 @@ def make_stack(request: pytest.FixtureRequest, tmp_path: Path, model_home: Path)
     """Start stacks that the test may break (kill, stop Redis); all are stopped at the end."""
     stacks: list[LocalStack] = []
 
-    def make(workers: int = 1, appendfsync: str = "always", **env: str) -> LocalStack:
-        run_dir, env = tmp_path / f"stack{len(stacks)}", {"GIFT_HOME": str(model_home), **FAST_ENV, **env}
-        stack = LocalStack(run_dir, env=env, appendfsync=appendfsync)
+    def make(workers: int = 1, **env: str) -> LocalStack:
+        stack = LocalStack(tmp_path / f"stack{len(stacks)}", env={"GIFT_HOME": str(model_home), **FAST_ENV, **env})
         stacks.append(stack)
         return stack.start(workers=workers)
 
