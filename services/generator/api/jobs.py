@@ -174,7 +174,7 @@ class JobService:
             limit,
             self.settings.job_ttl_seconds,
             time.time(),
-            *map(json.dumps, (fields, records, chunks, counters)),
+            *(json.dumps(part, ensure_ascii=False) for part in (fields, records, chunks, counters)),
             redis_keys.GROUP,
         ]
         queued, accepted = await self._admit(keys=keys, args=args)
