@@ -30,6 +30,7 @@ def test_redis_killed_right_after_202s_strands_and_loses_nothing(make_stack):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_redis_killed_right_after_202s_many_times(make_stack):
     _kill_trials(make_stack, trials=40)
 
