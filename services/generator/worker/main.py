@@ -64,7 +64,7 @@ class Worker:
                 if not self.step():
                     self.stopping.wait(self.settings.poll_seconds)
             except REDIS_UNAVAILABLE as error:
-                log.warning("redis unavailable (%s); retrying", error)
+                log.warning("redis unavailable (%s); retrying", unavailable_reason(error))
                 self.stopping.wait(1.0)
             except Exception:  # a bug must not stop the worker: step released its batch to be taken over
                 log.exception("worker step failed; going on")
@@ -91,7 +91,7 @@ class Worker:
             try:
                 return action()
             except REDIS_UNAVAILABLE as error:
-                log.warning("redis unavailable (%s); retrying in %.1f s", error, delay)
+                log.warning("redis unavailable (%s); retrying in %.1f s", unavailable_reason(error), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -225,6 +225,13 @@ class Worker:
             self.queue.ack(job_id, [task.entry_id for task, _, _ in items if self.backlog.complete(task)])
             if result.state == 2:
                 self.jobs.pop(job_id, None)
+
+
+def unavailable_reason(error: Exception) -> str:
+    """Why Redis did not take a call; a refused write's message would quote its arguments (PNG bytes)."""
+    if isinstance(error, redis_errors.OutOfMemoryError):
+        return "full: used memory is over maxmemory, writes are refused"
+    return str(error)
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
