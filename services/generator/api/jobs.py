@@ -33,9 +33,9 @@ MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model regis
 class JobError(Exception):
     """A request the API refuses; carries the HTTP status and the detail the client sees."""
 
-    def __init__(self, status_code: int, detail: str):
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status_code, self.detail = status_code, detail
+        self.status_code, self.detail, self.headers = status_code, detail, headers
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class JobService:
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
+        self._admit = redis.register_script(store.ADMIT_JOB)
+        self._read = redis.register_script(store.READ_JOB)
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -96,7 +98,6 @@ class JobService:
             names = ", ".join(sorted(models)) or "none registered yet"
             raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
         self._check_cost(request, models.get(request.model))
-        await self._check_tenant_quota(tenant)
 
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()
@@ -138,15 +139,6 @@ class JobService:
                 "ask for fewer steps or a smaller size",
             )
 
-    async def _check_tenant_quota(self, tenant: str) -> None:
-        queued = await self.redis.scard(redis_keys.tenant_active(tenant))
-        if queued >= self.settings.max_queued_jobs_per_tenant:
-            raise JobError(
-                429,
-                f"tenant {tenant!r} has {queued} unfinished jobs; the limit is "
-                f"{self.settings.max_queued_jobs_per_tenant}: wait for some to finish",
-            )
-
     async def _cache_hits(
         self, request: JobRequest, model: RegisteredModel | None, owner: str | None
     ) -> dict[int, str]:
@@ -180,11 +172,11 @@ class JobService:
         hits: dict[int, str],
         misses: list[int],
     ) -> tuple[dict[str, str], dict[str, str]]:
-        """Write the job, its cached images and its work in one transaction: accepted means stored.
+        """Write the job, its cached images and its work in one atomic step with the tenant's limit check:
+        accepted means stored, and a burst of submissions cannot pass the limit.
 
         Returns the job's fields and image records as written.
         """
-        ttl = self.settings.job_ttl_seconds
         assert request.model is not None
         if not misses:
             fields = {**fields, "status": JobState.succeeded.value, "finished_at": fields["created_at"]}
@@ -192,38 +184,47 @@ class JobService:
         records = {
             str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha) for i, sha in hits.items()
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(redis_keys.job(job_id), mapping=fields)
-            if hits:
-                pipe.hset(redis_keys.job_images(job_id), mapping=records)
-                pipe.hincrby(*stats.counter_increment("cache_hits", len(hits)))
-            if misses:
-                work = redis_keys.job_work(job_id)
-                pipe.xgroup_create(work, redis_keys.GROUP, id="0", mkstream=True)
-                for chunk in store.chunks(misses, self.settings.chunk_size):
-                    pipe.xadd(work, {"indices": store.encode_indices(chunk)})
-                pipe.zadd(redis_keys.active(request.model), {job_id: time.time()})
-                pipe.sadd(redis_keys.tenant_active(tenant), job_id)
-            else:
-                pipe.expire(redis_keys.job(job_id), ttl)
-                pipe.expire(redis_keys.job_images(job_id), ttl)
-                pipe.hincrby(*stats.counter_increment("jobs_succeeded"))
-            await pipe.execute()
+        increments = {"cache_hits": len(hits)} if hits else {}
+        if not misses:
+            increments["jobs_succeeded"] = 1
+        counters = dict(stats.counter_increment(name, n)[1:] for name, n in increments.items())
+        keys = [
+            redis_keys.job(job_id),
+            redis_keys.job_images(job_id),
+            redis_keys.job_work(job_id),
+            redis_keys.active(request.model),
+            redis_keys.tenant_active(tenant),
+            redis_keys.STATS,
+        ]
+        chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
+        limit = self.settings.max_queued_jobs_per_tenant
+        args = [
+            job_id,
+            limit,
+            self.settings.job_ttl_seconds,
+            time.time(),
+            *(json.dumps(part, ensure_ascii=False) for part in (fields, records, chunks, counters)),
+            redis_keys.GROUP,
+        ]
+        queued, accepted = await self._admit(keys=keys, args=args)
+        if not accepted:
+            raise JobError(
+                429,
+                f"tenant {tenant!r} has {queued} unfinished jobs; the limit is {limit}: wait for some to finish",
+                headers={"Retry-After": str(self.settings.retry_after_seconds)},
+            )
         return fields, records
 
     # --- read ---------------------------------------------------------------------------------------
 
     async def status(self, job_id: str, tenant: str, *, images: bool = True) -> JobStatus | None:
         """The job as its tenant sees it; None when it does not exist or belongs to another tenant."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(redis_keys.job(job_id))
-            pipe.hlen(redis_keys.job_images(job_id))
-            if images:
-                pipe.hgetall(redis_keys.job_images(job_id))
-            fields, done, *records = await pipe.execute()
+        keys = [redis_keys.job(job_id), redis_keys.job_images(job_id)]
+        fields, done, records = await self._read(keys=keys, args=[int(images)])
+        fields, records = _as_dict(fields), _as_dict(records)
         if not fields or fields.get("tenant") != tenant:
             return None
-        return store.status_from({**fields, "done": str(done)}, records[0] if images else None)
+        return store.status_from({**fields, "done": str(done)}, records if images else None)
 
     async def wait(self, job_id: str, tenant: str, seconds: float, *, images: bool = True) -> JobStatus | None:
         """Long-poll: the status once the job is terminal, or after ``seconds``, whichever comes first."""
@@ -302,6 +303,11 @@ class JobService:
             "queued_images": queued_images,
             "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),
         }
+
+
+def _as_dict(flat: list[str]) -> dict[str, str]:
+    """A hash as a script returns it (name, value, name, value, ...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # KEYS: a model's active zset. ARGV: key prefix. Returns {jobs, images not yet made}.

@@ -31,10 +31,13 @@ ERRORS = {
     410: _error("an image of the job was evicted from storage; submitting the job again makes it again"),
     413: _error("the body is larger than GIFT_MAX_BODY_BYTES"),
     422: _error("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
-    429: _error("the tenant has GIFT_MAX_QUEUED_JOBS_PER_TENANT unfinished jobs"),
+    429: _error(
+        "the tenant has GIFT_MAX_QUEUED_JOBS_PER_TENANT unfinished jobs",
+        headers={"Retry-After": "seconds to wait before submitting again"},
+    ),
     503: _error(
-        "Redis is unreachable (or, for /readyz only, no worker was seen lately)",
-        headers={"Retry-After": "seconds to wait, when Redis is unreachable"},
+        "Redis is unreachable or full (or, for /readyz only, no worker was seen lately)",
+        headers={"Retry-After": "seconds to wait, when Redis is unreachable or full"},
     ),
 }
 

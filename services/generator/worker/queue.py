@@ -94,8 +94,12 @@ class WorkerQueue:
         self._cursor[model], entries = self._read(keys=[redis_keys.active(model)], args=args)
         return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
 
-    def reclaim(self, model: str) -> list[Chunk]:
-        """Take over chunks that other consumers left idle past the claim timeout; fail poison chunks."""
+    def reclaim(self, model: str, held: dict[str, list[str]]) -> list[Chunk]:
+        """Take over chunks left idle past the claim timeout; fail poison chunks.
+
+        Idle means no heartbeat claimed it: its worker died, or stopped, or lost it (a read whose reply an outage
+        cut off, a batch that failed). This worker's own chunks count too, except those it ``held``.
+        """
         idle_ms = int(self.settings.claim_timeout_seconds * 1000)
         jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
         with self.redis.pipeline(transaction=False) as pipe:
@@ -106,7 +110,7 @@ class WorkerQueue:
         for job_id, pending in zip(jobs, pendings, strict=True):
             if isinstance(pending, Exception):  # the job ended meanwhile
                 continue
-            stale = [p for p in pending if p["consumer"] != self.consumer]
+            stale = [p for p in pending if p["message_id"] not in held.get(job_id, ())]
             if poison := [p for p in stale if p["times_delivered"] >= self.settings.max_deliveries]:
                 times = poison[0]["times_delivered"]
                 self.fail_job(job_id, f"a chunk was delivered {times} times and never finished: workers died on it")
