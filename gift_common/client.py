@@ -33,7 +33,7 @@ from gift_common.settings import Settings
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_DELAY = 30.0  # seconds; also caps a server's Retry-After so that a client never stalls for long
-LONG_POLL_SECONDS = 1.0  # how long one status poll of wait() may be held by the server
+LONG_POLL_SECONDS = 30.0  # the longest the server holds a status poll (API.md: `wait`, 0 to 30): one request a 30 s
 
 T = TypeVar("T")
 

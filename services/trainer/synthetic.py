@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gift_common.client import GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
+from gift_common.client import LONG_POLL_SECONDS, GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
@@ -44,7 +44,7 @@ from services.trainer.plugins import ConceptList, ReplaySource
 if TYPE_CHECKING:
     from services.trainer.config import SyntheticConfig
 
-POLL_SECONDS = 1.0  # how long one wait for a job or for another process's stored set lasts before looking again
+POLL_SECONDS = 1.0  # how long a process that does not fetch waits for another's stored set before looking again
 T = TypeVar("T")
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -219,7 +219,7 @@ class SyntheticSets:
             raise UserError(f"synthetic set of task {task}: {error}") from None
 
     def close(self) -> None:
-        """Stop asking for sets; a wait in progress ends within POLL_SECONDS."""
+        """Stop asking for sets; a wait in progress ends within one long-poll (LONG_POLL_SECONDS)."""
         self._stop.set()
 
     def _run(self) -> None:
@@ -254,7 +254,7 @@ class SyntheticSets:
 
     def _finished(self, job_id: str) -> JobStatus | None:
         try:
-            return self._generator().wait(job_id, timeout=POLL_SECONDS, progress=False)
+            return self._generator().wait(job_id, timeout=LONG_POLL_SECONDS, progress=False)  # one request
         except JobTimeout:
             return None
 

@@ -167,7 +167,7 @@ def test_wait_long_polls_until_done_and_shows_progress(connect, capsys):
     job = connect(fake).wait("j1")
     assert job.status == "succeeded"
     polls, final = fake.requests[:-1], fake.requests[-1]
-    assert [(r.url.params["wait"], r.url.params["images"]) for r in polls] == [("1.0", "false")] * 3
+    assert [(r.url.params["wait"], r.url.params["images"]) for r in polls] == [("30.0", "false")] * 3
     assert "wait" not in final.url.params and "images" not in final.url.params  # the images, once, at the end
     err = capsys.readouterr().err
     assert "job j1" in err and "cached=1" in err
