@@ -34,6 +34,7 @@ import yaml
 
 from gift_common.contact_sheet import contact_sheet
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
 from services.runs import Run, start_run, stop_all, wait_for
 from services.stack import LocalStack
 
@@ -121,14 +122,14 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def write_outputs(out_dir: Path, runs: list[Run], summary: dict[str, dict[str, float | None]]) -> None:
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     table = summary_table(summary, runs[0].metrics().get("pretraining_zero_shot"))
     matrices = accuracy_figure(out_dir / "accuracy_matrices.png", runs)
     samples = synthetic_samples(out_dir / "synthetic_samples.png", out_dir / "synthetic")
     lines = [table, "", f"Accuracy matrices: {matrices}", f"Per run: {out_dir / 'runs'}/<method>/results.md"]
     if samples:
         lines.append(f"Synthetic images: {samples}")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out_dir / "summary.md", ("\n".join(lines) + "\n").encode())
     print("\n" + "\n".join(lines), flush=True)
 
 

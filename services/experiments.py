@@ -32,6 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
 from gift_common.manifest import find_manifest, sha256_file
 from services.demo import BASE_CONFIG, ONE_THREAD, method_section, stop_on_signals
 from services.runs import Run, start_run, stop_all
@@ -39,7 +40,6 @@ from services.stack import LocalStack
 from services.trainer import metrics
 from services.trainer.config import method_settings, parse_config
 from services.trainer.runner import CONFIG, changed_settings, outcome_settings
-from services.trainer.synthetic import atomic_write
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from gift_common.files import atomic_file, atomic_write
 from services.trainer import metrics
-from services.trainer.synthetic import atomic_write
 
 METRICS = "metrics.json"
 TABLE = "results.md"
@@ -138,7 +138,7 @@ def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after training")
     fig.colorbar(image, ax=ax, label="top-1 accuracy (%)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_curves(path: Path, log: Sequence[dict]) -> None:
@@ -153,11 +153,11 @@ def loss_curves(path: Path, log: Sequence[dict]) -> None:
             ax.axvline(boundary, color="grey", linestyle="--", linewidth=0.6)
         ax.set_ylabel(term)
     axes[-1, 0].set_xlabel("training step (all tasks)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """The figure as a PNG at `path`, written atomically (a page may be read while a run rewrites it); closes it."""
+    with atomic_file(path) as file:
+        fig.savefig(file, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)

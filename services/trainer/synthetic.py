@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import threading
 import time
@@ -34,6 +33,7 @@ from torch.utils.data import Dataset
 
 from gift_common.client import LONG_POLL_SECONDS, GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
 from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import Settings
@@ -151,14 +151,6 @@ class SetCache:
             return True
         path.unlink(missing_ok=True)  # corrupt: fetched again next time
         return False
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def download_set(client: GeneratorClient, cache: SetCache, request: JobRequest, job: JobStatus) -> list[Path]:
