@@ -26,10 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import yaml
 
 from gift_common.contact_sheet import contact_sheet
@@ -37,6 +33,7 @@ from gift_common.errors import UserError
 from gift_common.files import atomic_write
 from services.runs import Run, start_run, stop_all, wait_for
 from services.stack import LocalStack
+from services.trainer.reports import accuracy_matrices
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "tinyworld.yaml"
@@ -150,23 +147,12 @@ def _cell(value: float | None) -> str:
 
 def accuracy_figure(path: Path, runs: list[Run]) -> Path:
     """The runs' accuracy matrices side by side, on one colour scale."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
+    matrices = []
+    for run in runs:
         metrics = run.metrics()
-        names, matrix = metrics["tasks"], metrics["accuracy"]
-        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if value < 60 else "black")  # fmt: skip
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_title(f"{run.name}: Avg {metrics['Avg']:.1f}, Last {metrics['Last']:.1f}")
-        ax.set_xlabel("evaluated on")
-        ax.set_ylabel("after training")
-    fig.colorbar(image, ax=axes[0].tolist(), label="top-1 accuracy (%)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        title = f"{run.name}: Avg {metrics['Avg']:.1f}, Last {metrics['Last']:.1f}"
+        matrices.append((title, metrics["tasks"], metrics["accuracy"]))
+    accuracy_matrices(path, matrices)
     return path
 
 

@@ -39,6 +39,7 @@ from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack
 from services.trainer import metrics
 from services.trainer.config import method_settings, parse_config
+from services.trainer.reports import save_figure
 from services.trainer.runner import CONFIG, changed_settings, outcome_settings
 
 
@@ -384,8 +385,7 @@ def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"order {order}")
     ax.legend(fontsize=7, ncol=3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.image import AxesImage
 
 from gift_common.files import atomic_file, atomic_write
 from services.trainer import metrics
@@ -80,7 +81,7 @@ def write_reports(out: Path, results: Results, log: Sequence[dict]) -> None:
     result = summary(results)
     atomic_write(out / METRICS, json.dumps(result, indent=2).encode())
     atomic_write(out / TABLE, markdown_table(result).encode())
-    heatmap(out / HEATMAP, results.names, results.rows)
+    accuracy_matrices(out / HEATMAP, [("", results.names, results.rows)])
     loss_curves(out / CURVES, log)
 
 
@@ -121,12 +122,27 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+# An accuracy matrix to draw: its title, the task names, and the rows measured so far (after each task trained).
+Matrix = tuple[str, Sequence[str], Sequence[Sequence[float]]]
+
+
+def accuracy_matrices(path: Path, matrices: Sequence[Matrix]) -> None:
+    """Heat-maps of accuracy matrices side by side on one colour scale: a run's own, or runs to compare."""
+    size = 1.5 + 0.6 * max(len(names) for _, names, _ in matrices)
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=((size + 1.5) * len(matrices), size), squeeze=False, layout="constrained"
+    )
+    for ax, (title, names, rows) in zip(axes[0], matrices, strict=True):
+        image = _draw_matrix(ax, names, rows)
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes[0].tolist(), label="top-1 accuracy (%)")
+    save_figure(fig, path)
+
+
+def _draw_matrix(ax: plt.Axes, names: Sequence[str], rows: Sequence[Sequence[float]]) -> AxesImage:
     matrix = np.full((len(names), len(names)), np.nan)
     if rows:  # none yet after the zero-shot evaluation
         matrix[: len(rows)] = rows
-    size = 1.5 + 0.6 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
     for (i, j), value in np.ndenumerate(matrix):
         if not np.isnan(value):
@@ -137,8 +153,7 @@ def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after training")
-    fig.colorbar(image, ax=ax, label="top-1 accuracy (%)")
-    save_figure(fig, path)
+    return image
 
 
 def loss_curves(path: Path, log: Sequence[dict]) -> None:
