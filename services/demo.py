@@ -26,17 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gift_common.contact_sheet import contact_sheet
 from gift_common.errors import UserError
 from gift_common.files import atomic_write
+from services.run_configs import run_config
 from services.runs import Run, start_run, stop_all, wait_for
 from services.stack import LocalStack
 from services.trainer.reports import accuracy_matrices
 
-REPO = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO / "configs" / "tinyworld.yaml"
 METHODS = ("ft", "gift")
 METRIC_KEYS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "forget": "Forget"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
@@ -56,27 +53,17 @@ class DemoSettings:
 
 def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings) -> dict[str, Any]:
     """The embedded default's config for one method, pointed at this demo's generator and folders."""
-    config = yaml.safe_load(BASE_CONFIG.read_text())
-    config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
-    config["output_dir"] = str(out_dir / "runs" / method)
-    config["method"] = method_section(method, config["method"])
-    config["training"] = {**config["training"], "iterations": settings.iterations, "num_workers": 0}
-    config["synthetic"] = {
-        **config["synthetic"],
-        "size": settings.synthetic_size,
-        "steps": settings.synthetic_steps,
-        "generator_url": api_url,
-        "cache_dir": str(out_dir / "synthetic"),
-    }
-    config["evaluation"] = {**config["evaluation"], "split": "test", "probe_size": settings.probe_size}
+    config = run_config(
+        out_dir,
+        method,
+        api_url,
+        method,
+        training={"iterations": settings.iterations, "num_workers": 0},
+        synthetic={"size": settings.synthetic_size, "steps": settings.synthetic_steps},
+        evaluation={"split": "test", "probe_size": settings.probe_size},
+    )
     config["tasks"] = config["tasks"][: settings.tasks]
-    config["progress"] = False  # the demo draws one bar per run instead
     return {**config, **settings.overrides}
-
-
-def method_section(method: str, base: dict[str, Any]) -> dict[str, Any]:
-    """The config's own method as it stands, its val-chosen weights included; any other preset without them."""
-    return base if method == base["preset"] else {**base, "preset": method, "overrides": {}}
 
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, dict[str, float | None]]:
