@@ -31,7 +31,6 @@ FIGURES = (*MTIL, "learnt", "pretraining")
 TASK_TRANSFER = "Transfer on "  # + a task's name: mean accuracy on it of the models trained before it
 
 
-
 Table = dict[int, dict[str, dict[str, dict[int, float]]]]  # order -> method -> figure -> seed -> value
 
 

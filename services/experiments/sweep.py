@@ -50,6 +50,8 @@ ORDERS = {
     1: ("objects", "textures", "digits", "scenes", "letters", "sketches"),
     2: ("letters", "scenes", "objects", "sketches", "digits", "textures"),
 }
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run of the sweep."""

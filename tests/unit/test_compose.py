@@ -79,3 +79,20 @@ def test_workers_reserve_one_gpu_each_and_scale_by_replicas():
     device = deploy["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
     assert int(_resolve(str(deploy["replicas"]))) >= 1
+
+
+def _stage(service: str) -> str:
+    """The Dockerfile stage a service is built from: from its `FROM ... AS target` to the next FROM."""
+    build = SERVICES[service]["build"]
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    stages = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)
+    return next(stage for stage in stages if stage.split("\n", 1)[0].endswith(f" AS {build['target']}"))
+
+
+@pytest.mark.parametrize(("service", "role"), [("generator-api", "api"), ("generator-worker", "worker")])
+def test_generator_images_install_their_role_from_the_lock(service, role):
+    assert f"--require-hashes --no-deps -r requirements/{role}.txt" in _stage(service)
+
+
+def test_api_image_leaves_out_the_tiny_world():
+    assert "plugins" not in _stage("generator-api")
