@@ -308,8 +308,10 @@ class SyntheticSets:
         return self._until(lambda: self._finished(job_id), f"job {job_id}", pause=0)  # each poll waits itself
 
     def _finished(self, job_id: str) -> JobStatus | None:
+        """The job once it has ended, else None after one long-poll (no longer than the run's own timeout)."""
+        poll = LONG_POLL_SECONDS if self.timeout is None else min(LONG_POLL_SECONDS, self.timeout)
         try:
-            return self._generator().wait(job_id, timeout=LONG_POLL_SECONDS, progress=False)  # one request
+            return self._generator().wait(job_id, timeout=poll, progress=False)
         except JobTimeout:
             return None
 
