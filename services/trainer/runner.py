@@ -11,10 +11,8 @@ Under torchrun every process trains; only process 0 writes files.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.errors import UserError
+from gift_common.files import atomic_file, atomic_write
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
@@ -135,7 +134,7 @@ class Runner:
             distributed.broadcast_parameters(self.model)
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / CONFIG).write_text(self.config.model_dump_json(indent=2))
+            atomic_write(self.out / CONFIG, self.config.model_dump_json(indent=2).encode())
             self._log_file = self._open_log()
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -264,7 +263,8 @@ class Runner:
             "log": self.log,
             "config": outcome_settings(self.config),
         }
-        atomic_save(state, self.out / CHECKPOINT)
+        with atomic_file(self.out / CHECKPOINT, durable=True) as file:  # a kill leaves the last checkpoint whole
+            torch.save(state, file)
 
     def _report(self) -> None:
         if distributed.is_main():
@@ -280,13 +280,6 @@ def build_model(config: RunConfig, device: torch.device) -> nn.Module:
     except RuntimeError as error:  # e.g. a weights file of another architecture
         raise UserError(f"model: cannot load {config.model.pretrained} into {config.model.architecture}: "
                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a kill leaves the previous checkpoint or the new one whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def outcome_settings(config: RunConfig) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from gift_common.content_key import image_key
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
+from services.devices import resolve_device
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
@@ -285,7 +286,7 @@ def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) ->
     settings = get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    device = synthesis.resolve_device(settings.device)
+    device = resolve_device(settings.device)
     if not models and settings.models:
         models = [parse_model_spec(spec) for spec in settings.models.split(",") if spec.strip()]
     if not models:

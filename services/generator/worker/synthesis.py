@@ -52,12 +52,6 @@ def fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
 def load_model(name: str, directory: Path, device: torch.device) -> LoadedModel:
     from diffusers import DiffusionPipeline
 
