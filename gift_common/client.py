@@ -21,7 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -239,6 +239,7 @@ class _Protocol:
     ) -> _Op[httpx.Response]:
         """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
         send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json)
+        error: httpx.TransportError | None
         for attempt in range(self.retries + 1):
             try:
                 response: httpx.Response = yield send
@@ -280,7 +281,7 @@ def _poll_seconds(deadline: float) -> float:
     return min(LONG_POLL_SECONDS, max(0.0, deadline - time.monotonic()))
 
 
-def _show_progress(bar: tqdm, job: JobStatus) -> None:
+def _show_progress(bar: tqdm[Any], job: JobStatus) -> None:
     bar.total, bar.n = job.total, job.done
     bar.set_postfix(cached=job.cached, refresh=False)
     bar.refresh()
@@ -345,7 +346,12 @@ class _ClientBase:
         self._ops = _Protocol(base_url, timeout=timeout, retries=retries, backoff=backoff)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         plain_http = urlsplit(base_url).scheme == "http"  # no TLS: skip loading the CA bundle (tens of ms)
-        self._http = self._http_class(headers=headers, timeout=timeout, transport=transport, verify=not plain_http)
+        self._http = self._http_class(
+            headers=headers,
+            timeout=timeout,
+            transport=transport,  # type: ignore[arg-type]  # each client is handed its own kind of transport
+            verify=not plain_http,
+        )
 
     @property
     def base_url(self) -> str:
@@ -408,7 +414,7 @@ class GeneratorClient(_ClientBase):
                 step = op.throw(outcome) if isinstance(outcome, httpx.TransportError) else op.send(outcome)
                 outcome = self._perform(step)
         except StopIteration as finished:
-            return finished.value
+            return cast(T, finished.value)
         finally:
             op.close()
 
@@ -471,7 +477,7 @@ class AsyncGeneratorClient(_ClientBase):
                 step = op.throw(outcome) if isinstance(outcome, httpx.TransportError) else op.send(outcome)
                 outcome = await self._perform(step)
         except StopIteration as finished:
-            return finished.value
+            return cast(T, finished.value)
         finally:
             op.close()
 

@@ -36,11 +36,16 @@ def tenant_active(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:active"
 
 
-def png(sha256: str) -> str:
-    """String: PNG bytes, named by their own SHA-256."""
-    return f"{PREFIX}:png:{sha256}"
+def _scope(owner: str | None) -> str:
+    """Where cached images live: the deployment's shared space, or a tenant's own (cache scope ``tenant``)."""
+    return PREFIX if owner is None else f"{PREFIX}:tenant:{owner}"
 
 
-def cache(content_key: str) -> str:
-    """String: the SHA-256 of the PNG made for an image key (see content_key.image_key)."""
-    return f"{PREFIX}:cache:{content_key}"
+def png(sha256: str, owner: str | None = None) -> str:
+    """String: PNG bytes, named by their own SHA-256; ``owner`` is the tenant of a tenant-scoped image."""
+    return f"{_scope(owner)}:png:{sha256}"
+
+
+def cache(content_key: str, owner: str | None = None) -> str:
+    """String: the SHA-256 of the PNG made for an image key (see content_key.image_key), in ``owner``'s scope."""
+    return f"{_scope(owner)}:cache:{content_key}"

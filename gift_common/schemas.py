@@ -4,11 +4,31 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+def _utf8(text: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``); they cannot be hashed, stored or shown, so refuse them here."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not valid Unicode text: a lone surrogate at character {error.start}") from None
+    return text
+
+
+def _not_bool(value: Any) -> Any:
+    """Lax mode reads ``true`` as 1; a boolean in a number field is a client's mistake, so refuse it."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
 
 
 class JobState(StrEnum):
@@ -23,20 +43,28 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
+class CacheScope(StrEnum):
+    """Who shares a job's cached images: every tenant of the deployment, or only the tenant that asked."""
+
+    deployment = "deployment"
+    tenant = "tenant"
+
+
 class JobRequest(BaseModel):
     """A batch of prompts to synthesise. Server-side limits (prompt count, length) are checked by the API."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: list[str] = Field(min_length=1)
-    model: str | None = None
+    prompts: list[Text] = Field(min_length=1)
+    model: Text | None = None
     seed: Seed = 0
     seeds: list[Seed] | None = None
-    num_inference_steps: int = Field(default=25, ge=1, le=200)
-    guidance_scale: float = Field(default=7.5, ge=0, le=30, allow_inf_nan=False)
-    height: int | None = Field(default=None, ge=8, le=2048, multiple_of=8)
-    width: int | None = Field(default=None, ge=8, le=2048, multiple_of=8)
-    negative_prompt: str | None = None
+    num_inference_steps: Integer = Field(default=25, ge=1, le=200)
+    guidance_scale: Number = Field(default=7.5, ge=0, le=30, allow_inf_nan=False)
+    height: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
+    width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
+    negative_prompt: Text | None = None
+    cache_scope: CacheScope | None = None
 
     @field_validator("prompts")
     @classmethod
@@ -56,6 +84,10 @@ class JobRequest(BaseModel):
 
     def seed_of(self, index: int) -> int:
         return self.seeds[index] if self.seeds is not None else self.seed + index
+
+    def cache_owner(self, tenant: str) -> str | None:
+        """The tenant whose private cache serves and keeps this job's images; None for the shared cache."""
+        return tenant if self.cache_scope == CacheScope.tenant else None
 
 
 class ImageInfo(BaseModel):
@@ -83,3 +115,24 @@ class ModelInfo(BaseModel):
     height: int
     width: int
     default: bool = False
+    max_image_cost: int | None = Field(
+        default=None, description="the most height x width x num_inference_steps this server accepts for one image"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error but a schema 422: one line, the field first where a field is at fault."""
+
+    detail: str
+
+
+class SchemaIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query' or 'path', then the field and list index")
+    msg: str
+    type: str
+
+
+class InvalidRequestBody(BaseModel):
+    """A 422: a list of schema issues, or one line (field first) for a server limit such as an unknown model."""
+
+    detail: list[SchemaIssue] | str

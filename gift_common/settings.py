@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gift_common.schemas import CacheScope
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GIFT_", extra="ignore")
@@ -27,6 +29,12 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 1000
     max_queued_jobs_per_tenant: int = 64
     max_body_bytes: int = 2 * 1024 * 1024
+    cache_scope: CacheScope = Field(
+        default=CacheScope.deployment, description="who shares cached images when a job does not say"
+    )
+    max_image_cost: int = Field(
+        default=512 * 512 * 100, ge=1, description="most height x width x num_inference_steps of one image"
+    )
     worker_seen_seconds: float = 30.0
     retry_after_seconds: int = 2
 

@@ -80,12 +80,16 @@ class Process:
 
 
 class RedisServer:
-    """A private redis-server with append-only persistence, which can be stopped and started again."""
+    """A private redis-server with append-only persistence, which can be stopped and started again.
 
-    def __init__(self, directory: Path, port: int | None = None):
+    ``appendfsync``: ``always`` (the default here) or ``everysec`` (as docker-compose.yml runs it); memory is
+    unbounded and, when a trial bounds it, never evicted (``noeviction``, as docker-compose.yml).
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, appendfsync: str = "always"):
         if shutil.which("redis-server") is None:
             raise UserError("redis-server is not installed: install it (Debian: apt-get install redis-server)")
-        self.directory, self.port = directory, port or free_port()
+        self.directory, self.port, self.appendfsync = directory, port or free_port(), appendfsync
         self.process: Process | None = None
 
     @property
@@ -95,7 +99,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"]  # fmt: skip
+                "--appendonly", "yes", "--appendfsync", self.appendfsync, "--maxmemory-policy", "noeviction",
+                "--save", "", "--daemonize", "no"]  # fmt: skip
         self.process = Process("redis", args, self.directory / "redis.log")
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_until(client.ping, 20, "redis-server", self.process.popen, self.process.log)
@@ -109,9 +114,15 @@ class RedisServer:
 class LocalStack:
     """Redis (unless a URL is given), the API and workers, each its own process, on free local ports."""
 
-    def __init__(self, run_dir: Path, redis_url: str | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        redis_url: str | None = None,
+        env: dict[str, str] | None = None,
+        appendfsync: str = "always",
+    ):
         self.run_dir = run_dir
-        self.redis = None if redis_url else RedisServer(run_dir / "redis")
+        self.redis = None if redis_url else RedisServer(run_dir / "redis", appendfsync=appendfsync)
         self._redis_url = redis_url
         self.env = dict(env or {})
         self.api: Process | None = None

@@ -60,10 +60,12 @@ return {2, done, total}
 )
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
+# Allowed over maxmemory (it frees the job's work), so a cancel works while Redis is full.
 # KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
 END_JOB = (
-    _END_JOB_FUNCTION
+    "#!lua flags=allow-oom\n"
+    + _END_JOB_FUNCTION
     + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if not state then return false end
@@ -73,6 +75,39 @@ end_job(ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 return ARGV[2]
 """
 )
+
+# Accept a job: the tenant's limit check and every write of the job are one atomic step, so a burst of submissions
+# cannot pass the limit, and a refused write (Redis full) leaves nothing behind.
+# KEYS: job, images, work, active, tenant_active, stats.
+# ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
+# chunks [encoded indices], counters {stats field: increment}, and the consumer group.
+# Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit.
+ADMIT_JOB = """
+local queued = redis.call('SCARD', KEYS[5])
+if queued >= tonumber(ARGV[2]) then return {queued, 0} end
+for name, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], name, value) end
+for index, record in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[2], index, record) end
+for name, amount in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[6], name, amount) end
+local chunks = cjson.decode(ARGV[7])
+if #chunks == 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return {queued, 1}
+end
+redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
+for _, indices in ipairs(chunks) do redis.call('XADD', KEYS[3], '*', 'indices', indices) end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
+return {queued, 1}
+"""
+
+# Read a job and, unless ARGV[1] is '0', its image records, in one step that Redis allows over maxmemory (a
+# MULTI is refused there). KEYS: job, images. Returns {job fields (flat), images done, records (flat)}.
+READ_JOB = """#!lua flags=no-writes
+local records = {}
+if ARGV[1] ~= '0' then records = redis.call('HGETALL', KEYS[2]) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HLEN', KEYS[2]), records}
+"""
 
 # Look up images by content key: the SHA-256 of each one's PNG, or false when it was never made or its bytes were
 # evicted. Hits have their TTLs refreshed (least recently used is what expires). One round trip for a whole job.
@@ -93,11 +128,11 @@ return found
 KEYS_PER_LOOKUP = 512  # a lookup of more keys is split, so one script never holds Redis for long
 
 
-def lookup_args(content_keys: list[str], ttl: int) -> list[tuple[list[str], list[str | int]]]:
-    """(KEYS, ARGV) of the CACHE_LOOKUP calls for ``content_keys``, in order."""
-    keys = [redis_keys.cache(key) for key in content_keys]
+def lookup_args(content_keys: list[str], ttl: int, owner: str | None = None) -> list[tuple[list[str], list[str | int]]]:
+    """(KEYS, ARGV) of the CACHE_LOOKUP calls for ``content_keys`` in ``owner``'s cache scope, in order."""
+    keys = [redis_keys.cache(key, owner) for key in content_keys]
     return [
-        (keys[start : start + KEYS_PER_LOOKUP], [redis_keys.png(""), ttl])
+        (keys[start : start + KEYS_PER_LOOKUP], [redis_keys.png("", owner), ttl])
         for start in range(0, len(keys), KEYS_PER_LOOKUP)
     ]
 

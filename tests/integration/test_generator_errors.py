@@ -6,6 +6,7 @@ import json
 import sys
 
 import httpx
+import jsonschema
 import pytest
 import redis
 
@@ -141,3 +142,111 @@ def test_409_for_the_archive_of_an_unfinished_job_and_cancelling_a_finished_one(
     response = httpx.delete(f"{api}/v1/jobs/{done['id']}", headers=ALICE)
     assert response.status_code == 409 and "succeeded" in _detail(response)
     httpx.delete(f"{api}/v1/jobs/{queued['id']}", headers=ALICE)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (rb'{"prompts": ["\ud800"]}', "prompts"),
+        (rb'{"prompts": ["x", "ok \udc00"]}', "prompts"),
+        (rb'{"prompts": ["x"], "negative_prompt": "\ud800"}', "negative_prompt"),
+        (rb'{"prompts": ["x"], "model": "\ud800"}', "model"),
+        (rb'{"prompts": ["x"], "\ud800": 1}', "body"),  # a key: refused while parsing the body
+    ],
+)
+def test_422_for_a_lone_surrogate_in_any_string(api, body, field):
+    """JSON may escape half a UTF-16 pair; such text cannot be hashed or stored, and once was a 500."""
+    response = httpx.post(f"{api}/v1/jobs", content=body, headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert field in error["loc"] and ("surrogate" in error["msg"] or error["type"] == "string_unicode"), error
+
+
+@pytest.mark.parametrize("field", ["seed", "num_inference_steps", "height", "width", "guidance_scale"])
+def test_422_for_a_boolean_in_a_number_field(api, field):
+    response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], field: True}, headers=ALICE)
+    assert response.status_code == 422 and "a boolean is not a number" in _detail(response), response.text
+    response = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "seeds": [False]}, headers=ALICE)
+    assert response.status_code == 422 and "seeds" in _detail(response)
+
+
+def test_422_for_an_image_over_the_cost_limit_which_models_states(api):
+    (model,) = [m for m in httpx.get(f"{api}/v1/models", headers=ALICE).json() if m["name"] == IDLE_MODEL]
+    assert model["max_image_cost"] == 512 * 512 * 100, "the default allows SD 1.5 at 512x512 with 50 steps, twice"
+    huge = {"prompts": ["x"], "model": IDLE_MODEL, "height": 2048, "width": 2048, "num_inference_steps": 200}
+    response = httpx.post(f"{api}/v1/jobs", json=huge, headers=ALICE)
+    assert response.status_code == 422, response.text
+    assert _detail(response).startswith('"height, width, num_inference_steps: 2048 x 2048 pixels x 200 steps')
+    native = {"prompts": ["x"], "model": IDLE_MODEL, "num_inference_steps": 200}  # 32 x 32 x 200: fine
+    sd15 = {"prompts": ["x"], "model": IDLE_MODEL, "height": 512, "width": 512, "num_inference_steps": 50}
+    for body in (native, sd15):
+        accepted = httpx.post(f"{api}/v1/jobs", json=body, headers=ALICE)
+        assert accepted.status_code == 202, accepted.text
+        httpx.delete(f"{api}/v1/jobs/{accepted.json()['id']}", headers=ALICE)
+
+
+def _described(spec: dict, method: str, route: str, response: httpx.Response) -> None:
+    """The response's status is listed for the route, its JSON body fits the listed schema, its headers are there."""
+    listed = spec["paths"][route][method.lower()]["responses"]
+    described = listed.get(str(response.status_code))
+    assert described, f"{method} {route} answered {response.status_code}; /openapi.json lists only {sorted(listed)}"
+    schema = described["content"]["application/json"]["schema"]
+    jsonschema.validate(response.json(), {**schema, "components": spec["components"]})
+    for header in described.get("headers", {}):
+        assert header in response.headers, f"{method} {route} {response.status_code} lacks its header {header}"
+
+
+def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):
+    spec = httpx.get(f"{api}/openapi.json").json()
+    job = "/v1/jobs/{job_id}"
+    queued = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB)
+    done = httpx.post(f"{api}/v1/jobs", json={"prompts": ["openapi 410"], "num_inference_steps": 2}, headers=ALICE)
+    finished = httpx.get(f"{api}/v1/jobs/{done.json()['id']}?wait=30", headers=ALICE, timeout=40).json()
+    redis.Redis.from_url(stack.redis_url).delete(f"gift:png:{finished['images'][0]['sha256']}")
+    unknown, bad_body = "f" * 32, {**ALICE, "Content-Type": "application/json"}
+    answers = [
+        ("POST", "/v1/jobs", queued),
+        ("GET", job, httpx.get(f"{api}/v1/jobs/{finished['id']}", headers=ALICE)),
+        ("GET", "/v1/models", httpx.get(f"{api}/v1/models", headers=ALICE)),
+        ("POST", "/v1/jobs", httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"]})),  # 401
+        ("GET", "/v1/models", httpx.get(f"{api}/v1/models", headers={"Authorization": "Bearer wrong"})),  # 401
+        ("GET", job, httpx.get(f"{api}/v1/jobs/{unknown}", headers=ALICE)),  # 404
+        ("DELETE", job, httpx.delete(f"{api}/v1/jobs/{unknown}", headers=ALICE)),  # 404
+        ("GET", "/v1/images/{sha256}", httpx.get(f"{api}/v1/images/{'0' * 64}", headers=ALICE)),  # 404
+        ("GET", f"{job}/archive", httpx.get(f"{api}/v1/jobs/{queued.json()['id']}/archive", headers=BOB)),  # 409
+        ("DELETE", job, httpx.delete(f"{api}/v1/jobs/{finished['id']}", headers=ALICE)),  # 409
+        ("GET", f"{job}/archive", httpx.get(f"{api}/v1/jobs/{finished['id']}/archive", headers=ALICE)),  # 410
+        ("POST", "/v1/jobs", httpx.post(f"{api}/v1/jobs", content=b"[" * 30000, headers=bad_body)),  # 413
+        ("GET", "/healthz", httpx.request("GET", f"{api}/healthz", content=b" " * 30000)),  # 413
+        ("POST", "/v1/jobs", httpx.post(f"{api}/v1/jobs", json={}, headers=ALICE)),  # 422, schema
+        ("POST", "/v1/jobs", httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": "nope"}, headers=ALICE)),
+        ("GET", job, httpx.get(f"{api}/v1/jobs/not-a-job?wait=99", headers=ALICE)),  # 422, path and query
+    ]
+    second = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB)
+    answers.append(("POST", "/v1/jobs", httpx.post(f"{api}/v1/jobs", json={"prompts": ["y"]}, headers=BOB)))  # 429
+    answers += _answers_without_redis(stack, tmp_path)
+    kinds = {response.status_code for _, _, response in answers}
+    assert kinds == {200, 202, 401, 404, 409, 410, 413, 422, 429, 503}, kinds
+    assert {type(r.json()["detail"]) for _, _, r in answers if r.status_code == 422} == {list, str}
+    for method, route, response in answers:
+        _described(spec, method, route, response)
+    for queued_job in (queued, second):
+        httpx.delete(f"{api}/v1/jobs/{queued_job.json()['id']}", headers=BOB)
+
+
+def _answers_without_redis(stack, tmp_path) -> list[tuple[str, str, httpx.Response]]:
+    """An API process whose Redis does not answer: the 503s."""
+    port = free_port()
+    args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(port)]
+    env = {**stack.env, **LIMITS, "GIFT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    process = Process("api-without-redis", args, tmp_path / "api.log", env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+        return [
+            ("POST", "/v1/jobs", httpx.post(f"{url}/v1/jobs", json={"prompts": ["x"]}, headers=ALICE, timeout=30)),
+            ("GET", "/readyz", httpx.get(f"{url}/readyz", timeout=30)),
+            ("GET", "/metrics", httpx.get(f"{url}/metrics", timeout=30)),
+        ]
+    finally:
+        process.stop()

@@ -57,3 +57,23 @@ def test_drop_job_returns_its_open_entries():
     backlog.add_chunk(tasks("b", 2, entry="3-0"))
     assert sorted(backlog.drop_job("a")) == ["1-0", "2-0"]
     assert {t.job_id for t in backlog.next_batch(16)} == {"b"}
+
+
+def test_a_batch_put_back_is_made_again_first_and_stays_held():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("a", 4, entry="1-0"))
+    batch = backlog.next_batch(2)
+    backlog.put_back(batch)
+    assert backlog.held() == {"a": ["1-0"]}
+    assert backlog.next_batch(4) == tasks("a", 4, entry="1-0")
+
+
+def test_dropped_chunks_leave_the_backlog_whole_and_are_returned_to_release():
+    backlog = Backlog()
+    backlog.add_chunk(tasks("a", 4, entry="1-0"))
+    backlog.add_chunk(tasks("a", 2, entry="2-0", start=4))
+    backlog.add_chunk(tasks("b", 2, entry="3-0"))
+    batch = backlog.next_batch(2)  # one image of a's first chunk, one of b's
+    assert backlog.drop_chunks(batch) == {"a": ["1-0"], "b": ["3-0"]}
+    assert backlog.held() == {"a": ["2-0"]}
+    assert backlog.next_batch(16) == tasks("a", 2, entry="2-0", start=4)

@@ -67,10 +67,13 @@ def test_everyone_finds_redis_and_the_api_where_they_run():
     assert SERVICES["trainer"]["environment"]["GIFT_GENERATOR_URL"] == f"http://generator-api:{api_port}"
 
 
-def test_redis_persists_and_evicts_only_expiring_keys():
+def test_redis_persists_and_evicts_nothing():
+    """Queued work and unread results are never evicted: the service's own TTLs bound memory (docs/API.md)."""
     command = _resolve(SERVICES["redis"]["command"])
-    assert "--appendonly yes" in command
-    assert "--maxmemory-policy volatile-lru" in command
+    assert "--appendonly yes" in command and "--appendfsync always" in command, "a 202 survives a crash"
+    assert "--maxmemory-policy noeviction" in command
+    major = int(SERVICES["redis"]["image"].split(":")[1].split(".")[0])
+    assert major >= 7, "the service's scripts declare flags (allow-oom, no-writes), which Redis 7 reads"
     assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
 
 
@@ -79,3 +82,20 @@ def test_workers_reserve_one_gpu_each_and_scale_by_replicas():
     device = deploy["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["count"] == 1 and "gpu" in device["capabilities"]
     assert int(_resolve(str(deploy["replicas"]))) >= 1
+
+
+def _stage(service: str) -> str:
+    """The Dockerfile stage a service is built from: from its `FROM ... AS target` to the next FROM."""
+    build = SERVICES[service]["build"]
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    stages = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)
+    return next(stage for stage in stages if stage.split("\n", 1)[0].endswith(f" AS {build['target']}"))
+
+
+@pytest.mark.parametrize(("service", "role"), [("generator-api", "api"), ("generator-worker", "worker")])
+def test_generator_images_install_their_role_from_the_lock(service, role):
+    assert f"--require-hashes --no-deps -r requirements/{role}.txt" in _stage(service)
+
+
+def test_api_image_leaves_out_the_tiny_world():
+    assert "plugins" not in _stage("generator-api")

@@ -33,9 +33,9 @@ MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model regis
 class JobError(Exception):
     """A request the API refuses; carries the HTTP status and the detail the client sees."""
 
-    def __init__(self, status_code: int, detail: str):
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status_code, self.detail = status_code, detail
+        self.status_code, self.detail, self.headers = status_code, detail, headers
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class JobService:
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
+        self._admit = redis.register_script(store.ADMIT_JOB)
+        self._read = redis.register_script(store.READ_JOB)
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -68,7 +70,11 @@ class JobService:
         for name, value in raw.items():
             entry = json.loads(value)
             info = ModelInfo(
-                name=name, height=entry["height"], width=entry["width"], default=name == self.settings.default_model
+                name=name,
+                height=entry["height"],
+                width=entry["width"],
+                default=name == self.settings.default_model,
+                max_image_cost=self.settings.max_image_cost,
             )
             models[name] = RegisteredModel(info, entry["fingerprint"])
         return models
@@ -80,18 +86,22 @@ class JobService:
 
     async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
         self._check_limits(request)
-        request = request.model_copy(update={"model": request.model or self.settings.default_model})
+        defaults = {
+            "model": request.model or self.settings.default_model,
+            "cache_scope": request.cache_scope or self.settings.cache_scope,
+        }
+        request = request.model_copy(update=defaults)
         models = await self.registered_models()
         if request.model not in models:
             models = await self.registered_models(fresh=True)
         if request.model not in models and request.model != self.settings.default_model:
             names = ", ".join(sorted(models)) or "none registered yet"
             raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
-        await self._check_tenant_quota(tenant)
+        self._check_cost(request, models.get(request.model))
 
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()
-        hits = await self._cache_hits(request, models.get(request.model))
+        hits = await self._cache_hits(request, models.get(request.model), request.cache_owner(tenant))
         fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
         fields, records = await self._create(job_id, tenant, request, fields, hits, misses)
@@ -111,16 +121,27 @@ class JobService:
         if request.negative_prompt and len(request.negative_prompt) > self.settings.max_prompt_chars:
             raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
 
-    async def _check_tenant_quota(self, tenant: str) -> None:
-        queued = await self.redis.scard(redis_keys.tenant_active(tenant))
-        if queued >= self.settings.max_queued_jobs_per_tenant:
+    def _check_cost(self, request: JobRequest, model: RegisteredModel | None) -> None:
+        """Refuse images whose pipeline call would hold a worker too long: cost is pixels times denoising steps.
+
+        A default model no worker has registered yet has no known native size: only the sizes given are checked.
+        """
+        height = request.height or (model.info.height if model else None)
+        width = request.width or (model.info.width if model else None)
+        if height is None or width is None:
+            return
+        cost, limit = height * width * request.num_inference_steps, self.settings.max_image_cost
+        if cost > limit:
             raise JobError(
-                429,
-                f"tenant {tenant!r} has {queued} unfinished jobs; the limit is "
-                f"{self.settings.max_queued_jobs_per_tenant}: wait for some to finish",
+                422,
+                f"height, width, num_inference_steps: {height} x {width} pixels x {request.num_inference_steps} steps "
+                f"= {cost:,} pixel-steps per image; this server accepts at most {limit:,} (GIFT_MAX_IMAGE_COST): "
+                "ask for fewer steps or a smaller size",
             )
 
-    async def _cache_hits(self, request: JobRequest, model: RegisteredModel | None) -> dict[int, str]:
+    async def _cache_hits(
+        self, request: JobRequest, model: RegisteredModel | None, owner: str | None
+    ) -> dict[int, str]:
         """Indices whose image is already stored, with its SHA-256; the cache's TTLs are refreshed."""
         if model is None:
             return {}
@@ -138,7 +159,7 @@ class JobService:
             for i, prompt in enumerate(request.prompts)
         ]
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
             found += await self._lookup(keys=lookup_keys, args=args)
         return {i: sha for i, sha in enumerate(found) if sha}
 
@@ -151,11 +172,11 @@ class JobService:
         hits: dict[int, str],
         misses: list[int],
     ) -> tuple[dict[str, str], dict[str, str]]:
-        """Write the job, its cached images and its work in one transaction: accepted means stored.
+        """Write the job, its cached images and its work in one atomic step with the tenant's limit check:
+        accepted means stored, and a burst of submissions cannot pass the limit.
 
         Returns the job's fields and image records as written.
         """
-        ttl = self.settings.job_ttl_seconds
         assert request.model is not None
         if not misses:
             fields = {**fields, "status": JobState.succeeded.value, "finished_at": fields["created_at"]}
@@ -163,38 +184,47 @@ class JobService:
         records = {
             str(i): store.image_record(i, request.prompts[i], request.seed_of(i), sha) for i, sha in hits.items()
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(redis_keys.job(job_id), mapping=fields)
-            if hits:
-                pipe.hset(redis_keys.job_images(job_id), mapping=records)
-                pipe.hincrby(*stats.counter_increment("cache_hits", len(hits)))
-            if misses:
-                work = redis_keys.job_work(job_id)
-                pipe.xgroup_create(work, redis_keys.GROUP, id="0", mkstream=True)
-                for chunk in store.chunks(misses, self.settings.chunk_size):
-                    pipe.xadd(work, {"indices": store.encode_indices(chunk)})
-                pipe.zadd(redis_keys.active(request.model), {job_id: time.time()})
-                pipe.sadd(redis_keys.tenant_active(tenant), job_id)
-            else:
-                pipe.expire(redis_keys.job(job_id), ttl)
-                pipe.expire(redis_keys.job_images(job_id), ttl)
-                pipe.hincrby(*stats.counter_increment("jobs_succeeded"))
-            await pipe.execute()
+        increments = {"cache_hits": len(hits)} if hits else {}
+        if not misses:
+            increments["jobs_succeeded"] = 1
+        counters = dict(stats.counter_increment(name, n)[1:] for name, n in increments.items())
+        keys = [
+            redis_keys.job(job_id),
+            redis_keys.job_images(job_id),
+            redis_keys.job_work(job_id),
+            redis_keys.active(request.model),
+            redis_keys.tenant_active(tenant),
+            redis_keys.STATS,
+        ]
+        chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
+        limit = self.settings.max_queued_jobs_per_tenant
+        args = [
+            job_id,
+            limit,
+            self.settings.job_ttl_seconds,
+            time.time(),
+            *(json.dumps(part, ensure_ascii=False) for part in (fields, records, chunks, counters)),
+            redis_keys.GROUP,
+        ]
+        queued, accepted = await self._admit(keys=keys, args=args)
+        if not accepted:
+            raise JobError(
+                429,
+                f"tenant {tenant!r} has {queued} unfinished jobs; the limit is {limit}: wait for some to finish",
+                headers={"Retry-After": str(self.settings.retry_after_seconds)},
+            )
         return fields, records
 
     # --- read ---------------------------------------------------------------------------------------
 
     async def status(self, job_id: str, tenant: str, *, images: bool = True) -> JobStatus | None:
         """The job as its tenant sees it; None when it does not exist or belongs to another tenant."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(redis_keys.job(job_id))
-            pipe.hlen(redis_keys.job_images(job_id))
-            if images:
-                pipe.hgetall(redis_keys.job_images(job_id))
-            fields, done, *records = await pipe.execute()
+        keys = [redis_keys.job(job_id), redis_keys.job_images(job_id)]
+        fields, done, records = await self._read(keys=keys, args=[int(images)])
+        fields, records = _as_dict(fields), _as_dict(records)
         if not fields or fields.get("tenant") != tenant:
             return None
-        return store.status_from({**fields, "done": str(done)}, records[0] if images else None)
+        return store.status_from({**fields, "done": str(done)}, records if images else None)
 
     async def wait(self, job_id: str, tenant: str, seconds: float, *, images: bool = True) -> JobStatus | None:
         """Long-poll: the status once the job is terminal, or after ``seconds``, whichever comes first."""
@@ -230,27 +260,28 @@ class JobService:
             log.info("job %s cancelled by tenant %s after %d of %d images", job_id, tenant, status.done, status.total)
         return await self.status(job_id, tenant)
 
-    async def image(self, sha256: str) -> bytes | None:
-        return await self.blobs.get(redis_keys.png(sha256))
+    async def image(self, sha256: str, tenant: str) -> bytes | None:
+        """The tenant's own image (cache scope ``tenant``), else the deployment's shared one; never another's own."""
+        return await self.blobs.get(redis_keys.png(sha256, tenant)) or await self.blobs.get(redis_keys.png(sha256))
 
-    async def archive_members(self, status: JobStatus) -> AsyncIterator[tuple[int, bytes]]:
+    async def archive_members(self, status: JobStatus, owner: str | None) -> AsyncIterator[tuple[int, bytes]]:
         """The PNG bytes of a finished job's images in index order, fetched a batch at a time."""
         for start in range(0, len(status.images), 64):
             batch = status.images[start : start + 64]
-            blobs = await self.blobs.mget([redis_keys.png(image.sha256) for image in batch])
+            blobs = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
             for image, blob in zip(batch, blobs, strict=True):
                 if blob is None:
                     raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
                 yield image.index, blob
 
-    async def missing_images(self, status: JobStatus) -> list[int]:
+    async def missing_images(self, status: JobStatus, owner: str | None) -> list[int]:
         """Indices whose bytes are gone (evicted): checked before an archive starts streaming."""
         missing = []
         for start in range(0, len(status.images), KEY_BATCH):
             batch = status.images[start : start + KEY_BATCH]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for image in batch:
-                    pipe.exists(redis_keys.png(image.sha256))
+                    pipe.exists(redis_keys.png(image.sha256, owner))
                 exists = await pipe.execute()
             missing += [image.index for image, ok in zip(batch, exists, strict=True) if not ok]
         return missing
@@ -272,6 +303,11 @@ class JobService:
             "queued_images": queued_images,
             "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),
         }
+
+
+def _as_dict(flat: list[str]) -> dict[str, str]:
+    """A hash as a script returns it (name, value, name, value, ...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # KEYS: a model's active zset. ARGV: key prefix. Returns {jobs, images not yet made}.

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
     app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
+    app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _job_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, JobError)
-    return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
 async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
@@ -84,13 +85,19 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
 
 
 async def _redis_down(request: Request, error: Exception) -> JSONResponse:
-    retry_after = request.app.state.settings.retry_after_seconds
     log.warning("redis unreachable while serving %s %s: %s", request.method, request.url.path, error)
-    return JSONResponse(
-        {"detail": "the job queue (Redis) is unreachable; retry later"},
-        status_code=503,
-        headers={"Retry-After": str(retry_after)},
-    )
+    return _unavailable(request, "the job queue (Redis) is unreachable; retry later")
+
+
+async def _redis_full(request: Request, error: Exception) -> JSONResponse:
+    """Redis refused a write at its maxmemory: nothing of the request was stored (each write is one atomic step)."""
+    log.warning("redis full (maxmemory) while serving %s %s: %s", request.method, request.url.path, error)
+    return _unavailable(request, "the job queue (Redis) is full and accepts no new work; retry later")
+
+
+def _unavailable(request: Request, detail: str) -> JSONResponse:
+    retry_after = request.app.state.settings.retry_after_seconds
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
 def serve(host: str, port: int) -> None:

@@ -10,12 +10,44 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gift_common import redis_keys
-from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
+from gift_common.schemas import ErrorBody, InvalidRequestBody, JobRequest, JobState, JobStatus, ModelInfo
 from services.generator.api.archive import tar_stream
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.middleware import API_REGISTRY
 from services.generator.stats import SnapshotCollector
 
+
+def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | None = None) -> dict:
+    """One OpenAPI response: its body's model, and the headers it carries (name -> what they say)."""
+    specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
+    return {"model": model, "description": description, **({"headers": specs} if specs else {})}
+
+
+# Every error status a route can answer, with the body it sends (API.md, Errors), so /openapi.json tells the truth.
+ERRORS = {
+    401: _error("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
+    404: _error("no such job or image (never made, expired, evicted, or another tenant's)"),
+    409: _error("the job is in the wrong state for this (cancel a finished job; archive an unfinished one)"),
+    410: _error("an image of the job was evicted from storage; submitting the job again makes it again"),
+    413: _error("the body is larger than GIFT_MAX_BODY_BYTES"),
+    422: _error("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
+    429: _error(
+        "the tenant has GIFT_MAX_QUEUED_JOBS_PER_TENANT unfinished jobs",
+        headers={"Retry-After": "seconds to wait before submitting again"},
+    ),
+    503: _error(
+        "Redis is unreachable or full (or, for /readyz only, no worker was seen lately)",
+        headers={"Retry-After": "seconds to wait, when Redis is unreachable or full"},
+    ),
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict]:
+    """Every route may get the 413 of an oversized body; every route that reads Redis, its 503."""
+    return {status: ERRORS[status] for status in sorted({413, *statuses})}
+
+
+V1_ERRORS = (401, 422, 503)  # a key, a path or query parameter, Redis
 v1 = APIRouter(prefix="/v1", tags=["jobs"])
 ops = APIRouter(tags=["operations"])
 
@@ -27,14 +59,22 @@ def _not_found(job_id: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"job {job_id} not found")
 
 
-@v1.post("/jobs", status_code=202, response_model=JobStatus)
+@v1.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobStatus,
+    responses={
+        202: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}},
+        **_errors(*V1_ERRORS, 429),
+    },
+)
 async def submit_job(request: JobRequest, response: Response, jobs: JobsDep, tenant: TenantDep) -> JobStatus:
     status = await jobs.submit(request, tenant)
     response.headers["Location"] = f"/v1/jobs/{status.id}"
     return status
 
 
-@v1.get("/jobs/{job_id}", response_model=JobStatus)
+@v1.get("/jobs/{job_id}", response_model=JobStatus, responses=_errors(*V1_ERRORS, 404))
 async def get_job(
     job_id: JobId,
     jobs: JobsDep,
@@ -48,7 +88,7 @@ async def get_job(
     return status
 
 
-@v1.delete("/jobs/{job_id}", response_model=JobStatus)
+@v1.delete("/jobs/{job_id}", response_model=JobStatus, responses=_errors(*V1_ERRORS, 404, 409))
 async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> JobStatus:
     status = await jobs.cancel(job_id, tenant)
     if status is None:
@@ -56,43 +96,53 @@ async def cancel_job(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> JobStat
     return status
 
 
-@v1.get("/jobs/{job_id}/archive", response_class=StreamingResponse)
+@v1.get(
+    "/jobs/{job_id}/archive",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}}, **_errors(*V1_ERRORS, 404, 409, 410)},
+)
 async def job_archive(job_id: JobId, jobs: JobsDep, tenant: TenantDep) -> StreamingResponse:
     status = await jobs.status(job_id, tenant)
     if status is None:
         raise _not_found(job_id)
     if status.status != JobState.succeeded:
         raise HTTPException(409, f"job {job_id} is {status.status.value}; the archive exists once it has succeeded")
-    missing = await jobs.missing_images(status)
+    request = await jobs.request_of(job_id)
+    owner = request.cache_owner(tenant)
+    missing = await jobs.missing_images(status, owner)
     if missing:
         raise HTTPException(410, f"images {missing[:10]} of job {job_id} were evicted from storage; submit it again")
-    request = await jobs.request_of(job_id)
     return StreamingResponse(
-        tar_stream(status, request, jobs.archive_members(status)),
+        tar_stream(status, request, jobs.archive_members(status, owner)),
         media_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.tar"'},
     )
 
 
-@v1.get("/images/{sha256}", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-async def get_image(sha256: Sha256, jobs: JobsDep, _tenant: TenantDep) -> Response:
-    blob = await jobs.image(sha256)
+@v1.get(
+    "/images/{sha256}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **_errors(*V1_ERRORS, 404)},
+)
+async def get_image(sha256: Sha256, jobs: JobsDep, tenant: TenantDep, settings: SettingsDep) -> Response:
+    blob = await jobs.image(sha256, tenant)
     if blob is None:
-        raise HTTPException(404, f"image {sha256} not found (never made, or evicted from storage)")
-    return Response(blob, media_type="image/png", headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        raise HTTPException(404, f"image {sha256} not found (never made, evicted, or another tenant's own)")
+    audience = "private" if settings.api_keys else "public"  # a shared proxy must not serve a tenant's bytes to others
+    return Response(blob, media_type="image/png", headers={"Cache-Control": f"{audience}, max-age=31536000, immutable"})
 
 
-@v1.get("/models", response_model=list[ModelInfo])
+@v1.get("/models", response_model=list[ModelInfo], responses=_errors(401, 503))
 async def list_models(jobs: JobsDep, _tenant: TenantDep) -> list[ModelInfo]:
     return await jobs.models()
 
 
-@ops.get("/healthz")
+@ops.get("/healthz", responses=_errors())
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops.get("/readyz")
+@ops.get("/readyz", responses={200: {"content": {"application/json": {}}}, **_errors(503)})
 async def readyz(jobs: JobsDep, settings: SettingsDep) -> Response:
     await jobs.redis.ping()
     seen = await jobs.redis.zcount(redis_keys.WORKERS, time.time() - settings.worker_seen_seconds, "+inf")
@@ -101,7 +151,7 @@ async def readyz(jobs: JobsDep, settings: SettingsDep) -> Response:
     return Response('{"status": "ready"}', media_type="application/json")
 
 
-@ops.get("/metrics", response_class=Response)
+@ops.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, **_errors(503)})
 async def metrics(jobs: JobsDep, settings: SettingsDep) -> Response:
     snapshot = await jobs.metrics_snapshot(settings.worker_seen_seconds)
     registry = CollectorRegistry()

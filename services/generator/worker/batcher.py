@@ -35,6 +35,7 @@ class Task:
     seed: int
     shape: Shape
     key: str  # the content key (gift_common.content_key.image_key)
+    owner: str | None = None  # the tenant of a tenant-scoped cache (JobRequest.cache_owner), None when shared
 
 
 class Backlog:
@@ -83,6 +84,28 @@ class Backlog:
             return False
         del self._open[(task.job_id, task.entry_id)]
         return True
+
+    def put_back(self, tasks: list[Task]) -> None:
+        """Return an unfinished batch to the front of its jobs' turns, to be made again (open chunks only)."""
+        for task in reversed(tasks):
+            if (task.job_id, task.entry_id) in self._open:
+                self._queues.setdefault(task.job_id, deque()).appendleft(task)
+
+    def drop_chunks(self, tasks: list[Task]) -> dict[str, list[str]]:
+        """Forget the chunks of ``tasks`` with all their images; returns their entry ids by job, to release."""
+        chunks = {(task.job_id, task.entry_id) for task in tasks} & self._open.keys()
+        for job, entry in chunks:
+            del self._open[(job, entry)]
+        for job in {job for job, _ in chunks} & self._queues.keys():
+            kept = deque(task for task in self._queues[job] if (job, task.entry_id) not in chunks)
+            if kept:
+                self._queues[job] = kept
+            else:
+                del self._queues[job]
+        dropped: dict[str, list[str]] = {}
+        for job, entry in sorted(chunks):
+            dropped.setdefault(job, []).append(entry)
+        return dropped
 
     def drop_job(self, job_id: str) -> list[str]:
         """Forget a job that ended (cancelled, failed); returns its entry ids, to acknowledge."""

@@ -33,7 +33,8 @@ from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
 
 log = logging.getLogger("gift.worker")
 T = TypeVar("T")
-REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+# Redis down, or full (maxmemory refuses writes): either way what is in memory is kept and retried, never dropped.
+REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
 RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
@@ -49,6 +50,7 @@ class Worker:
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
         self._held: dict[str, list[str]] = {}
+        self._call: tuple[set[str], threading.Event] | None = None  # the pipeline call running: its jobs, its stop
         self._next_reclaim = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -62,14 +64,14 @@ class Worker:
             try:
                 if not self.step():
                     self.stopping.wait(self.settings.poll_seconds)
-            except REDIS_DOWN as error:
-                log.warning("redis unreachable (%s); retrying", error)
+            except REDIS_UNAVAILABLE as error:
+                log.warning("redis unavailable (%s); retrying", unavailable_reason(error))
                 self.stopping.wait(1.0)
-            except Exception:  # a bug must not stop the worker: what it held is taken over after the claim timeout
+            except Exception:  # a bug must not stop the worker: step released its batch to be taken over
                 log.exception("worker step failed; going on")
                 self.stopping.wait(1.0)
         beat.join()  # a heartbeat after the release would make the released chunks look fresh again
-        with contextlib.suppress(*REDIS_DOWN):  # a stop must not hang on an outage; the claim timeout covers it
+        with contextlib.suppress(*REDIS_UNAVAILABLE):  # a stop must not hang on an outage; the claim timeout covers it
             self.queue.release(self.backlog.held())
             self.queue.leave()
         log.info("worker %s stopped", self.consumer)
@@ -80,8 +82,15 @@ class Worker:
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
-            with contextlib.suppress(*REDIS_DOWN):  # the main loop reports it
+            with contextlib.suppress(*REDIS_UNAVAILABLE):  # the main loop reports it
                 self.queue.heartbeat(self._held)
+                self._stop_call_if_unwanted()
+
+    def _stop_call_if_unwanted(self) -> None:
+        """Cancellation reaches a running pipeline call here: once every job it serves has ended, it stops."""
+        call = self._call
+        if call is not None and not self.queue.live(call[0]):
+            call[1].set()
 
     def _until_redis_answers(self, action: Callable[[], T]) -> T:
         """Run ``action`` until Redis answers: results already made are not thrown away for an outage."""
@@ -89,22 +98,39 @@ class Worker:
         while True:
             try:
                 return action()
-            except REDIS_DOWN as error:
-                log.warning("redis unreachable (%s); retrying in %.1f s", error, delay)
+            except REDIS_UNAVAILABLE as error:
+                log.warning("redis unavailable (%s); retrying in %.1f s", unavailable_reason(error), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     # --- one step -------------------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """Fill the backlog and make one batch; False when there was nothing to do."""
+        """Fill the backlog and make one batch; False when there was nothing to do.
+
+        A batch never leaves memory half done: when Redis is unavailable it goes back to the backlog, to be made
+        once Redis answers; on any other error its chunks are released to be taken over (a chunk that keeps
+        failing fails its job after GIFT_MAX_DELIVERIES). So every chunk held is being worked on.
+        """
         self._fill_backlog()
         batch = self.backlog.next_batch(self.batch_size)
         self._held = self.backlog.held()
-        if not batch:
-            return False
+        try:
+            if batch:
+                self._make(batch)
+        except REDIS_UNAVAILABLE:
+            self.backlog.put_back(batch)
+            raise
+        except Exception:
+            self.queue.release(self.backlog.drop_chunks(batch))
+            raise
+        finally:
+            self._held = self.backlog.held()
+        return bool(batch)
+
+    def _make(self, batch: list[Task]) -> None:
         batch = self._drop_ended(batch)
-        hits = self.queue.cached([task.key for task in batch])
+        hits = self._cached(batch)
         cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
         misses = [task for task, sha in zip(batch, hits, strict=True) if not sha]
         started = time.perf_counter()
@@ -112,14 +138,12 @@ class Worker:
         seconds = time.perf_counter() - started
         self._until_redis_answers(lambda: self._store_and_record(cached, made))
         self._until_redis_answers(lambda: self.queue.observe_batch(len(made), len(cached), seconds))
-        self._held = self.backlog.held()
-        return True
 
     def _fill_backlog(self) -> None:
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
             for name in self.models:
-                self._add_chunks(self.queue.reclaim(name))
+                self._add_chunks(self.queue.reclaim(name, self.backlog.held()))
         if len(self.backlog) < 2 * self.batch_size:
             max_chunks = max(1, 2 * self.batch_size // self.settings.chunk_size)
             for name in self.models:
@@ -156,7 +180,16 @@ class Worker:
             width=shape.width,
         )
         prompt, negative = request.prompts[index], request.negative_prompt
-        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key)
+        owner = request.cache_owner(job.tenant)
+        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner)
+
+    def _cached(self, batch: list[Task]) -> list[str | None]:
+        """The stored SHA-256 of each task's image, or None, each looked up in its own job's cache scope."""
+        found: dict[Task, str | None] = {}
+        for owner in {task.owner for task in batch}:
+            tasks = [task for task in batch if task.owner == owner]
+            found.update(zip(tasks, self.queue.cached([task.key for task in tasks], owner), strict=True))
+        return [found[task] for task in batch]
 
     def _drop_ended(self, batch: list[Task]) -> list[Task]:
         """Cancellation takes effect here, between batches: an ended job's images are not generated."""
@@ -172,6 +205,8 @@ class Worker:
 
     def _synthesise(self, tasks: list[Task]) -> list[tuple[Task, str, bytes]]:
         shape = tasks[0].shape
+        job_ids, stop = {task.job_id for task in tasks}, threading.Event()
+        self._call = (job_ids, stop)
         try:
             pngs = synthesis.generate(
                 self.models[shape.model],
@@ -182,17 +217,25 @@ class Worker:
                 guidance_scale=shape.guidance_scale,
                 height=shape.height,
                 width=shape.width,
+                interrupted=stop.is_set,
             )
+        except synthesis.Interrupted as stopped:
+            log.info("pipeline call of %d images %s: its jobs %s ended", len(tasks), stopped, sorted(job_ids))
+            for job_id in job_ids:
+                self._forget(job_id)
+            return []
         except Exception as error:  # a pipeline error ends the jobs that asked for it, not the worker
             log.exception("pipeline call of %d images failed", len(tasks))
             message = f"image generation failed: {error}"
-            for job_id in {task.job_id for task in tasks}:
+            for job_id in job_ids:
                 self._until_redis_answers(lambda j=job_id: self.queue.fail_job(j, message))
             return []
+        finally:
+            self._call = None
         return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
 
     def _store_and_record(self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]]) -> None:
-        self.queue.store_pngs(self.blobs, [(task.key, sha, png) for task, sha, png in made])
+        self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png in made])
         by_job: dict[str, list[tuple[Task, str, bool]]] = {}
         for task, sha in cached:
             by_job.setdefault(task.job_id, []).append((task, sha, True))
@@ -209,6 +252,13 @@ class Worker:
             self.queue.ack(job_id, [task.entry_id for task, _, _ in items if self.backlog.complete(task)])
             if result.state == 2:
                 self.jobs.pop(job_id, None)
+
+
+def unavailable_reason(error: Exception) -> str:
+    """Why Redis did not take a call; a refused write's message would quote its arguments (PNG bytes)."""
+    if isinstance(error, redis_errors.OutOfMemoryError):
+        return "full: used memory is over maxmemory, writes are refused"
+    return str(error)
 
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:

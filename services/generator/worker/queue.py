@@ -94,8 +94,12 @@ class WorkerQueue:
         self._cursor[model], entries = self._read(keys=[redis_keys.active(model)], args=args)
         return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
 
-    def reclaim(self, model: str) -> list[Chunk]:
-        """Take over chunks that other consumers left idle past the claim timeout; fail poison chunks."""
+    def reclaim(self, model: str, held: dict[str, list[str]]) -> list[Chunk]:
+        """Take over chunks left idle past the claim timeout; fail poison chunks.
+
+        Idle means no heartbeat claimed it: its worker died, or stopped, or lost it (a read whose reply an outage
+        cut off, a batch that failed). This worker's own chunks count too, except those it ``held``.
+        """
         idle_ms = int(self.settings.claim_timeout_seconds * 1000)
         jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
         with self.redis.pipeline(transaction=False) as pipe:
@@ -106,7 +110,7 @@ class WorkerQueue:
         for job_id, pending in zip(jobs, pendings, strict=True):
             if isinstance(pending, Exception):  # the job ended meanwhile
                 continue
-            stale = [p for p in pending if p["consumer"] != self.consumer]
+            stale = [p for p in pending if p["message_id"] not in held.get(job_id, ())]
             if poison := [p for p in stale if p["times_delivered"] >= self.settings.max_deliveries]:
                 times = poison[0]["times_delivered"]
                 self.fail_job(job_id, f"a chunk was delivered {times} times and never finished: workers died on it")
@@ -144,22 +148,22 @@ class WorkerQueue:
 
     # --- storing ----------------------------------------------------------------------------------
 
-    def cached(self, keys: list[str]) -> list[str | None]:
+    def cached(self, keys: list[str], owner: str | None) -> list[str | None]:
         """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds):
+        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
             found += self._lookup(keys=lookup_keys, args=args)
         return found
 
-    def store_pngs(self, blobs: Redis, items: list[tuple[str, str, bytes]]) -> None:
-        """Store (content key, sha256, PNG) triples: bytes first, once; then the cache entry that names them."""
+    def store_pngs(self, blobs: Redis, items: list[tuple[str | None, str, str, bytes]]) -> None:
+        """Store (owner, content key, sha256, PNG): bytes first, once; then the cache entry that names them."""
         ttl = self.settings.image_ttl_seconds
         with blobs.pipeline(transaction=False) as pipe:
-            for _, sha, png in items:
-                pipe.set(redis_keys.png(sha), png, ex=ttl, nx=True)
-                pipe.expire(redis_keys.png(sha), ttl)
-            for key, sha, _ in items:
-                pipe.set(redis_keys.cache(key), sha, ex=ttl)
+            for owner, _, sha, png in items:
+                pipe.set(redis_keys.png(sha, owner), png, ex=ttl, nx=True)
+                pipe.expire(redis_keys.png(sha, owner), ttl)
+            for owner, key, sha, _ in items:
+                pipe.set(redis_keys.cache(key, owner), sha, ex=ttl)
             pipe.execute()
 
     def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ log = logging.getLogger("gift.worker")
 
 class ModelDirectoryError(UserError):
     """A --model directory that is not a diffusers pipeline; the message says what to put where."""
+
+
+class Interrupted(Exception):
+    """A pipeline call cut short between denoising steps: nobody wants its images any more."""
 
 
 @dataclass
@@ -92,10 +97,16 @@ def generate(
     guidance_scale: float,
     height: int,
     width: int,
+    interrupted: Callable[[], bool] | None = None,
 ) -> list[bytes]:
-    """One pipeline call; PNG bytes in the order of ``prompts``."""
+    """One pipeline call; PNG bytes in the order of ``prompts``.
+
+    ``interrupted`` is asked after every denoising step; when it answers True the call raises ``Interrupted``
+    at once, so a cancelled 512x512 call does not hold the worker for the rest of its steps and the VAE.
+    """
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     negatives = None if not any(negative_prompts) else [n or "" for n in negative_prompts]
+    watch = {} if interrupted is None else {"callback_on_step_end": _raise_when(interrupted)}
     images = model.pipeline(
         prompt=prompts,
         negative_prompt=negatives,
@@ -105,8 +116,20 @@ def generate(
         height=height,
         width=width,
         output_type="np",
+        **watch,
     ).images
     return [encode_png(image) for image in images]
+
+
+def _raise_when(interrupted: Callable[[], bool]) -> Callable[..., dict]:
+    """A diffusers ``callback_on_step_end`` that aborts the call; raising skips the steps left and the decoder."""
+
+    def on_step_end(_pipeline: object, step: int, _timestep: object, tensors: dict) -> dict:
+        if interrupted():
+            raise Interrupted(f"stopped after denoising step {step + 1}")
+        return tensors
+
+    return on_step_end
 
 
 def encode_png(image: np.ndarray) -> bytes:

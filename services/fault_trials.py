@@ -1,0 +1,189 @@
+"""Fault trials against a running local stack: Redis killed and restarted, Redis full, a burst against a quota.
+
+Each trial drives real processes (services/stack.py) the way an operator's incident would, and returns figures
+that the integration tests assert on and that ``bench/redis_faults.py`` prints (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import httpx
+import redis
+
+from gift_common.client import GeneratorClient, GeneratorHTTPError, JobCancelled, JobFailed, JobTimeout
+from gift_common.schemas import JobRequest
+from services.stack import LocalStack
+
+IDLE_MODEL = "idle-model"  # registered by the trials, served by no worker: its jobs stay unfinished
+
+
+@dataclass
+class Outcomes:
+    """What became of accepted jobs: each ends in exactly one of these."""
+
+    accepted: int = 0
+    complete: int = 0  # succeeded with every image exactly once
+    wrong_images: int = 0  # succeeded with an image missing or twice
+    lost: int = 0  # gone (404) or failed
+    stuck: int = 0  # not finished within the bound
+    slowest_seconds: float = 0.0  # from the fault to the job's end
+
+    def settle(self, client: GeneratorClient, job_id: str, images: int, since: float, bound: float) -> None:
+        """Wait for one accepted job until ``bound`` s after ``since`` (the fault) and count its outcome."""
+        self.accepted += 1
+        try:
+            job = client.wait(job_id, timeout=max(0.0, since + bound - time.monotonic()), progress=False)
+        except JobTimeout:
+            self.stuck += 1
+            return
+        except (GeneratorHTTPError, JobFailed, JobCancelled):
+            self.lost += 1
+            return
+        self.slowest_seconds = max(self.slowest_seconds, round(time.monotonic() - since, 2))
+        counts = Counter(image.index for image in job.images)
+        whole = sorted(counts) == list(range(images)) and set(counts.values()) == {1}
+        self.complete += whole
+        self.wrong_images += not whole
+
+    def all_complete(self) -> bool:
+        return self.accepted > 0 and self.complete == self.accepted
+
+
+def redis_kill_trials(
+    stack: LocalStack, trials: int, *, images: int = 8, max_delay: float = 0.03, bound: float = 60.0, seed: int = 0
+) -> Outcomes:
+    """Per trial: submit a job, SIGKILL Redis at a random moment up to ``max_delay`` s after the 202, restart it
+    on the same append-only file, and wait up to ``bound`` s for the job to end with every image once."""
+    assert stack.redis is not None, "the trials kill the stack's own redis-server"
+    rng = random.Random(seed)
+    outcomes = Outcomes()
+    with GeneratorClient(stack.api_url, retries=30, backoff=0.2) as client:
+        for trial in range(trials):
+            prompts = [f"redis kill trial {seed}.{trial} image {i}" for i in range(images)]
+            job = client.submit(JobRequest(prompts=prompts, num_inference_steps=2))
+            time.sleep(rng.uniform(0, max_delay))
+            stack.redis.process.kill()  # type: ignore[union-attr]
+            killed = time.monotonic()
+            stack.redis.start()
+            outcomes.settle(client, job.id, images, killed, bound)
+    return outcomes
+
+
+@dataclass
+class FullRedis:
+    """Answers while Redis was at its maxmemory, and what became of the jobs accepted around it."""
+
+    answers: dict[str, dict[str, int]] = field(default_factory=dict)  # request kind -> HTTP status -> count
+    retry_after_missing: int = 0  # 503s without a Retry-After header
+    outcomes: Outcomes = field(default_factory=Outcomes)
+
+    def count(self, kind: str, response: httpx.Response) -> None:
+        _tally(self.answers.setdefault(kind, {}), str(response.status_code))
+        if response.status_code == 503 and "Retry-After" not in response.headers:
+            self.retry_after_missing += 1
+
+    def server_errors(self) -> int:
+        return sum(n for by_status in self.answers.values() for status, n in by_status.items() if status == "500")
+
+
+def maxmemory_trial(
+    stack: LocalStack, *, jobs: int = 3, images: int = 8, full_seconds: float = 4.0, bound: float = 60.0
+) -> FullRedis:
+    """Fill Redis (maxmemory 1 byte, noeviction) while workers have work in hand, submit, read and cancel during
+    it, then lift the limit: every job accepted must end with every image once, none may be answered 500."""
+    admin = redis.Redis.from_url(stack.redis_url)
+    figures = FullRedis()
+    api, ended = stack.api_url, time.monotonic()
+    with GeneratorClient(api, retries=30, backoff=0.2) as client:
+        before = [client.submit(_request(f"before full {j}", images)) for j in range(jobs)]
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        try:
+            during = []
+            deadline = time.monotonic() + full_seconds
+            while time.monotonic() < deadline:
+                response = httpx.post(f"{api}/v1/jobs", json=_body(f"while full {len(during)}", images))
+                figures.count("submit", response)
+                if response.status_code == 202:
+                    during.append(response.json()["id"])
+                for job in before:
+                    figures.count("status", httpx.get(f"{api}/v1/jobs/{job.id}"))
+            cancelled = httpx.delete(f"{api}/v1/jobs/{before[-1].id}")
+            figures.count("cancel", cancelled)
+        finally:
+            admin.config_set("maxmemory", 0)
+            ended = time.monotonic()
+        kept = before[:-1] if cancelled.status_code == 200 else before
+        for job_id in [job.id for job in kept] + during:
+            figures.outcomes.settle(client, job_id, images, ended, bound)
+    return figures
+
+
+def _request(tag: str, images: int) -> JobRequest:
+    return JobRequest(prompts=[f"{tag} image {i}" for i in range(images)], num_inference_steps=2)
+
+
+def _body(tag: str, images: int) -> dict:
+    return _request(tag, images).model_dump(mode="json", exclude_none=True)
+
+
+@dataclass
+class Burst:
+    """A burst of concurrent submissions by one tenant against its limit of unfinished jobs."""
+
+    limit: int
+    submitted: int = 0
+    accepted: int = 0
+    refused: int = 0  # 429
+    refused_without_retry_after: int = 0
+    other: dict[str, int] = field(default_factory=dict)  # any other status -> count
+    unfinished_after: int = 0  # the tenant's unfinished jobs as Redis counts them
+
+
+def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread: int = 12) -> Burst:
+    """``threads`` clients submit at once to a model no worker serves, so nothing finishes during the burst: at
+    most ``limit`` may be accepted. The stack's API must run with GIFT_MAX_QUEUED_JOBS_PER_TENANT=limit."""
+    admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    admin.hset("gift:models", IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
+    burst, lock, accepted = Burst(limit), threading.Lock(), []
+    start = threading.Barrier(threads)
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=stack.api_url) as http:
+            start.wait()
+            for i in range(per_thread):
+                response = http.post("/v1/jobs", json={"prompts": [f"burst {n}.{i}"], "model": IDLE_MODEL})
+                with lock:
+                    burst.submitted += 1
+                    if response.status_code == 202:
+                        burst.accepted += 1
+                        accepted.append(response.json()["id"])
+                    elif response.status_code == 429:
+                        burst.refused += 1
+                        burst.refused_without_retry_after += "Retry-After" not in response.headers
+                    else:
+                        _tally(burst.other, str(response.status_code))
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    burst.unfinished_after = sum(admin.scard(key) for key in admin.scan_iter("gift:tenant:*:active"))
+    for job_id in accepted:
+        httpx.delete(f"{stack.api_url}/v1/jobs/{job_id}")
+    return burst
+
+
+def _tally(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def as_json(figures: object) -> dict:
+    return asdict(figures)  # type: ignore[call-overload]

@@ -1,0 +1,49 @@
+"""A batch that fails never leaves the worker holding chunks nobody works on (Redis stubbed: the failures are
+made to order here; tests/integration/test_generator_redis_faults.py meets them with real processes)."""
+
+import pytest
+from redis import exceptions as redis_errors
+
+from gift_common.settings import Settings
+from services.generator.worker.main import Worker
+
+from .test_batcher import tasks
+
+
+class FailingQueue:
+    """Answers as if Redis failed with ``error`` right after the batch was taken from the backlog."""
+
+    def __init__(self, error: Exception):
+        self.error, self.released = error, []
+
+    def live(self, job_ids: set[str]) -> set[str]:
+        raise self.error
+
+    def release(self, held: dict[str, list[str]]) -> None:
+        self.released.append(held)
+
+
+def _worker(error: Exception) -> Worker:
+    worker = Worker({}, Settings(redis_url="redis://127.0.0.1:9/0"), batch_size=2)
+    worker.queue = FailingQueue(error)  # type: ignore[assignment]
+    worker.backlog.add_chunk(tasks("a", 4, entry="1-0"))
+    return worker
+
+
+@pytest.mark.parametrize(
+    "error", [redis_errors.ConnectionError("down"), redis_errors.OutOfMemoryError("OOM command not allowed")]
+)
+def test_a_batch_met_by_an_outage_or_a_full_redis_goes_back_to_the_backlog(error):
+    worker = _worker(error)
+    with pytest.raises(type(error)):
+        worker.step()
+    assert worker.backlog.next_batch(4) == tasks("a", 4, entry="1-0"), "made again, first"
+    assert worker.backlog.held() == {"a": ["1-0"]} and worker.queue.released == []
+
+
+def test_a_batch_met_by_a_bug_is_released_to_be_taken_over():
+    worker = _worker(RuntimeError("a bug"))
+    with pytest.raises(RuntimeError):
+        worker.step()
+    assert worker.queue.released == [{"a": ["1-0"]}]
+    assert worker.backlog.held() == {} and worker._held == {}, "no longer kept fresh by the heartbeat"
