@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +16,17 @@ import pytest
 import redis
 
 from gift_common import redis_keys
+from gift_common.client import GeneratorClient, GeneratorHTTPError
 from gift_common.errors import UserError
-from services.generator.blobs import BlobStore, DirectoryStore, open_blob_store, sweep
+from gift_common.schemas import JobRequest
+from services.generator.blobs import BlobName, BlobStore, DirectoryStore, open_blob_store, sweep
 from services.stack import Process, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def png_named(content: bytes) -> tuple[str, bytes]:
-    return hashlib.sha256(content).hexdigest(), content
+def png_named(content: bytes, owner: str | None = None) -> tuple[BlobName, bytes]:
+    return BlobName(hashlib.sha256(content).hexdigest(), owner), content
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
 
 def test_put_get_delete_and_listing(store: BlobStore):
     sha, data = png_named(b"\x89PNG first")
-    other, other_data = png_named(b"\x89PNG second")
+    other, other_data = png_named(b"\x89PNG second", owner="team/a b")  # a tenant's own, any characters
     assert store.get(sha) is None
     store.put(sha, data)
     store.put(sha, data)  # idempotent
@@ -74,10 +78,10 @@ def test_put_get_delete_and_listing(store: BlobStore):
 def test_sweep_deletes_only_bytes_whose_marker_expired_past_the_grace(store: BlobStore, redis_server: RedisServer):
     client = redis.Redis.from_url(redis_server.url)
     kept, kept_data = png_named(b"\x89PNG kept")
-    orphan, orphan_data = png_named(b"\x89PNG orphan")
+    orphan, orphan_data = png_named(b"\x89PNG kept", owner="other")  # the same bytes in another scope
     store.put(kept, kept_data)
     store.put(orphan, orphan_data)
-    client.set(redis_keys.png(kept), b"", ex=60)
+    client.set(redis_keys.png(kept.sha256), b"", ex=60)
     assert sweep(client, store, grace_seconds=3600) == 0, "within the grace period nothing goes"
     assert sweep(client, store, grace_seconds=-1) == 1
     assert store.get(kept) == kept_data and store.get(orphan) is None
@@ -90,3 +94,34 @@ def test_a_bad_store_url_is_a_clear_error():
             open_blob_store(url)
     with pytest.raises(UserError, match="absolute"):
         DirectoryStore(Path("relative/dir"))
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_stack_on_a_blob_store_keeps_only_empty_keys_in_redis(backend, make_stack, tmp_path, request):
+    if backend == "file":
+        url, env = (tmp_path / "shared-blobs").as_uri(), {}
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"stack-{time.monotonic_ns()}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        url, env = f"s3://{bucket}/gift", {"GIFT_S3_ENDPOINT_URL": endpoint}
+    stack = make_stack(workers=1, GIFT_BLOB_STORE=url, **env)
+    client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
+    job, pngs = client.generate(JobRequest(prompts=["a red circle", "a blue square"], num_inference_steps=2),
+                                progress=False)  # fmt: skip
+    keys = redis.Redis.from_url(stack.redis_url)
+    assert [keys.get(redis_keys.png(image.sha256)) for image in job.images] == [b"", b""], "bytes left Redis"
+    store = open_blob_store(url, env.get("GIFT_S3_ENDPOINT_URL"))
+    assert [store.get(BlobName(image.sha256)) for image in job.images] == pngs, "the store holds what was served"
+    with tarfile.open(fileobj=io.BytesIO(client.archive(job.id))) as tar:
+        assert tar.extractfile("000001.png").read() == pngs[1]
+
+    keys.delete(redis_keys.png(job.images[0].sha256))  # the image expires
+    with pytest.raises(GeneratorHTTPError) as gone:
+        client.image(job.images[0].sha256)
+    assert gone.value.status_code == 404
+    assert sweep(keys, store, grace_seconds=-1) == 1 and store.get(BlobName(job.images[0].sha256)) is None
+    again, [png] = client.generate(JobRequest(prompts=["a red circle"], num_inference_steps=2), progress=False)
+    assert again.cached == 0 and store.get(BlobName(again.images[0].sha256)) == png, "a resubmission makes it again"
