@@ -9,6 +9,7 @@ WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
 JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
 GROUP = "workers"  # the consumer group of every job's work stream
+BLOB_SWEEP = f"{PREFIX}:blob-sweep"  # string with a TTL: held by the one worker that sweeps expired bytes now
 
 
 def active(model: str) -> str:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1, description="a chunk delivered this often fails its job")
     image_ttl_seconds: int = 7 * 24 * 3600
     job_ttl_seconds: int = 7 * 24 * 3600
+    blob_store: str = Field(default="redis", description="where PNG bytes live: redis, file:///DIR, s3://BUCKET/PREFIX")
+    s3_endpoint_url: str | None = Field(default=None, description="an S3-compatible store's URL; unset: AWS S3")
+    blob_sweep_seconds: float = Field(default=3600.0, gt=0, description="how often a worker deletes expired bytes")
+    blob_grace_seconds: float = Field(default=600.0, ge=0, description="bytes younger than this are never swept")
 
     # --- worker -----------------------------------------------------------------------------------
     models: str | None = Field(default=None, description="NAME=DIR,... served when --model is not given")

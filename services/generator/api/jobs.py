@@ -23,6 +23,7 @@ from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 from services.generator import stats, store
 from services.generator.api.events import JobEvents, wait_for_event
+from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.api")
 
@@ -47,8 +48,11 @@ class RegisteredModel:
 class JobService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for PNG bytes."""
 
-    def __init__(self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents):
+    def __init__(
+        self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents, blob_store: BlobStore | None = None
+    ):
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
+        self.blob_store = blob_store
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
@@ -262,14 +266,25 @@ class JobService:
 
     async def image(self, sha256: str, tenant: str) -> bytes | None:
         """The tenant's own image (cache scope ``tenant``), else the deployment's shared one; never another's own."""
-        return await self.blobs.get(redis_keys.png(sha256, tenant)) or await self.blobs.get(redis_keys.png(sha256))
+        for owner in (tenant, None):
+            value = await self.blobs.get(redis_keys.png(sha256, owner))
+            if (data := await self._bytes(value, BlobName(sha256, owner))) is not None:
+                return data
+        return None
+
+    async def _bytes(self, value: bytes | None, name: BlobName) -> bytes | None:
+        """An image key's value is the bytes (kept in Redis) or empty (kept in the blob store, see blobs.py)."""
+        if value or value is None or self.blob_store is None:
+            return value or None
+        return await asyncio.to_thread(self.blob_store.get, name)
 
     async def archive_members(self, status: JobStatus, owner: str | None) -> AsyncIterator[tuple[int, bytes]]:
         """The PNG bytes of a finished job's images in index order, fetched a batch at a time."""
         for start in range(0, len(status.images), 64):
             batch = status.images[start : start + 64]
-            blobs = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
-            for image, blob in zip(batch, blobs, strict=True):
+            values = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
+            for image, value in zip(batch, values, strict=True):
+                blob = await self._bytes(value, BlobName(image.sha256, owner))
                 if blob is None:
                     raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
                 yield image.index, blob

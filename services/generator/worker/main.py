@@ -23,11 +23,13 @@ import torch
 from redis import Redis
 from redis import exceptions as redis_errors
 
+from gift_common import redis_keys
 from gift_common.content_key import image_key
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
 from services.devices import resolve_device
+from services.generator.blobs import open_blob_store, sweep
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
@@ -46,7 +48,8 @@ class Worker:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
         self.blobs = Redis.from_url(settings.redis_url, socket_timeout=30)
-        self.queue = WorkerQueue(self.redis, settings, self.consumer)
+        self.blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)
+        self.queue = WorkerQueue(self.redis, settings, self.consumer, self.blob_store)
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
@@ -60,6 +63,8 @@ class Worker:
         self._until_redis_answers(self._register)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
+        if self.blob_store is not None:
+            threading.Thread(target=self._sweep_blobs, name="blob-sweep", daemon=True).start()
         log.info("worker %s serving %s, batch size %d", self.consumer, sorted(self.models), self.batch_size)
         while not self.stopping.is_set():
             try:
@@ -86,6 +91,18 @@ class Worker:
             with contextlib.suppress(*REDIS_UNAVAILABLE):  # the main loop reports it
                 self.queue.heartbeat(self._held)
                 self._stop_call_if_unwanted()
+
+    def _sweep_blobs(self) -> None:
+        """Delete bytes whose Redis key expired; one worker at a time (a lock that expires with the period)."""
+        assert self.blob_store is not None
+        period = self.settings.blob_sweep_seconds
+        while not self.stopping.wait(period):
+            try:
+                if self.redis.set(redis_keys.BLOB_SWEEP, self.consumer, nx=True, ex=max(1, int(period))):
+                    deleted = sweep(self.blobs, self.blob_store, self.settings.blob_grace_seconds)
+                    log.info("blob sweep: deleted %d expired image(s) from %s", deleted, self.blob_store.url)
+            except Exception:  # the store or Redis is away: the next period tries again
+                log.exception("blob sweep failed; trying again in %.0f s", period)
 
     def _stop_call_if_unwanted(self) -> None:
         """Cancellation reaches a running pipeline call here: once every job it serves has ended, it stops."""
