@@ -90,6 +90,7 @@ class Runner:
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
             weight_decay=config.training.weight_decay,
+            precision=config.training.precision,
             progress=config.progress and distributed.is_main(),
         )
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
