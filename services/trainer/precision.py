@@ -56,8 +56,8 @@ def precision_for(name: PrecisionName, device: torch.device | str) -> Precision:
     if name == "bf16" and device.type not in ("cpu", "cuda"):
         raise UserError(f"training.precision: bf16 runs on a CPU or a CUDA GPU, not on {device}; use fp32")
     if name == "bf16" and device.type == "cuda" and not native_bf16(device):
-        raise UserError(f"training.precision: bf16 is not supported natively by {torch.cuda.get_device_name(device)} "
-                        "(it needs compute capability 8.0 or later); use fp16 or fp32")  # fmt: skip
+        raise UserError(f"training.precision: bf16 is not native on {device} (it needs a GPU of compute "
+                        "capability 8.0 or later); use fp16 or fp32")  # fmt: skip
     if device.type == "cuda":
         enable_tf32()
     return Precision(name, device.type)
