@@ -89,6 +89,7 @@ class Runner:
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
             weight_decay=config.training.weight_decay,
+            precision=config.training.precision,
             progress=config.progress and distributed.is_main(),
         )
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
@@ -206,7 +207,7 @@ class Runner:
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
-            ordered=in_order(pairs, batch_size, workers),
+            ordered=in_order(pairs, batch_size, workers, pin_memory=self._pin_memory),
         )
 
     def _stream(self, dataset: Dataset, batch_size: int, seed: tuple[int, ...]) -> BatchStream:
@@ -215,7 +216,7 @@ class Runner:
             batch_size,
             seed,
             num_workers=self.config.training.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self._pin_memory,
             rank=distributed.rank(),
             world=distributed.world_size(),
         )
@@ -250,7 +251,13 @@ class Runner:
     def _shard(self, dataset: Dataset) -> DataLoader:
         """This process's share of an evaluation set, in order."""
         evaluation, rank, world = self.config.evaluation, distributed.rank(), distributed.world_size()
-        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world))
+        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world),
+                        pin_memory=self._pin_memory)  # fmt: skip
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Batches for a GPU go to page-locked memory, which the GPU reads directly, and the copy need not block."""
+        return self.device.type == "cuda"
 
     def _checkpoint(self) -> None:
         if not distributed.is_main():
