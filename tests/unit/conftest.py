@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tinyworld.tokenizer import write_clip_tokenizer
 from transformers import CLIPTokenizer
+
+from gift_common.clip_tokenizer import write_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
