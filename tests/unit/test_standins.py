@@ -75,3 +75,14 @@ def test_full_size_standins_have_the_published_architectures(tmp_path: Path) -> 
         assert stored.get_slice("conv_in.weight").get_dtype() == "F16"  # half the disk; loaders cast it up
     model = open_clip.create_model(standins.VIT_NAME, pretrained=str(paths[standins.VIT_NAME]))
     assert model.visual.image_size == (224, 224) and sum(p.numel() for p in model.parameters()) == 149_620_737
+
+
+def test_a_run_on_standins_says_so_first_in_its_reports() -> None:
+    from services.trainer import reports
+
+    weights = "/models/ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
+    result = reports.summary(reports.Results(["a"], rows=[[50.0]], stand_ins=[weights]))
+    assert next(iter(result)) == "stand_in" and "STAND-IN" in result["stand_in"]
+    assert reports.markdown_table(result).splitlines()[0].startswith("**STAND-IN WEIGHTS")
+    assert weights in reports.markdown_table(result).splitlines()[0]
+    assert "stand_in" not in reports.summary(reports.Results(["a"], rows=[[50.0]]))
