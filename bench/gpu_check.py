@@ -64,14 +64,15 @@ class Sizes:
     one_prompt_images: int
     matmul: int
     unet_iterations: int
+    service_jobs: int  # at least this many jobs of 16 prompts for (c), four clients submitting them
     trainer_batch: int
     trainer_iterations: int
 
 
 FULL = Sizes(steps=25, batches=(8, 16, 32, 64), one_prompt_images=4, matmul=8192, unet_iterations=10,
-             trainer_batch=64, trainer_iterations=10)  # fmt: skip
+             service_jobs=4, trainer_batch=64, trainer_iterations=10)  # fmt: skip
 SMOKE = Sizes(steps=2, batches=(1, 2, 4), one_prompt_images=2, matmul=256, unet_iterations=2,
-              trainer_batch=4, trainer_iterations=2)  # fmt: skip
+              service_jobs=1, trainer_batch=4, trainer_iterations=2)  # fmt: skip
 
 
 def synchronize(device: torch.device) -> None:
@@ -127,7 +128,7 @@ def generator_half(model: LoadedModel, directory: Path, sizes: Sizes, device: to
         pipeline_seconds(model, batch, prompts(batch, f"warm-up {batch}"), 2)  # allocator and kernels at this size
         raw[batch] = 2 * batch / pipeline_seconds(model, batch, prompts(2 * batch, f"b{batch}"), steps)
     best = max(raw, key=raw.get)
-    jobs = job_requests(max(4, 3 * best // 16), steps, "c")  # 16 prompts a job, four concurrent clients
+    jobs = job_requests(max(sizes.service_jobs, 3 * best // 16), steps, "c")  # 16 prompts a job
     env = {"GIFT_HOME": str(home), "GIFT_DEFAULT_MODEL": "sd15", "GIFT_DEVICE": str(device),
            "GIFT_TORCH_THREADS": str(torch.get_num_threads()),
            "GIFT_COMPILE_UNET": str(model.variant["compile_unet"])}  # fmt: skip
