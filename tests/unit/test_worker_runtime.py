@@ -17,6 +17,7 @@ from services.rehearsal.standins import SD15_NAME
 def test_a_model_spec_may_carry_its_batch_size() -> None:
     assert parse_model_spec("sd=/m/sd") == ModelSpec("sd", Path("/m/sd"), None)
     assert parse_model_spec("sd=/m/a@b/sd@32") == ModelSpec("sd", Path("/m/a@b/sd"), 32)
+    assert parse_model_spec("sd=/m/a@b/sd") == ModelSpec("sd", Path("/m/a@b/sd"), None)
     for bad in ("sd", "sd=", "sd=/m@", "sd=/m@0", "sd=/m@x", "=/m@4"):
         with pytest.raises(UserError, match="NAME=DIR@BATCH"):
             parse_model_spec(bad)

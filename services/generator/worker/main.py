@@ -227,7 +227,9 @@ class ModelSpec(NamedTuple):
 
 def parse_model_spec(spec: str) -> ModelSpec:
     name, sep, rest = spec.strip().partition("=")
-    directory, at, batch = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    directory, at, batch = rest.rpartition("@")
+    if not at or "/" in batch:  # no batch, or an "@" inside the directory's path
+        directory, at, batch = rest, "", ""
     if not sep or not name or not directory or (at and not (batch.isdigit() and int(batch) >= 1)):
         raise UserError(
             f"model {spec!r}: expected NAME=DIR or NAME=DIR@BATCH (BATCH a whole number of at least 1), "
