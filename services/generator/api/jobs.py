@@ -79,6 +79,7 @@ class JobService:
                 width=entry["width"],
                 default=name == self.settings.default_model,
                 max_image_cost=self.settings.max_image_cost,
+                stand_in=entry.get("stand_in", False),
             )
             models[name] = RegisteredModel(info, entry["fingerprint"])
         return models
