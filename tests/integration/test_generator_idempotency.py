@@ -64,6 +64,15 @@ def test_the_key_expires_with_its_job(stack, redis_client):
     assert 0 < redis_client.ttl(stored) <= redis_client.ttl(f"gift:job:{job['id']}") + 1
 
 
+def test_the_key_of_a_cancelled_job_expires_with_it(stack, redis_client):
+    body = {"prompts": [f"idempotent: cancelled {i}" for i in range(64)], "num_inference_steps": 20}
+    job = httpx.post(f"{stack.api_url}/v1/jobs", json=body, headers={"Idempotency-Key": "cancelled"}).json()
+    stored = f"gift:tenant:local:idempotency:{hashlib.sha256(b'cancelled').hexdigest()}"
+    assert redis_client.ttl(stored) == -1, "a live job's key does not expire"
+    assert httpx.delete(f"{stack.api_url}/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert redis_client.ttl(stored) > 0
+
+
 @pytest.mark.parametrize("value", ["", "x" * 256, "with space"])
 def test_a_malformed_key_is_a_422_naming_the_header(stack, value):
     body = {"prompts": ["idempotent: bad key"]}

@@ -8,8 +8,10 @@ import io
 from collections.abc import Iterator
 
 import httpx
+import jsonschema
 import openai
 import pytest
+import redis
 from PIL import Image
 
 from services.stack import LocalStack
@@ -57,6 +59,15 @@ def test_url_images_point_at_the_image_route(client, stack):
     assert hashlib.sha256(png).hexdigest() == image.url.rsplit("/", 1)[1]
 
 
+def test_a_retry_with_the_same_idempotency_key_makes_no_second_job(client, stack):
+    jobs = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    before = set(jobs.scan_iter("gift:job:*"))
+    key = {"Idempotency-Key": "openai-retry"}
+    answers = [client.images.generate(prompt="a retried dot", extra_body=FAST, extra_headers=key) for _ in range(2)]
+    assert answers[0].data == answers[1].data
+    assert len({key for key in set(jobs.scan_iter("gift:job:*")) - before if key.count(":") == 2}) == 1
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -82,3 +93,18 @@ def test_a_wrong_key_is_openais_401(stack):
     with sdk, pytest.raises(openai.AuthenticationError) as refused:
         sdk.images.generate(prompt="anything")
     assert refused.value.code == "invalid_api_key"
+
+
+def test_openapi_describes_its_answers(stack):
+    spec = httpx.get(f"{stack.api_url}/openapi.json").json()
+    route, auth = f"{stack.api_url}/v1/images/generations", {"Authorization": f"Bearer {KEY}"}
+    answers = [
+        httpx.post(route, json={"prompt": "a green dot", **FAST}, headers=auth, timeout=120),
+        httpx.post(route, json={"prompt": "a green dot", "style": "vivid"}, headers=auth),
+        httpx.post(route, json={"prompt": "a green dot"}),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 400, 401]
+    for answer in answers:
+        described = spec["paths"]["/v1/images/generations"]["post"]["responses"][str(answer.status_code)]
+        schema = described["content"]["application/json"]["schema"]
+        jsonschema.validate(answer.json(), {**schema, "components": spec["components"]})
