@@ -84,9 +84,9 @@ return ARGV[2]
 # KEYS: job, images, work, active, tenant_active, stats, idempotency key (or the job key again when none is sent).
 # ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
 # chunks [encoded indices], counters {stats field: increment}, and the consumer group, then the request's
-# fingerprint.
+# fingerprint ('' without a key) and the job key prefix.
 # Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit;
-# or 0, 2, the first job's id and the fingerprint of its request when the idempotency key names a live job.
+# or 0, 2, the first job's id and the fingerprint of its request when the idempotency key names a job that exists.
 ADMIT_JOB = """
 local keyed = KEYS[7] ~= KEYS[1]
 if keyed then

@@ -26,7 +26,7 @@ FAST = {"seed": 7, "num_inference_steps": 2}  # this service's extensions, as Op
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, model_home) -> Iterator[LocalStack]:
-    env = {"GIFT_HOME": str(model_home), **FAST_ENV, "GIFT_API_KEYS": f"alice:{KEY}"}
+    env = {"GIFT_HOME": str(model_home), **FAST_ENV, "GIFT_API_KEYS": f"alice:{KEY},bob:bob-key"}
     with LocalStack(tmp_path_factory.mktemp("openai"), env=env) as served:
         yield served.start(workers=1)
 
@@ -66,6 +66,14 @@ def test_a_retry_with_the_same_idempotency_key_makes_no_second_job(client, stack
     answers = [client.images.generate(prompt="a retried dot", extra_body=FAST, extra_headers=key) for _ in range(2)]
     assert answers[0].data == answers[1].data
     assert len({key for key in set(jobs.scan_iter("gift:job:*")) - before if key.count(":") == 2}) == 1
+
+
+def test_idempotency_keys_are_scoped_to_the_tenant(stack):
+    body = {"prompts": ["one key, two tenants"], "num_inference_steps": 2}
+    tenants = [{"Idempotency-Key": "shared-value", "Authorization": f"Bearer {key}"} for key in (KEY, "bob-key")]
+    jobs = [httpx.post(f"{stack.api_url}/v1/jobs", json=body, headers=headers) for headers in tenants]
+    assert [job.status_code for job in jobs] == [202, 202]
+    assert jobs[0].json()["id"] != jobs[1].json()["id"]
 
 
 @pytest.mark.parametrize(
