@@ -27,7 +27,10 @@ def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | 
 ERRORS = {
     401: _error("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
     404: _error("no such job or image (never made, expired, evicted, or another tenant's)"),
-    409: _error("the job is in the wrong state for this (cancel a finished job; archive an unfinished one)"),
+    409: _error(
+        "the job is in the wrong state for this (cancel a finished job; archive an unfinished one; the job of a "
+        "submission's Idempotency-Key expired as it was read)"
+    ),
     410: _error("an image of the job was evicted from storage; submitting the job again makes it again"),
     413: _error("the body is larger than GIFT_MAX_BODY_BYTES"),
     422: _error("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
