@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=512 * 512 * 100, ge=1, description="most height x width x num_inference_steps of one image"
     )
     worker_seen_seconds: float = 30.0
+    images_wait_seconds: float = Field(
+        default=300.0, gt=0, description="how long POST /v1/images/generations waits for its job"
+    )
     retry_after_seconds: int = 2
 
     # --- queue and storage ------------------------------------------------------------------------
