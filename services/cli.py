@@ -39,6 +39,12 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(out_dir=args.out, settings=settings)
 
 
+def _fixtures(args: argparse.Namespace) -> None:
+    from services.rehearsal.fixtures import write_fixtures
+
+    print(f"MTIL datasets (tiny copies, drawn pixels): root {write_fixtures(args.out, args.per_class)}")
+
+
 def _positive(text: str) -> int:
     value = int(text) if text.strip().isdigit() else 0
     if value < 1:
@@ -83,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--probe-size", type=_positive, help="held-out world images of the pre-training probe")
     demo.add_argument("--tasks", type=_positive, help="only the first N tasks of the sequence")
     demo.set_defaults(func=_demo)
+
+    rehearsal = commands.add_parser("rehearsal", help="real-scale code paths on stand-ins").add_subparsers(
+        dest="rehearsal_command", required=True
+    )
+    fixtures = rehearsal.add_parser("fixtures", help="tiny copies of the eleven MTIL datasets in torchvision's layouts")
+    fixtures.add_argument("--out", type=Path, required=True, help="the root of every MTIL task")
+    fixtures.add_argument("--per-class", type=_positive, default=2, help="images per class and split")
+    fixtures.set_defaults(func=_fixtures)
     return parser
 
 
