@@ -83,3 +83,4 @@ class ModelInfo(BaseModel):
     height: int
     width: int
     default: bool = False
+    stand_in: bool = False  # random weights (a rehearsal's stand-in): its images are not results

@@ -39,6 +39,13 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(out_dir=args.out, settings=settings)
 
 
+def _standins(args: argparse.Namespace) -> None:
+    from services.rehearsal.standins import write_standins
+
+    for name, path in write_standins(args.out).items():
+        print(f"{name}: {path} (stand-in: random weights)")
+
+
 def _fixtures(args: argparse.Namespace) -> None:
     from services.rehearsal.fixtures import write_fixtures
 
@@ -101,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     rehearsal = commands.add_parser("rehearsal", help="real-scale code paths on stand-ins").add_subparsers(
         dest="rehearsal_command", required=True
     )
+    standins = rehearsal.add_parser(
+        "standins", help="write SD v1.5 and ViT-B-16-quickgelu with random weights (nothing downloaded)"
+    )
+    standins.add_argument(
+        "--out", type=Path, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
+    )
+    standins.set_defaults(func=_standins)
+
     fixtures = rehearsal.add_parser("fixtures", help="tiny copies of the eleven MTIL datasets in torchvision's layouts")
     fixtures.add_argument("--out", type=Path, required=True, help="the root of every MTIL task")
     fixtures.add_argument("--per-class", type=_positive, default=2, help="images per class and split")

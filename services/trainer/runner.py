@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.errors import UserError
+from gift_common.stand_in import is_stand_in
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
@@ -172,7 +173,9 @@ class Runner:
 
     def _empty_results(self) -> reports.Results:
         names = [t.name for t in self.tasks]
-        return reports.Results(names, self.config.evaluation.split, probe=None if self.probe is None else [])
+        stand_ins = [str(path) for path in [self.config.model.pretrained] if is_stand_in(path)]
+        probe = None if self.probe is None else []
+        return reports.Results(names, self.config.evaluation.split, probe=probe, stand_ins=stand_ins)
 
     def _start_synthetic(self) -> ReplaySets:
         """The replay sets of every task still to train, from the configured source (the generator makes them in

@@ -68,7 +68,11 @@ class JobService:
         for name, value in raw.items():
             entry = json.loads(value)
             info = ModelInfo(
-                name=name, height=entry["height"], width=entry["width"], default=name == self.settings.default_model
+                name=name,
+                height=entry["height"],
+                width=entry["width"],
+                default=name == self.settings.default_model,
+                stand_in=entry.get("stand_in", False),
             )
             models[name] = RegisteredModel(info, entry["fingerprint"])
         return models

@@ -57,11 +57,11 @@ class WorkerQueue:
 
     # --- presence -----------------------------------------------------------------------------------
 
-    def register_model(self, name: str, height: int, width: int, fingerprint: str) -> None:
+    def register_model(self, name: str, height: int, width: int, fingerprint: str, stand_in: bool = False) -> None:
         previous = self.redis.hget(redis_keys.MODELS, name)
         if previous and json.loads(previous)["fingerprint"] != fingerprint:
             log.warning("model %s was registered with other weights; this worker's now take its place", name)
-        entry = {"height": height, "width": width, "fingerprint": fingerprint}
+        entry = {"height": height, "width": width, "fingerprint": fingerprint, "stand_in": stand_in}
         self.redis.hset(redis_keys.MODELS, name, json.dumps(entry))
 
     def heartbeat(self, held: dict[str, list[str]]) -> None:
