@@ -18,6 +18,9 @@ No figure of it is a result: the weights are random. It shows that the path work
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +38,12 @@ from gift_common.schemas import JobRequest
 from services.rehearsal.fixtures import write_fixtures
 from services.runs import Run, start_run
 from services.stack import LocalStack, Process
+from services.trainer.synthetic import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
+SD15_DIR = "stable-diffusion-v1-5"  # where `gift rehearsal standins` writes them
+VIT_FILE = "ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
+REPORT_EVERY = 30.0  # seconds between rewrites of the report while the trainer runs
 MODEL_NAME = "sd15"  # the name the MTIL configs ask the generator for
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
 FIRST_LINE = "STAND-INS (random weights, tiny drawn datasets): no figure below is a result, only a cost."
@@ -76,53 +83,56 @@ def rehearsal_config(order: int, out: Path, vit: Path, api_url: str, sizes: Size
 
 
 def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes()) -> dict[str, Any]:
-    """Everything the module docstring says; returns rehearsal.json's content."""
-    from services.rehearsal.standins import write_standins  # torch and diffusers: only when it runs
-
+    """Everything the module docstring says; returns rehearsal.json's content, which is rewritten after every stage
+    (with "complete": false until the end), so that a rehearsal stopped early still leaves its figures."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    with _timed(seconds, "fixtures"):
+    report = Report(out, {"note": FIRST_LINE, "complete": False, "order": order, "sizes": asdict(sizes), "seconds": {}})
+    with report.stage("fixtures"):
         write_fixtures(out / "data" / "mtil", sizes.per_class)
-    with _timed(seconds, "standins"):
-        models = write_standins(out / "models")
-    sd15, vit = models["stable-diffusion-v1-5"], models["ViT-B-16-quickgelu"]
+    with report.stage("standins"):  # a process of its own: the writer's memory is not the rehearsal's
+        args = [sys.executable, "-m", "services.cli", "rehearsal", "standins", "--out", str(out / "models")]
+        subprocess.run(args, check=True, env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL)
     with LocalStack(out / "logs", env=ONE_THREAD) as stack:
-        with _timed(seconds, "generator_start"):
-            worker = _start_stack(stack, sd15)
-        with _timed(seconds, "png_512"):
-            png = _png_cost(stack, sizes.png_size)
-        config = rehearsal_config(order, out, vit, stack.api_url, sizes)
-        with _timed(seconds, "train_until_kill"):
+        with report.stage("generator_start"):
+            worker = _start_stack(stack, out / "models" / SD15_DIR)
+        with report.stage("png_512"):
+            report.update(png=_png_cost(stack, sizes.png_size))
+        config = rehearsal_config(order, out, out / "models" / VIT_FILE, stack.api_url, sizes)
+        with report.stage("train_until_kill"):
             first = start_run(f"mtil_order{order}", config, out, env=ONE_THREAD)
-            half = first.total_steps // 2
-            trainer_peak = _watch(first, until_steps=half)
+            report.update(total_steps=first.total_steps, killed_after_steps=first.total_steps // 2)
+            _watch(first, report, "trainer_before_kill", until_steps=first.total_steps // 2)
             first.process.kill()
-        with _timed(seconds, "train_after_resume"):
+        with report.stage("train_after_resume"):
             second = start_run(f"mtil_order{order}", config, out, env=ONE_THREAD, resume=True)
-            trainer_peak = max(trainer_peak, _watch(second))
-        worker_peak = _peak_rss(worker)
-    report = {
-        "note": FIRST_LINE,
-        "order": order,
-        "sizes": asdict(sizes),
-        "seconds": seconds,
-        "killed_after_steps": half,
-        "total_steps": first.total_steps,
-        "peak_rss_gib": {"trainer": trainer_peak, "worker": worker_peak},
-        "png": png,
-        "outputs": _outputs(second),
-    }
-    _write_report(out, report)
-    return report
+            _watch(second, report, "trainer_after_resume")
+        report.update(peak_rss_gib={**report.data.get("peak_rss_gib", {}), "worker": _peak_rss(worker)})
+    report.update(outputs=_outputs(second), complete=True)
+    return report.data
 
 
-@contextmanager
-def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.monotonic()
-    yield
-    seconds[stage] = round(time.monotonic() - start, 1)
-    print(f"rehearsal: {stage} took {seconds[stage]:.0f} s", flush=True)
+class Report:
+    """rehearsal.json and rehearsal.md, rewritten whenever a figure comes in."""
+
+    def __init__(self, out: Path, data: dict[str, Any]) -> None:
+        self.out, self.data = out, data
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        self.data["seconds"][name] = round(time.monotonic() - start, 1)
+        print(f"rehearsal: {name} took {self.data['seconds'][name]:.0f} s", flush=True)
+        self.write()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def write(self) -> None:
+        atomic_write(self.out / "rehearsal.json", (json.dumps(self.data, indent=1) + "\n").encode())
+        atomic_write(self.out / "rehearsal.md", _markdown(self.data).encode())
 
 
 def _start_stack(stack: LocalStack, sd15: Path) -> Process:
@@ -147,15 +157,20 @@ def _png_cost(stack: LocalStack, size: int) -> dict[str, int]:
     return {"size_px": size, "png_bytes": len(images[0]), "redis_memory_usage_bytes": int(usage or 0)}
 
 
-def _watch(run: Run, until_steps: int | None = None) -> float:
-    """Wait for the run to end (or to have taken `until_steps` steps); returns its peak RSS in GiB so far."""
-    peak = 0.0
+def _watch(run: Run, report: Report, name: str, until_steps: int | None = None) -> None:
+    """Wait for the run to end (or to have taken `until_steps` steps), recording its steps and peak RSS as it goes."""
+    peak, last_write = 0.0, 0.0
     while run.process.alive() and (until_steps is None or run.steps_done() < until_steps):
         peak = max(peak, _peak_rss(run.process))
+        if time.monotonic() - last_write > REPORT_EVERY:
+            report.update(**{name: {"steps_done": run.steps_done(), "peak_rss_gib": peak}})
+            last_write = time.monotonic()
         time.sleep(1.0)
     if not run.process.alive() and run.process.popen.returncode != 0:
         raise UserError(f"the trainer failed; end of {run.process.log}:\n{run.process.log.read_text()[-3000:]}")
-    return peak
+    peaks = report.data.get("peak_rss_gib", {})
+    report.update(**{name: {"steps_done": run.steps_done(), "peak_rss_gib": peak}},
+                  peak_rss_gib={**peaks, "trainer": max(peak, peaks.get("trainer", 0.0))})  # fmt: skip
 
 
 def _peak_rss(process: Process) -> float:
@@ -176,15 +191,21 @@ def _outputs(run: Run) -> dict[str, int]:
     return {name: (run.out / name).stat().st_size for name in OUTPUTS}
 
 
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    (out / "rehearsal.json").write_text(json.dumps(report, indent=1) + "\n")
-    rows = [f"| {stage} | {value:.0f} |" for stage, value in report["seconds"].items()]
-    png = report["png"]
-    (out / "rehearsal.md").write_text("\n".join([
-        FIRST_LINE, "", f"MTIL order {report['order']}, sizes {report['sizes']}; trainer killed (SIGKILL) after "
-        f"{report['killed_after_steps']} of {report['total_steps']} steps and resumed.", "",
-        "| stage | seconds |", "|---|---|", *rows, "",
-        f"Peak RSS: trainer {report['peak_rss_gib']['trainer']} GiB, worker {report['peak_rss_gib']['worker']} GiB.",
-        f"One {png['size_px']}x{png['size_px']} PNG: {png['png_bytes']} bytes; in Redis (MEMORY USAGE of its key) "
-        f"{png['redis_memory_usage_bytes']} bytes.", "",
-    ]))  # fmt: skip
+def _markdown(data: dict[str, Any]) -> str:
+    lines = [FIRST_LINE, "", f"MTIL order {data['order']}, sizes {data['sizes']}."]
+    if not data["complete"]:
+        lines.append("**Not complete**: the figures so far.")
+    if "total_steps" in data:
+        lines.append(f"The trainer is killed (SIGKILL) after {data['killed_after_steps']} of {data['total_steps']} "
+                     "steps and resumed.")  # fmt: skip
+    lines += ["", "| stage | seconds |", "|---|---|", *(f"| {k} | {v:.0f} |" for k, v in data["seconds"].items()), ""]
+    for name in ("trainer_before_kill", "trainer_after_resume"):
+        if name in data:
+            lines.append(f"{name}: {data[name]['steps_done']} steps, peak RSS {data[name]['peak_rss_gib']} GiB.")
+    if "peak_rss_gib" in data:
+        lines.append(f"Peak RSS (GiB): {data['peak_rss_gib']}.")
+    if "png" in data:
+        png = data["png"]
+        lines.append(f"One {png['size_px']}x{png['size_px']} PNG: {png['png_bytes']} bytes; in Redis (MEMORY USAGE of "
+                     f"its key) {png['redis_memory_usage_bytes']} bytes.")  # fmt: skip
+    return "\n".join(lines) + "\n"
