@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -314,7 +315,18 @@ def _torchvision(root: Path, spec: MtilOptions, train: bool, transform: Transfor
             f"torchvision's {source.cls.__name__} cannot read {where} ({type(error).__name__}: {error}); "
             "are these files the dataset's own, as its download leaves them extracted?"
         ) from None
+    if missing := _first_missing_image(dataset):
+        raise UserError(f"{missing} is missing: torchvision's {source.cls.__name__} lists it in {root}: {files[-1]}")
     return dataset if source.splits is not None else held_out_split(dataset, spec.test_fraction, train)
+
+
+def _first_missing_image(dataset: Dataset) -> Path | None:
+    """An image a split's list names but the disk lacks (a partial extraction), found now rather than as a
+    FileNotFoundError in a data loader hours into training. torchvision keeps the paths under private names."""
+    listed = getattr(dataset, "_image_files", None) or getattr(dataset, "_images", None)
+    if listed is None:
+        listed = [path for path, _ in getattr(dataset, "_samples", ())]
+    return next((Path(path) for path in listed if not os.path.isfile(path)), None)
 
 
 def held_out_split(dataset: Dataset, test_fraction: float, train: bool) -> Subset:

@@ -106,6 +106,17 @@ def test_a_missing_file_names_the_dataset_and_the_path(
         load(name, copy, split)
 
 
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [("Food", "food-101/images/apple_pie/100000.jpg"), ("StanfordCars", "stanford_cars/cars_test/00001.jpg")],
+)
+def test_a_listed_image_missing_is_named_before_training(root: Path, tmp_path: Path, name: str, image: str) -> None:
+    copy = copy_of(root, tmp_path, name)
+    (copy / image).unlink()
+    with pytest.raises(UserError, match=f"task {name} \\({name}\\): {copy / image} is missing: torchvision's"):
+        load(name, copy, "test" if "test" in image else "train")
+
+
 def test_a_dataset_one_folder_too_deep_names_the_path_torchvision_reads(root: Path, tmp_path: Path) -> None:
     """The common slip: the root points at the dataset's own folder instead of the folder holding it."""
     copy_of(root, tmp_path, "DTD")
