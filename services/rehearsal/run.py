@@ -36,7 +36,7 @@ from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
 from gift_common.schemas import JobRequest
 from services.rehearsal.fixtures import write_fixtures
-from services.runs import Run, start_run
+from services.runs import Run, start_run, stop_all
 from services.stack import LocalStack, Process
 from services.trainer.synthetic import atomic_write
 
@@ -99,16 +99,20 @@ def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes()) -> dict[str
         with report.stage("png_512"):
             report.update(png=_png_cost(stack, sizes.png_size))
         config = rehearsal_config(order, out, out / "models" / VIT_FILE, stack.api_url, sizes)
-        with report.stage("train_until_kill"):
-            first = start_run(f"mtil_order{order}", config, out, env=ONE_THREAD)
-            report.update(total_steps=first.total_steps, killed_after_steps=first.total_steps // 2)
-            _watch(first, report, "trainer_before_kill", until_steps=first.total_steps // 2)
-            first.process.kill()
-        with report.stage("train_after_resume"):
-            second = start_run(f"mtil_order{order}", config, out, env=ONE_THREAD, resume=True)
-            _watch(second, report, "trainer_after_resume")
+        runs: list[Run] = []
+        try:
+            with report.stage("train_until_kill"):
+                runs.append(start_run(f"mtil_order{order}", config, out, env=ONE_THREAD))
+                report.update(total_steps=runs[0].total_steps, killed_after_steps=runs[0].total_steps // 2)
+                _watch(runs[0], report, "trainer_before_kill", until_steps=runs[0].total_steps // 2)
+                runs[0].process.kill()
+            with report.stage("train_after_resume"):
+                runs.append(start_run(f"mtil_order{order}", config, out, env=ONE_THREAD, resume=True))
+                _watch(runs[1], report, "trainer_after_resume")
+        finally:
+            stop_all(runs)  # also on Ctrl-C or a failure: no trainer outlives the rehearsal
         report.update(peak_rss_gib={**report.data.get("peak_rss_gib", {}), "worker": _peak_rss(worker)})
-    report.update(outputs=_outputs(second), complete=True)
+    report.update(outputs=_outputs(runs[1]), complete=True)
     return report.data
 
 
