@@ -30,6 +30,7 @@ from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
 from services.devices import resolve_device
 from services.generator.blobs import open_blob_store, sweep
+from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
@@ -270,11 +271,11 @@ class Worker:
             if job is None:
                 continue
             result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
-            if result.state == -1:
+            if result.outcome == RecordOutcome.dropped:
                 self._forget(job_id)
                 continue
             self.queue.ack(job_id, [task.entry_id for task, _, _ in items if self.backlog.complete(task)])
-            if result.state == 2:
+            if result.outcome == RecordOutcome.finished:
                 self.jobs.pop(job_id, None)
 
 
