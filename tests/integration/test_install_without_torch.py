@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.stack import Process, RedisServer, _wait_until, free_port
+from services.stack import Process, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def api_url(api_env: Path, tmp_path: Path) -> Iterator[str]:
     api = Process("api", [str(api_env / "gift"), "generator", "serve", "--port", str(port)], tmp_path / "api.log", env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "generator API", api.popen, api.log)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "generator API", api.popen, api.log)
         yield url
     finally:
         api.stop()
