@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import redis
 
-from services.stack import Process, _wait_until, free_port
+from services.stack import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def api(stack, tmp_path_factory):
     env = {**stack.env, **LIMITS, "GIFT_REDIS_URL": stack.redis_url}
     process = Process("limited-api", args, tmp_path_factory.mktemp("api") / "api.log", env)
     url = f"http://127.0.0.1:{port}"
-    _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
     entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
     redis.Redis.from_url(stack.redis_url).hset("gift:models", IDLE_MODEL, json.dumps(entry))
     yield url
@@ -242,7 +242,7 @@ def _answers_without_redis(stack, tmp_path) -> list[tuple[str, str, httpx.Respon
     process = Process("api-without-redis", args, tmp_path / "api.log", env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
         return [
             ("POST", "/v1/jobs", httpx.post(f"{url}/v1/jobs", json={"prompts": ["x"]}, headers=ALICE, timeout=30)),
             ("GET", "/readyz", httpx.get(f"{url}/readyz", timeout=30)),

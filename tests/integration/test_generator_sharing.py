@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from services.stack import LocalStack, Process, _wait_until, free_port
+from services.stack import LocalStack, Process, free_port, wait_until
 
 from .conftest import FAST_ENV, wait_for
 
@@ -101,7 +101,7 @@ def _api(stack, tmp_path, **env: str) -> Iterator[str]:
     process = Process("api2", args, tmp_path / "api2.log", {**stack.env, "GIFT_REDIS_URL": stack.redis_url, **env})
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
         yield url
     finally:
         process.stop()
