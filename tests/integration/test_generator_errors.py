@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import redis
 
+from services.auth_walk import BAD_CREDENTIALS, walk
 from services.stack import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,12 @@ def test_404_for_another_tenants_job_and_unknown_ids(api):
     assert httpx.get(f"{api}/v1/jobs/{'f' * 32}", headers=ALICE).status_code == 404
     assert httpx.get(f"{api}/v1/images/{'0' * 64}", headers=ALICE).status_code == 404
     httpx.delete(f"{api}/v1/jobs/{job['id']}", headers=ALICE)
+
+
+def test_every_v1_route_refuses_every_bad_credential_and_hides_other_tenants_jobs(api):
+    figures = walk(api, ("alice", "alice-key"), "bob-key", images_per_tenant=False)
+    assert len(figures.routes) >= 6 and figures.calls > len(figures.routes) * len(BAD_CREDENTIALS)
+    assert figures.holes == []
 
 
 @pytest.mark.parametrize(
