@@ -203,6 +203,13 @@ def _described(spec: dict, method: str, route: str, response: httpx.Response) ->
         assert header in response.headers, f"{method} {route} {response.status_code} lacks its header {header}"
 
 
+def test_400_for_a_body_that_is_not_utf8_text_as_the_openapi_says(api):
+    headers = {**ALICE, "Content-Type": "application/json"}
+    response = httpx.post(f"{api}/v1/jobs", content=b'{"prompts": ["\xff"]}', headers=headers)
+    assert response.status_code == 400, response.text
+    _described(httpx.get(f"{api}/openapi.json").json(), "POST", "/v1/jobs", response)
+
+
 def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):
     spec = httpx.get(f"{api}/openapi.json").json()
     job = "/v1/jobs/{job_id}"
