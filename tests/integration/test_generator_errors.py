@@ -210,6 +210,13 @@ def test_400_for_a_body_that_is_not_utf8_text_as_the_openapi_says(api):
     _described(httpx.get(f"{api}/openapi.json").json(), "POST", "/v1/jobs", response)
 
 
+def test_405_lists_every_method_of_the_path(api):
+    response = httpx.request("OPTIONS", f"{api}/v1/jobs/{'f' * 32}", headers=ALICE)
+    assert response.status_code == 405
+    assert {"GET", "DELETE"} <= set(response.headers["Allow"].split(", ")), response.headers["Allow"]
+    assert httpx.put(f"{api}/v1/jobs", headers=ALICE).headers["Allow"] == "POST"
+
+
 def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):
     spec = httpx.get(f"{api}/openapi.json").json()
     job = "/v1/jobs/{job_id}"
