@@ -6,8 +6,9 @@ carries steps out, with ``httpx.Client`` and ``time.sleep`` or ``httpx.AsyncClie
 request building, answer checking and the retry policy cannot drift apart between the two.
 
 Retries: 502, 503, 504 and connection errors or timeouts are retried with exponential backoff, honouring
-``Retry-After``. A ``POST /v1/jobs`` is retried too: if the first attempt reached the server before the
-connection broke, this submits a duplicate job; it costs no GPU time, as its images are served from the cache.
+``Retry-After``. A ``POST /v1/jobs`` is retried too, safely: each ``submit`` sends a fresh ``Idempotency-Key`` and
+the same one on its retries, so a retry whose first attempt reached the server answers with the job that attempt
+created instead of creating a second one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -145,6 +147,7 @@ class _Send:
     params: dict[str, Any] | None = None
     json: Any = None
     stream: bool = False  # a 2xx answer comes back with its body unread, for the caller to stream and close
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ class _Protocol:
 
     def submit(self, request: JobRequest) -> _Op[JobStatus]:
         body = request.model_dump(mode="json", exclude_none=True)
-        response = yield from self._exchange("POST", "/v1/jobs", json=body)
+        idempotency = {"Idempotency-Key": uuid.uuid4().hex}  # one per submission, the same on each of its retries
+        response = yield from self._exchange("POST", "/v1/jobs", json=body, headers=idempotency)
         return _parse(_JOB_STATUS, response)
 
     def status(self, job_id: str, wait: float, images: bool = True) -> _Op[JobStatus]:
@@ -236,11 +240,12 @@ class _Protocol:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        headers: dict[str, str] | None = None,
         extra_timeout: float = 0.0,
         stream: bool = False,
     ) -> _Op[httpx.Response]:
         """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
-        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json, stream)
+        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json, stream, headers)
         error: httpx.TransportError | None
         for attempt in range(self.retries + 1):
             try:
@@ -372,7 +377,10 @@ class GeneratorClient(_ClientBase):
     _sleep = staticmethod(time.sleep)
 
     def submit(self, request: JobRequest) -> JobStatus:
-        """Queue a job; return its first status (``queued``, or already finished when all images are cached)."""
+        """Queue a job; return its first status (``queued``, or already finished when all images are cached).
+
+        Retries of this one call carry the same ``Idempotency-Key``: however many reach the server, one job is made.
+        """
         return self._run(self._ops.submit(request))
 
     def status(self, job_id: str, wait: float = 0) -> JobStatus:
@@ -444,7 +452,7 @@ class GeneratorClient(_ClientBase):
             self._sleep(step.seconds)
             return None
         request = self._http.build_request(
-            step.method, step.url, params=step.params, json=step.json, timeout=step.timeout
+            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
         )
         try:
             response = self._http.send(request, stream=step.stream)
@@ -527,7 +535,7 @@ class AsyncGeneratorClient(_ClientBase):
             await self._sleep(step.seconds)
             return None
         request = self._http.build_request(
-            step.method, step.url, params=step.params, json=step.json, timeout=step.timeout
+            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
         )
         try:
             response = await self._http.send(request, stream=step.stream)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "gift"
 
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
@@ -50,3 +52,11 @@ def png(sha256: str, owner: str | None = None) -> str:
 def cache(content_key: str, owner: str | None = None) -> str:
     """String: the SHA-256 of the PNG made for an image key (see content_key.image_key), in ``owner``'s scope."""
     return f"{_scope(owner)}:cache:{content_key}"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """Hash: the job a tenant's ``Idempotency-Key`` created, and its request's fingerprint; expires with the job.
+
+    The key is hashed: a client's header value may hold any characters and lengths Redis keys should not.
+    """
+    return f"{PREFIX}:tenant:{tenant}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"

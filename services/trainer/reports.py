@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.image import AxesImage
 
 from gift_common.files import atomic_file, atomic_write
+from gift_common.stand_in import NOTICE
 from services.trainer import metrics
 
 METRICS = "metrics.json"
@@ -42,6 +43,7 @@ class Results:
     zero_shot: list[float] | None = None  # every task, before any training
     probe: list[dict[str, float]] | None = None  # per family, one per row; None = no pre-training probe
     probe_zero_shot: dict[str, float] | None = None
+    stand_ins: list[str] = field(default_factory=list)  # stand-in weights the run used (gift_common.stand_in)
 
 
 def summary(results: Results) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def summary(results: Results) -> dict[str, Any]:
     zero_shot = results.zero_shot
     probe = results.probe
     return {
+        **({"stand_in": NOTICE, "stand_in_weights": results.stand_ins} if results.stand_ins else {}),
         "tasks": list(names),
         "split": results.split,
         "accuracy": [list(row) for row in rows],
@@ -87,7 +90,8 @@ def write_reports(out: Path, results: Results, log: Sequence[dict]) -> None:
 
 def markdown_table(result: dict[str, Any]) -> str:
     names = result["tasks"]
-    lines = [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
+    lines = [f"**{result['stand_in']}**: {', '.join(result['stand_in_weights'])}", ""] if "stand_in" in result else []
+    lines += [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
     lines += ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     if result["zero_shot"] is not None:
         lines.append("| (zero-shot) | " + " | ".join(f"{value:.1f}" for value in result["zero_shot"]) + " |")

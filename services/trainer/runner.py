@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.errors import UserError
 from gift_common.files import atomic_file, atomic_write
+from gift_common.stand_in import is_stand_in
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
@@ -89,6 +91,7 @@ class Runner:
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
             weight_decay=config.training.weight_decay,
+            precision=config.training.precision,
             progress=config.progress and distributed.is_main(),
         )
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
@@ -171,7 +174,9 @@ class Runner:
 
     def _empty_results(self) -> reports.Results:
         names = [t.name for t in self.tasks]
-        return reports.Results(names, self.config.evaluation.split, probe=None if self.probe is None else [])
+        stand_ins = [str(path) for path in [self.config.model.pretrained] if is_stand_in(path)]
+        probe = None if self.probe is None else []
+        return reports.Results(names, self.config.evaluation.split, probe=probe, stand_ins=stand_ins)
 
     def _start_synthetic(self) -> ReplaySets:
         """The replay sets of every task still to train, from the configured source (the generator makes them in
@@ -206,7 +211,7 @@ class Runner:
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
-            ordered=in_order(pairs, batch_size, workers),
+            ordered=in_order(pairs, batch_size, workers, pin_memory=self._pin_memory),
         )
 
     def _stream(self, dataset: Dataset, batch_size: int, seed: tuple[int, ...]) -> BatchStream:
@@ -215,7 +220,7 @@ class Runner:
             batch_size,
             seed,
             num_workers=self.config.training.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self._pin_memory,
             rank=distributed.rank(),
             world=distributed.world_size(),
         )
@@ -250,7 +255,13 @@ class Runner:
     def _shard(self, dataset: Dataset) -> DataLoader:
         """This process's share of an evaluation set, in order."""
         evaluation, rank, world = self.config.evaluation, distributed.rank(), distributed.world_size()
-        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world))
+        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world),
+                        pin_memory=self._pin_memory)  # fmt: skip
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Batches for a GPU go to page-locked memory, which the GPU reads directly, and the copy need not block."""
+        return self.device.type == "cuda"
 
     def _checkpoint(self) -> None:
         if not distributed.is_main():
@@ -288,9 +299,24 @@ def outcome_settings(config: RunConfig) -> dict[str, Any]:
 
 
 def changed_settings(saved: dict[str, Any], config: RunConfig) -> list[str]:
-    """The top-level sections whose outcome settings differ between a saved run's and `config`."""
+    """The top-level sections whose outcome settings differ between a saved run's and `config`.
+
+    A setting added to the trainer after the checkpoint was written counts as its default there: the saved run
+    computed what that default computes (e.g. `training.precision`, fp32), so it can still be resumed.
+    """
     current = outcome_settings(config)
-    return sorted(key for key in current if current[key] != saved.get(key))
+    return sorted(key for key in current if current[key] != _with_new_defaults(key, saved.get(key), current[key]))
+
+
+def _with_new_defaults(section: str, saved: Any, current: Any) -> Any:
+    field_type = RunConfig.model_fields[section].annotation
+    if not (isinstance(saved, dict) and isinstance(current, dict) and set(current) - set(saved)):
+        return saved
+    try:  # a section with required keys (model) has no defaults to fill in
+        defaults = json.loads(field_type().model_dump_json()) if isinstance(field_type, type) else {}
+    except ValidationError:
+        return saved
+    return {**{key: value for key, value in defaults.items() if key in current and key not in saved}, **saved}
 
 
 def say(message: str) -> None:

@@ -410,6 +410,15 @@ def test_retries_on_503_honouring_retry_after(connect):
     assert client.sleeps == [0.01, 1.0, 2.0]  # Retry-After, then backoff 0.5 * 2**attempt
 
 
+def test_a_submit_sends_one_idempotency_key_on_all_its_retries_and_a_new_one_per_submit(connect):
+    handler, seen = flaky([httpx.ReadTimeout("the answer was lost"), httpx.Response(503)])
+    client = connect(handler)
+    client.submit(JobRequest(prompts=["x"]))
+    client.submit(JobRequest(prompts=["x"]))
+    keys = [request.headers.get("Idempotency-Key") for request in seen]
+    assert len(keys) == 4 and keys[0] == keys[1] == keys[2] != keys[3] and all(keys), keys
+
+
 def test_unavailable_after_the_retries_are_spent(connect):
     handler, seen = flaky([httpx.ConnectError("connection refused")] * 10)
     client = connect(handler, retries=3)

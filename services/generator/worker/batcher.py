@@ -9,6 +9,7 @@ A chunk (one stream entry) is complete, and may be acknowledged, when every imag
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -53,12 +54,14 @@ class Backlog:
             self._queues.setdefault(task.job_id, deque()).append(task)
             self._open.setdefault((task.job_id, task.entry_id), set()).add(task.index)
 
-    def next_batch(self, limit: int) -> list[Task]:
-        """Up to ``limit`` tasks of one shape, taken round-robin across jobs; they leave the backlog."""
+    def next_batch(self, limit: int, per_model: Mapping[str, int] | None = None) -> list[Task]:
+        """Up to ``limit`` tasks of one shape (``per_model[model]`` where given), taken round-robin across jobs;
+        they leave the backlog."""
         if not self._queues:
             return []
         first = next(iter(self._queues))
         shape = self._queues[first][0].shape
+        limit = (per_model or {}).get(shape.model, limit)
         turn = [job for job, queue in self._queues.items() if queue[0].shape == shape]
         self._queues.move_to_end(first)  # the next batch opens with the next job
         batch: list[Task] = []
