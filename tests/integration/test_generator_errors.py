@@ -215,6 +215,8 @@ def test_405_lists_every_method_of_the_path(api):
     assert response.status_code == 405
     assert {"GET", "DELETE"} <= set(response.headers["Allow"].split(", ")), response.headers["Allow"]
     assert httpx.put(f"{api}/v1/jobs", headers=ALICE).headers["Allow"] == "POST"
+    generations = httpx.request("OPTIONS", f"{api}/v1/images/generations", headers=ALICE)
+    assert generations.headers["Allow"] == "POST", "the literal route, not /v1/images/{sha256}"
 
 
 def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):

@@ -92,13 +92,14 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
 
 async def _method_not_allowed(request: Request, _error: Exception) -> JSONResponse:
     """405 whose Allow lists every method /openapi.json has for the path: the framework lists only the methods of
-    the first route it matched (GET /v1/jobs/{id} and DELETE /v1/jobs/{id} are two routes)."""
+    the first route it matched (GET /v1/jobs/{id} and DELETE /v1/jobs/{id} are two routes). A literal template
+    (/v1/images/generations) is the path's own, before any template with parameters that also matches it."""
     paths: dict[str, dict] = request.app.openapi()["paths"]
     path = request.url.path
-    methods = {m.upper() for template, ops in paths.items() if compile_path(template)[0].match(path) for m in ops}
-    return JSONResponse(
-        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(sorted(methods))}
-    )
+    matching = [template for template in paths if compile_path(template)[0].match(path)]
+    templates = [path] if path in paths else matching
+    methods = sorted({method.upper() for template in templates for method in paths[template]})
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(methods)})
 
 
 async def _redis_down(request: Request, error: Exception) -> JSONResponse:
