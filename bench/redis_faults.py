@@ -3,7 +3,7 @@
 (a) Redis killed with SIGKILL at a random moment (up to --max-delay s) after each 202, restarted from its
     append-only file on the same directory: jobs accepted, complete (every image once), lost, stuck (not done
     within --bound s), and the slowest time from the kill to a job's end.
-(b) Redis at its maxmemory (1 byte, noeviction) for a few seconds while jobs run: HTTP answers by kind (never a
+(b) Redis at its maxmemory (1 byte, noeviction) for --full-seconds s while jobs run: HTTP answers by kind (never a
     500), then the same outcomes for every job accepted, after the limit is lifted.
 (c) --threads clients bursting submissions of one tenant against a limit of --limit unfinished jobs: accepted
     (at most the limit), refused (429, each with Retry-After), other answers.
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per job")
     parser.add_argument("--max-delay", type=float, default=0.03, help="latest kill after a 202, seconds")
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a job may take after a fault")
+    parser.add_argument("--full-seconds", type=float, default=4.0, help="how long Redis stays full in (b)")
     parser.add_argument("--appendfsync", choices=["always", "everysec"], default="always", help="as docker-compose")
     parser.add_argument("--limit", type=int, default=8, help="the tenant's unfinished jobs limit in (c)")
     parser.add_argument("--threads", type=int, default=16, help="concurrent clients in (c)")
@@ -50,7 +51,9 @@ def main() -> None:
         kills = redis_kill_trials(stack, args.trials, images=args.images, max_delay=args.max_delay, bound=args.bound)
         result["redis_kill"] = as_json(kills)
         print("redis kill:", result["redis_kill"], flush=True)
-        result["redis_full"] = as_json(maxmemory_trial(stack, images=args.images, bound=args.bound))
+        result["redis_full"] = as_json(
+            maxmemory_trial(stack, images=args.images, full_seconds=args.full_seconds, bound=args.bound)
+        )
         print("redis full:", result["redis_full"], flush=True)
         result["quota_burst"] = as_json(quota_burst(stack, args.limit, threads=args.threads))
         print("quota burst:", result["quota_burst"], flush=True)

@@ -29,6 +29,9 @@ Text = Annotated[str, AfterValidator(_utf8)]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 Number = Annotated[float, BeforeValidator(_not_bool)]
 Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
+# A prompt must hold a character that str.strip() keeps; the pattern says so in the JSON schema (JSON Schema's \s
+# lacks \x1c-\x1f and \x85, which strip() removes), the validator below says it with the prompt's index.
+Prompt = Annotated[Text, Field(json_schema_extra={"pattern": r"[^\s\x1c-\x1f\x85]"})]
 
 
 class JobState(StrEnum):
@@ -55,7 +58,7 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: list[Text] = Field(min_length=1)
+    prompts: list[Prompt] = Field(min_length=1)
     model: Text | None = None
     seed: Seed = 0
     seeds: list[Seed] | None = None

@@ -1,4 +1,4 @@
-"""Fault trials against a running local stack: Redis killed and restarted, Redis full, a burst against a quota.
+"""Fault trials against a running local stack: Redis or workers killed, Redis full, a burst against a quota.
 
 Each trial drives real processes (services/stack.py) the way an operator's incident would, and returns figures
 that the integration tests assert on and that ``bench/redis_faults.py`` prints (docs/reliability.md).
@@ -6,6 +6,7 @@ that the integration tests assert on and that ``bench/redis_faults.py`` prints (
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import threading
@@ -15,8 +16,16 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 import redis
+from PIL import Image
 
-from gift_common.client import GeneratorClient, GeneratorHTTPError, JobCancelled, JobFailed, JobTimeout
+from gift_common.client import (
+    GeneratorClient,
+    GeneratorHTTPError,
+    IntegrityError,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+)
 from gift_common.schemas import JobRequest
 from services.stack import LocalStack
 
@@ -73,6 +82,61 @@ def redis_kill_trials(
             stack.redis.start()
             outcomes.settle(client, job.id, images, killed, bound)
     return outcomes
+
+
+@dataclass
+class WorkerKills:
+    """Workers killed with SIGKILL while jobs ran, and what became of the jobs and their image bytes."""
+
+    kills: int = 0
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    images_checked: int = 0
+    images_corrupt: int = 0  # bytes that do not match their SHA-256 or do not decode as a PNG
+
+
+def worker_kill_trials(
+    stack: LocalStack,
+    kills: int,
+    *,
+    jobs: int = 6,
+    images: int = 16,
+    steps: int = 10,
+    bound: float = 300.0,
+    seed: int = 0,
+) -> WorkerKills:
+    """Submit ``jobs`` jobs, then ``kills`` times SIGKILL a random live worker at a random moment while they run
+    and start a fresh one in its place; every job must end with every image once, each image's bytes intact."""
+    rng = random.Random(seed)
+    figures = WorkerKills()
+    with GeneratorClient(stack.api_url, retries=30, backoff=0.2) as client:
+        submitted = [
+            client.submit(_request(f"worker kill {seed}.{j}", images).model_copy(update={"num_inference_steps": steps}))
+            for j in range(jobs)
+        ]
+        ids = [job.id for job in submitted]
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 3.0))
+            if all(client.status(job_id).status.terminal for job_id in ids):
+                break  # every job ended before the kills ran out: the kills left are not counted
+            victim = rng.choice([worker for worker in stack.workers if worker.alive()])
+            victim.kill()
+            figures.kills += 1
+            stack.start_worker()
+        killed = time.monotonic()
+        for job_id in ids:
+            figures.outcomes.settle(client, job_id, images, killed, bound)
+            _check_bytes(client, job_id, figures)
+    return figures
+
+
+def _check_bytes(client: GeneratorClient, job_id: str, figures: WorkerKills) -> None:
+    """Download each image of a finished job: the client checks its SHA-256, PIL that it decodes."""
+    for image in client.status(job_id).images:
+        figures.images_checked += 1
+        try:
+            Image.open(io.BytesIO(client.image(image.sha256))).verify()
+        except (IntegrityError, OSError, GeneratorHTTPError):
+            figures.images_corrupt += 1
 
 
 @dataclass

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import redis
 
+from services.auth_walk import BAD_CREDENTIALS, walk
 from services.stack import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,12 @@ def test_404_for_another_tenants_job_and_unknown_ids(api):
     assert httpx.get(f"{api}/v1/jobs/{'f' * 32}", headers=ALICE).status_code == 404
     assert httpx.get(f"{api}/v1/images/{'0' * 64}", headers=ALICE).status_code == 404
     httpx.delete(f"{api}/v1/jobs/{job['id']}", headers=ALICE)
+
+
+def test_every_v1_route_refuses_every_bad_credential_and_hides_other_tenants_jobs(api):
+    figures = walk(api, ("alice", "alice-key"), "bob-key", images_per_tenant=False)
+    assert len(figures.routes) >= 6 and figures.calls > len(figures.routes) * len(BAD_CREDENTIALS)
+    assert figures.holes == []
 
 
 @pytest.mark.parametrize(
@@ -194,6 +201,22 @@ def _described(spec: dict, method: str, route: str, response: httpx.Response) ->
     jsonschema.validate(response.json(), {**schema, "components": spec["components"]})
     for header in described.get("headers", {}):
         assert header in response.headers, f"{method} {route} {response.status_code} lacks its header {header}"
+
+
+def test_400_for_a_body_that_is_not_utf8_text_as_the_openapi_says(api):
+    headers = {**ALICE, "Content-Type": "application/json"}
+    response = httpx.post(f"{api}/v1/jobs", content=b'{"prompts": ["\xff"]}', headers=headers)
+    assert response.status_code == 400, response.text
+    _described(httpx.get(f"{api}/openapi.json").json(), "POST", "/v1/jobs", response)
+
+
+def test_405_lists_every_method_of_the_path(api):
+    response = httpx.request("OPTIONS", f"{api}/v1/jobs/{'f' * 32}", headers=ALICE)
+    assert response.status_code == 405
+    assert {"GET", "DELETE"} <= set(response.headers["Allow"].split(", ")), response.headers["Allow"]
+    assert httpx.put(f"{api}/v1/jobs", headers=ALICE).headers["Allow"] == "POST"
+    generations = httpx.request("OPTIONS", f"{api}/v1/images/generations", headers=ALICE)
+    assert generations.headers["Allow"] == "POST", "the literal route, not /v1/images/{sha256}"
 
 
 def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):

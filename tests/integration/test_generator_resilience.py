@@ -11,6 +11,7 @@ import redis
 
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest, JobState
+from services.fault_trials import worker_kill_trials
 
 from .conftest import wait_for
 
@@ -39,6 +40,16 @@ def test_worker_killed_mid_job_is_taken_over(make_stack):
     assert "gift_chunks_reclaimed_total 0.0" not in metrics, "the dead worker's pending chunks were taken over"
     pending = redis.Redis.from_url(stack.redis_url).exists(f"gift:job:{job.id}:work")
     assert pending == 0, "a finished job leaves no work behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_workers_killed_at_random_moments_lose_and_corrupt_nothing(make_stack):
+    stack = make_stack(workers=2, GIFT_BATCH_SIZE="4")
+    figures = worker_kill_trials(stack, kills=3, jobs=3, images=8)
+    assert figures.kills > 0, "the jobs ended before any kill: make them longer"
+    assert figures.outcomes.all_complete(), figures
+    assert figures.images_checked == 3 * 8 and figures.images_corrupt == 0, figures
 
 
 def test_redis_outage_gives_503_and_everything_recovers(make_stack):

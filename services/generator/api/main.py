@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from starlette.routing import compile_path
 
 from gift_common.settings import Settings, get_settings
 from services.generator.api.events import JobEvents
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops)
     app.add_exception_handler(JobError, _job_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(405, _method_not_allowed)
     app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
     app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
     app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
@@ -86,6 +88,18 @@ async def _invalid_request(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _method_not_allowed(request: Request, _error: Exception) -> JSONResponse:
+    """405 whose Allow lists every method /openapi.json has for the path: the framework lists only the methods of
+    the first route it matched (GET /v1/jobs/{id} and DELETE /v1/jobs/{id} are two routes). A literal template
+    (/v1/images/generations) is the path's own, before any template with parameters that also matches it."""
+    paths: dict[str, dict] = request.app.openapi()["paths"]
+    path = request.url.path
+    matching = [template for template in paths if compile_path(template)[0].match(path)]
+    templates = [path] if path in paths else matching
+    methods = sorted({method.upper() for template in templates for method in paths[template]})
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(methods)})
 
 
 async def _redis_down(request: Request, error: Exception) -> JSONResponse:

@@ -25,6 +25,7 @@ def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | 
 
 # Every error status a route can answer, with the body it sends (API.md, Errors), so /openapi.json tells the truth.
 ERRORS = {
+    400: _error("the body is not text: not valid UTF-8"),
     401: _error("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
     404: _error("no such job or image (never made, expired, evicted, or another tenant's)"),
     409: _error(
@@ -78,7 +79,7 @@ def _not_found(job_id: str) -> HTTPException:
     response_model=JobStatus,
     responses={
         202: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}},
-        **_errors(*V1_ERRORS, 409, 429),
+        **_errors(*V1_ERRORS, 400, 409, 429),
     },
 )
 async def submit_job(
