@@ -8,6 +8,7 @@ MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint,
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
 JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
+JOB_PROGRESS = f"{PREFIX}:job-progress"  # pub/sub channel: a job id, published when images of it are recorded
 GROUP = "workers"  # the consumer group of every job's work stream
 
 
@@ -24,6 +25,11 @@ def job(job_id: str) -> str:
 def job_images(job_id: str) -> str:
     """Hash: image index -> the finished image's record (JSON). Written once per index (HSETNX)."""
     return f"{PREFIX}:job:{job_id}:images"
+
+
+def job_order(job_id: str) -> str:
+    """List: image indices in the order they were recorded, so an event stream can resume after the n-th."""
+    return f"{PREFIX}:job:{job_id}:order"
 
 
 def job_work(job_id: str) -> str:

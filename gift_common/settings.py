@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     worker_seen_seconds: float = 30.0
     retry_after_seconds: int = 2
+    events_keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="longest silence of an event stream before a comment line keeps it open"
+    )
 
     # --- queue and storage ------------------------------------------------------------------------
     chunk_size: int = Field(default=8, ge=1, description="images per stream entry")

@@ -6,6 +6,7 @@ images), so that both sides change a job only through the same few atomic steps:
 - ``job`` hash: the request, the tenant, the state and the ``cached`` counter;
 - ``job_images`` hash: index -> finished image record, written once per index (HSETNX), so a chunk that is
   redone after a worker died cannot record or count an image twice; ``done`` is its length;
+- ``job_order`` list: the indices of ``job_images`` in the order they were recorded (the event stream's ids);
 - ``job_work`` stream: the job's unfinished chunks, read through one consumer group; a chunk is acknowledged
   only after all its images are recorded, so a worker's death leaves it pending for another to take over;
 - ``active:{model}`` zset: jobs with work left, what workers poll round-robin.
@@ -22,7 +23,7 @@ from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 
 # Shared by the scripts that end a job: the end state, no more work, no longer counted, expiry, a wake-up.
-# KEYS: job, images, active, tenant_active, work.
+# KEYS: job, images, active, tenant_active, work, order.
 _END_JOB_FUNCTION = """
 local function end_job(job_id, state, now, ttl, channel)
   redis.call('HSET', KEYS[1], 'status', state, 'finished_at', now)
@@ -31,23 +32,29 @@ local function end_job(job_id, state, now, ttl, channel)
   redis.call('DEL', KEYS[5])
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[6], ttl)
   redis.call('PUBLISH', channel, job_id)
 end
 """
 
 # Record finished images of one job; finish the job when the last one is in.
-# KEYS: job, images, active, tenant_active, work. ARGV: job id, now, ttl, channel, then (index, record, cached).
+# KEYS: job, images, active, tenant_active, work, order.
+# ARGV: job id, now, ttl, end channel, progress channel, then (index, record, cached).
 # Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
 RECORD_IMAGES = (
     _END_JOB_FUNCTION
     + """
 local state = redis.call('HGET', KEYS[1], 'status')
 if state ~= 'queued' and state ~= 'running' then return {-1, 0, 0} end
-for i = 5, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 and ARGV[i + 2] == '1' then
-    redis.call('HINCRBY', KEYS[1], 'cached', 1)
+local recorded = 0
+for i = 6, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('RPUSH', KEYS[6], ARGV[i])
+    recorded = recorded + 1
+    if ARGV[i + 2] == '1' then redis.call('HINCRBY', KEYS[1], 'cached', 1) end
   end
 end
+if recorded > 0 then redis.call('PUBLISH', ARGV[5], ARGV[1]) end
 local done = redis.call('HLEN', KEYS[2])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if done < total then
@@ -61,7 +68,7 @@ return {2, done, total}
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
 # Allowed over maxmemory (it frees the job's work), so a cancel works while Redis is full.
-# KEYS: job, images, active, tenant_active, work. ARGV: job id, new state, error, now, ttl, channel.
+# KEYS: job, images, active, tenant_active, work, order. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
 END_JOB = (
     "#!lua flags=allow-oom\n"
@@ -78,7 +85,7 @@ return ARGV[2]
 
 # Accept a job: the tenant's limit check and every write of the job are one atomic step, so a burst of submissions
 # cannot pass the limit, and a refused write (Redis full) leaves nothing behind.
-# KEYS: job, images, work, active, tenant_active, stats.
+# KEYS: job, images, work, active, tenant_active, stats, order.
 # ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
 # chunks [encoded indices], counters {stats field: increment}, and the consumer group.
 # Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit.
@@ -86,12 +93,16 @@ ADMIT_JOB = """
 local queued = redis.call('SCARD', KEYS[5])
 if queued >= tonumber(ARGV[2]) then return {queued, 0} end
 for name, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], name, value) end
-for index, record in pairs(cjson.decode(ARGV[6])) do redis.call('HSET', KEYS[2], index, record) end
+for index, record in pairs(cjson.decode(ARGV[6])) do
+  redis.call('HSET', KEYS[2], index, record)
+  redis.call('RPUSH', KEYS[7], index)
+end
 for name, amount in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[6], name, amount) end
 local chunks = cjson.decode(ARGV[7])
 if #chunks == 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('EXPIRE', KEYS[7], ARGV[3])
   return {queued, 1}
 end
 redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
@@ -197,12 +208,15 @@ def image_record(index: int, prompt: str, seed: int, sha256: str) -> str:
     return json.dumps({"index": index, "prompt": prompt, "seed": seed, "sha256": sha256})
 
 
+def image_info(record: dict) -> ImageInfo:
+    """The public form of a stored image record (see image_record)."""
+    return ImageInfo(**record, url=f"/v1/images/{record['sha256']}")
+
+
 def status_from(fields: dict[str, str], records: dict[str, str] | None) -> JobStatus:
     """Build the public JobStatus; ``records`` is the images hash, or None when images are not wanted."""
-    parsed = [json.loads(record) for record in (records or {}).values()]
-    images = sorted(
-        (ImageInfo(**image, url=f"/v1/images/{image['sha256']}") for image in parsed), key=lambda image: image.index
-    )
+    parsed = [image_info(json.loads(record)) for record in (records or {}).values()]
+    images = sorted(parsed, key=lambda image: image.index)
     return JobStatus(
         id=fields["id"],
         status=JobState(fields["status"]),
@@ -224,6 +238,7 @@ def job_keys(job_id: str, model: str, tenant: str) -> list[str]:
         redis_keys.active(model),
         redis_keys.tenant_active(tenant),
         redis_keys.job_work(job_id),
+        redis_keys.job_order(job_id),
     ]
 
 

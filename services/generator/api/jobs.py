@@ -195,6 +195,7 @@ class JobService:
             redis_keys.active(request.model),
             redis_keys.tenant_active(tenant),
             redis_keys.STATS,
+            redis_keys.job_order(job_id),
         ]
         chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
         limit = self.settings.max_queued_jobs_per_tenant

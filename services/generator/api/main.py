@@ -21,6 +21,7 @@ from services.generator.api.events import JobEvents
 from services.generator.api.jobs import JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.routes import ops, v1
+from services.generator.api.stream import streams
 
 log = logging.getLogger("gift.api")
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(v1)
+    app.include_router(streams)
     app.include_router(ops)
     app.add_exception_handler(JobError, _job_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -168,7 +168,13 @@ class WorkerQueue:
 
     def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
         """Record (index, sha256, cached) of one job; finishes the job when its last image is in."""
-        args: list[str | int] = [job.job_id, store.now_iso(), self.settings.job_ttl_seconds, redis_keys.JOB_ENDED]
+        args: list[str | int] = [
+            job.job_id,
+            store.now_iso(),
+            self.settings.job_ttl_seconds,
+            redis_keys.JOB_ENDED,
+            redis_keys.JOB_PROGRESS,
+        ]
         for index, sha, cached in images:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
             args += [index, record, int(cached)]
