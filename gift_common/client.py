@@ -351,7 +351,9 @@ class _EventStream:
     def __init__(self, ops: _Protocol, job_id: str, last_event_id: str | None) -> None:
         self.ops, self.url, self.last_id = ops, f"{ops.base_url}/v1/jobs/{job_id}/events", last_event_id
         self.failures, self.finished = 0, False
-        self._name, self._id, self._data = "message", None, []
+        self._name: str = "message"
+        self._id: str | None = None
+        self._data: list[str] = []
 
     def headers(self) -> dict[str, str]:
         return {"Accept": "text/event-stream", **({"Last-Event-ID": self.last_id} if self.last_id else {})}
