@@ -10,6 +10,9 @@ STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, w
 JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
 JOB_PROGRESS = f"{PREFIX}:job-progress"  # pub/sub channel: a job id, published when images of it are recorded
 GROUP = "workers"  # the consumer group of every job's work stream
+WEBHOOKS = f"{PREFIX}:webhooks"  # stream: (job, attempt) of each webhook to send, read by the API processes
+WEBHOOK_RETRIES = f"{PREFIX}:webhooks:retry"  # zset: "job:attempt" -> when it is due (unix seconds)
+WEBHOOK_GROUP = "senders"  # the consumer group of the webhooks stream
 
 
 def active(model: str) -> str:

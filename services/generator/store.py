@@ -23,7 +23,8 @@ from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 
 # Shared by the scripts that end a job: the end state, no more work, no longer counted, expiry, a wake-up.
-# KEYS: job, images, active, tenant_active, work, order.
+# A job that asked for a webhook gets its delivery queued in the same step, so no end goes unannounced.
+# KEYS: job, images, active, tenant_active, work, order, webhooks.
 _END_JOB_FUNCTION = """
 local function end_job(job_id, state, now, ttl, channel)
   redis.call('HSET', KEYS[1], 'status', state, 'finished_at', now)
@@ -34,11 +35,14 @@ local function end_job(job_id, state, now, ttl, channel)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)
   redis.call('PUBLISH', channel, job_id)
+  if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+    redis.call('XADD', KEYS[7], '*', 'job', job_id, 'attempt', 1)
+  end
 end
 """
 
 # Record finished images of one job; finish the job when the last one is in.
-# KEYS: job, images, active, tenant_active, work, order.
+# KEYS: job, images, active, tenant_active, work, order, webhooks.
 # ARGV: job id, now, ttl, end channel, progress channel, then (index, record, cached).
 # Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
 RECORD_IMAGES = (
@@ -68,7 +72,7 @@ return {2, done, total}
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
 # Allowed over maxmemory (it frees the job's work), so a cancel works while Redis is full.
-# KEYS: job, images, active, tenant_active, work, order. ARGV: job id, new state, error, now, ttl, channel.
+# KEYS: job, images, active, tenant_active, work, order, webhooks. ARGV: job id, new state, error, now, ttl, channel.
 # Returns the state the job has afterwards.
 END_JOB = (
     "#!lua flags=allow-oom\n"
@@ -85,7 +89,7 @@ return ARGV[2]
 
 # Accept a job: the tenant's limit check and every write of the job are one atomic step, so a burst of submissions
 # cannot pass the limit, and a refused write (Redis full) leaves nothing behind.
-# KEYS: job, images, work, active, tenant_active, stats, order.
+# KEYS: job, images, work, active, tenant_active, stats, order, webhooks.
 # ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
 # chunks [encoded indices], counters {stats field: increment}, and the consumer group.
 # Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit.
@@ -103,6 +107,9 @@ if #chunks == 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   redis.call('EXPIRE', KEYS[7], ARGV[3])
+  if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+    redis.call('XADD', KEYS[8], '*', 'job', ARGV[1], 'attempt', 1)
+  end
   return {queued, 1}
 end
 redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
@@ -201,6 +208,7 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
         "cached": "0",
         "created_at": created_at,
         "request": request.model_dump_json(),
+        **({"callback_url": request.callback_url} if request.callback_url else {}),
     }
 
 
@@ -239,6 +247,7 @@ def job_keys(job_id: str, model: str, tenant: str) -> list[str]:
         redis_keys.tenant_active(tenant),
         redis_keys.job_work(job_id),
         redis_keys.job_order(job_id),
+        redis_keys.WEBHOOKS,
     ]
 
 

@@ -85,7 +85,7 @@ class JobService:
     # --- submit -----------------------------------------------------------------------------------
 
     async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
-        self._check_limits(request)
+        self._check_limits(request, tenant)
         defaults = {
             "model": request.model or self.settings.default_model,
             "cache_scope": request.cache_scope or self.settings.cache_scope,
@@ -111,7 +111,7 @@ class JobService:
         )  # fmt: skip
         return store.status_from({**fields, "done": str(len(hits))}, records)
 
-    def _check_limits(self, request: JobRequest) -> None:
+    def _check_limits(self, request: JobRequest, tenant: str) -> None:
         limit = self.settings.max_prompts_per_job
         if len(request.prompts) > limit:
             raise JobError(422, f"prompts: {len(request.prompts)} prompts; this server accepts at most {limit}")
@@ -120,6 +120,8 @@ class JobService:
                 raise JobError(422, f"prompts.{i}: {len(prompt)} characters; at most {self.settings.max_prompt_chars}")
         if request.negative_prompt and len(request.negative_prompt) > self.settings.max_prompt_chars:
             raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
+        if request.callback_url and self.settings.webhook_secret_of(tenant) is None:
+            raise JobError(422, f"callback_url: tenant {tenant!r} has no webhook secret (GIFT_WEBHOOK_SECRETS)")
 
     def _check_cost(self, request: JobRequest, model: RegisteredModel | None) -> None:
         """Refuse images whose pipeline call would hold a worker too long: cost is pixels times denoising steps.
@@ -196,6 +198,7 @@ class JobService:
             redis_keys.tenant_active(tenant),
             redis_keys.STATS,
             redis_keys.job_order(job_id),
+            redis_keys.WEBHOOKS,
         ]
         chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
         limit = self.settings.max_queued_jobs_per_tenant

@@ -22,6 +22,7 @@ from services.generator.api.jobs import JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.routes import ops, v1
 from services.generator.api.stream import streams
+from services.generator.api.webhooks import WebhookSender
 
 log = logging.getLogger("gift.api")
 
@@ -48,10 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener = asyncio.create_task(events.listen(redis))
         app.state.settings = settings
         app.state.jobs = JobService(redis, blobs, settings, events)
+        webhooks = asyncio.create_task(WebhookSender(app.state.jobs).run())
         auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
         log.info("generator API ready: redis=%s auth=%s", settings.redis_url, auth)
         yield
         listener.cancel()
+        webhooks.cancel()
         await redis.aclose()
         await blobs.aclose()
 
