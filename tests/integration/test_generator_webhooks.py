@@ -77,7 +77,8 @@ def test_a_webhook_is_signed_retried_with_backoff_and_bounded(
 ):
     stack = make_stack(GIFT_API_KEYS="alice:key-a,bob:key-b", GIFT_WEBHOOK_SECRETS=f"alice:{SECRET}",
                        GIFT_WEBHOOK_ATTEMPTS="4", GIFT_WEBHOOK_BACKOFF_SECONDS="0.2")  # fmt: skip
-    flaky = _submit(stack, "key-a", callback_url=receiver.url("/flaky")).json()["id"]
+    seed = uuid.uuid4().int % 2**62
+    flaky = _submit(stack, "key-a", seed=seed, callback_url=receiver.url("/flaky")).json()["id"]
     broken = _submit(stack, "key-a", callback_url=receiver.url("/broken")).json()["id"]
     alice = GeneratorClient(stack.api_url, api_key="key-a")
     final = alice.wait(flaky, timeout=120, progress=False)
@@ -95,6 +96,11 @@ def test_a_webhook_is_signed_retried_with_backoff_and_bounded(
         sent = json.loads(body)
         assert sent["id"] == flaky and sent["status"] == "succeeded" and len(sent["images"]) == 2
         assert sent == json.loads(final.model_dump_json())
+
+    cached = _submit(stack, "key-a", seed=seed, callback_url=receiver.url("/cached")).json()
+    assert cached["status"] == "succeeded", "every image cached: the job ends at submission"
+    wait_for(lambda: len(receiver.to("/cached")) == 1, 60, "the webhook of a job that ended at submission")
+    assert json.loads(receiver.to("/cached")[0][2])["cached"] == 2
 
     bob = _submit(stack, "key-b", callback_url=receiver.url("/flaky"))
     assert bob.status_code == 422 and bob.json()["detail"].startswith("callback_url: tenant 'bob' has no webhook")
