@@ -20,6 +20,11 @@ def active(model: str) -> str:
     return f"{PREFIX}:active:{model}"
 
 
+def turns(model: str) -> str:
+    """Hash: tenant -> turns taken, which rotates a tenant's jobs of equal priority when workers read work."""
+    return f"{PREFIX}:turns:{model}"
+
+
 def job(job_id: str) -> str:
     """Hash: the job's parameters, state and counters."""
     return f"{PREFIX}:job:{job_id}"

@@ -75,6 +75,9 @@ class JobRequest(BaseModel):
     width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     negative_prompt: Text | None = None
     cache_scope: CacheScope | None = None
+    priority: Integer | None = Field(
+        default=None, ge=-10, le=10, description="within its tenant, higher goes first; none is 0"
+    )
     callback_url: HttpUrl | None = Field(
         default=None, description="POSTed the final status, signed, when the job ends (API.md, Webhooks)"
     )

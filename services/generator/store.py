@@ -155,23 +155,39 @@ def lookup_args(content_keys: list[str], ttl: int, owner: str | None = None) -> 
     ]
 
 
-# Round-robin passes over a model's active jobs, one new chunk per job per pass, until ``max`` chunks are read
-# or nothing is left. Atomic, so a job that finishes meanwhile (its stream deleted) is never read half-way.
-# KEYS: active. ARGV: key prefix, group, consumer, max chunks, cursor.
+# Passes over a model's active jobs that take turns between tenants first, then between a tenant's jobs of the
+# highest priority (rotated by a per-tenant counter in the turns hash), one new chunk per turn, until ``max`` chunks
+# are read or nothing is left: a tenant's many jobs get no more turns than another tenant's one. Atomic, so a job
+# that finishes meanwhile (its stream deleted) is never read half-way.
+# KEYS: active, turns. ARGV: key prefix, group, consumer, max chunks, tenant cursor.
 # Returns {next cursor, {job id, entry id, indices}...}.
 READ_ROUND = """
-local jobs = redis.call('ZRANGE', KEYS[1], 0, -1)
-local n = #jobs
+local tenants, jobs_of = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local fields = redis.call('HMGET', ARGV[1] .. ':job:' .. id, 'tenant', 'priority')
+  local tenant = fields[1] or ''
+  if not jobs_of[tenant] then
+    jobs_of[tenant] = {}
+    table.insert(tenants, tenant)
+  end
+  table.insert(jobs_of[tenant], {id = id, priority = tonumber(fields[2] or '0')})
+end
 local out = {}
+local n = #tenants
 if n == 0 then return {0, out} end
-local limit = tonumber(ARGV[4])
-local cursor = tonumber(ARGV[5]) % n
 local exhausted = {}
-local left = n
-while #out < limit and left > 0 do
-  local id = jobs[cursor + 1]
-  cursor = (cursor + 1) % n
-  if not exhausted[id] then
+
+local function take(tenant)
+  while true do
+    local top, turn = nil, {}
+    for _, job in ipairs(jobs_of[tenant]) do
+      if not exhausted[job.id] then
+        if top == nil or job.priority > top then top, turn = job.priority, {job.id}
+        elseif job.priority == top then table.insert(turn, job.id) end
+      end
+    end
+    if #turn == 0 then return nil end
+    local id = turn[(redis.call('HINCRBY', KEYS[2], tenant, 1) - 1) % #turn + 1]
     local work = ARGV[1] .. ':job:' .. id .. ':work'
     local got = false
     if redis.call('EXISTS', work) == 1 then
@@ -179,13 +195,29 @@ while #out < limit and left > 0 do
     end
     if got then
       local entry = got[1][2][1]
-      table.insert(out, {id, entry[1], entry[2][2]})
+      return {id, entry[1], entry[2][2]}
+    end
+    exhausted[id] = true
+  end
+end
+
+local limit = tonumber(ARGV[4])
+local cursor = tonumber(ARGV[5]) % n
+local done_tenants, left = {}, n
+while #out < limit and left > 0 do
+  local tenant = tenants[cursor + 1]
+  cursor = (cursor + 1) % n
+  if not done_tenants[tenant] then
+    local chunk = take(tenant)
+    if chunk then
+      table.insert(out, chunk)
     else
-      exhausted[id] = true
+      done_tenants[tenant] = true
       left = left - 1
     end
   end
 end
+redis.call('EXPIRE', KEYS[2], 86400)
 return {cursor, out}
 """
 
@@ -207,6 +239,7 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
         "total": str(len(request.prompts)),
         "cached": "0",
         "created_at": created_at,
+        "priority": str(request.priority or 0),
         "request": request.model_dump_json(),
         **({"callback_url": request.callback_url} if request.callback_url else {}),
     }

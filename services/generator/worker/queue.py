@@ -91,7 +91,8 @@ class WorkerQueue:
     def read_new(self, model: str, max_chunks: int) -> list[Chunk]:
         cursor = self._cursor.get(model, 0)
         args = [redis_keys.PREFIX, redis_keys.GROUP, self.consumer, max_chunks, cursor]
-        self._cursor[model], entries = self._read(keys=[redis_keys.active(model)], args=args)
+        keys = [redis_keys.active(model), redis_keys.turns(model)]
+        self._cursor[model], entries = self._read(keys=keys, args=args)
         return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
 
     def reclaim(self, model: str, held: dict[str, list[str]]) -> list[Chunk]:
