@@ -6,8 +6,9 @@ carries steps out, with ``httpx.Client`` and ``time.sleep`` or ``httpx.AsyncClie
 request building, answer checking and the retry policy cannot drift apart between the two.
 
 Retries: 502, 503, 504 and connection errors or timeouts are retried with exponential backoff, honouring
-``Retry-After``. A ``POST /v1/jobs`` is retried too: if the first attempt reached the server before the
-connection broke, this submits a duplicate job; it costs no GPU time, as its images are served from the cache.
+``Retry-After``. A ``POST /v1/jobs`` is retried too, safely: each ``submit`` sends a fresh ``Idempotency-Key`` and
+the same one on its retries, so a retry whose first attempt reached the server answers with the job that attempt
+created instead of creating a second one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import hashlib
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -33,7 +36,7 @@ from gift_common.settings import Settings
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_DELAY = 30.0  # seconds; also caps a server's Retry-After so that a client never stalls for long
-LONG_POLL_SECONDS = 1.0  # how long one status poll of wait() may be held by the server
+LONG_POLL_SECONDS = 30.0  # the longest the server holds a status poll (API.md: `wait`, 0 to 30): one request a 30 s
 
 T = TypeVar("T")
 
@@ -143,6 +146,8 @@ class _Send:
     timeout: float
     params: dict[str, Any] | None = None
     json: Any = None
+    stream: bool = False  # a 2xx answer comes back with its body unread, for the caller to stream and close
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ class _Protocol:
 
     def submit(self, request: JobRequest) -> _Op[JobStatus]:
         body = request.model_dump(mode="json", exclude_none=True)
-        response = yield from self._exchange("POST", "/v1/jobs", json=body)
+        idempotency = {"Idempotency-Key": uuid.uuid4().hex}  # one per submission, the same on each of its retries
+        response = yield from self._exchange("POST", "/v1/jobs", json=body, headers=idempotency)
         return _parse(_JOB_STATUS, response)
 
     def status(self, job_id: str, wait: float, images: bool = True) -> _Op[JobStatus]:
@@ -205,9 +211,8 @@ class _Protocol:
             raise IntegrityError(sha256, actual)
         return response.content
 
-    def archive(self, job_id: str) -> _Op[bytes]:
-        response = yield from self._exchange("GET", f"/v1/jobs/{job_id}/archive")
-        return response.content
+    def archive(self, job_id: str) -> _Op[httpx.Response]:
+        return (yield from self._exchange("GET", f"/v1/jobs/{job_id}/archive", stream=True))
 
     def generate(
         self, request: JobRequest, timeout: float | None, progress: bool
@@ -235,10 +240,12 @@ class _Protocol:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        headers: dict[str, str] | None = None,
         extra_timeout: float = 0.0,
+        stream: bool = False,
     ) -> _Op[httpx.Response]:
         """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
-        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json)
+        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json, stream, headers)
         error: httpx.TransportError | None
         for attempt in range(self.retries + 1):
             try:
@@ -275,6 +282,10 @@ def _parse_retry_after(value: str) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return (when - datetime.now(UTC)).total_seconds()
+
+
+def _archive_broken(response: httpx.Response, error: httpx.TransportError) -> GeneratorError:
+    return GeneratorError(f"the archive {response.url.path} broke off: {type(error).__name__}: {error}")
 
 
 def _poll_seconds(deadline: float) -> float:
@@ -445,7 +456,10 @@ class GeneratorClient(_ClientBase):
     _sleep = staticmethod(time.sleep)
 
     def submit(self, request: JobRequest) -> JobStatus:
-        """Queue a job; return its first status (``queued``, or already finished when all images are cached)."""
+        """Queue a job; return its first status (``queued``, or already finished when all images are cached).
+
+        Retries of this one call carry the same ``Idempotency-Key``: however many reach the server, one job is made.
+        """
         return self._run(self._ops.submit(request))
 
     def status(self, job_id: str, wait: float = 0) -> JobStatus:
@@ -487,9 +501,17 @@ class GeneratorClient(_ClientBase):
         """The PNG bytes named by ``sha256``, checked against it (IntegrityError if they differ)."""
         return self._run(self._ops.image(sha256))
 
-    def archive(self, job_id: str) -> bytes:
-        """The finished job as a WebDataset tar: ``{index:06d}.png``, ``.txt`` (prompt), ``.json`` (parameters)."""
-        return self._run(self._ops.archive(job_id))
+    @contextmanager
+    def archive(self, job_id: str) -> Iterator[Iterator[bytes]]:
+        """The finished job as a WebDataset tar (``{index:06d}.png``, ``.txt`` the prompt, ``.json`` its parameters),
+        streamed: ``with client.archive(job_id) as chunks`` gives the tar's bytes as they arrive, so that a set of
+        thousands of images never sits whole in memory. The images are not checked here: hash them as they are
+        read. A connection lost midway is a GeneratorError."""
+        response = self._run(self._ops.archive(job_id))
+        try:
+            yield self._chunks(response)
+        finally:
+            response.close()
 
     def generate(
         self, request: JobRequest, *, timeout: float | None = None, progress: bool = True
@@ -518,14 +540,27 @@ class GeneratorClient(_ClientBase):
         finally:
             op.close()
 
+    @staticmethod
+    def _chunks(response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes()
+        except httpx.TransportError as error:
+            raise _archive_broken(response, error) from error
+
     def _perform(self, step: _Send | _Sleep) -> httpx.Response | httpx.TransportError | None:
         if isinstance(step, _Sleep):
             self._sleep(step.seconds)
             return None
+        request = self._http.build_request(
+            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
+        )
         try:
-            return self._http.request(step.method, step.url, params=step.params, json=step.json, timeout=step.timeout)
+            response = self._http.send(request, stream=step.stream)
+            if step.stream and not response.is_success:  # an error's body is read for its detail
+                response.read()
         except httpx.TransportError as error:
             return error
+        return response
 
 
 class AsyncGeneratorClient(_ClientBase):
@@ -572,8 +607,14 @@ class AsyncGeneratorClient(_ClientBase):
     async def image(self, sha256: str) -> bytes:
         return await self._run(self._ops.image(sha256))
 
-    async def archive(self, job_id: str) -> bytes:
-        return await self._run(self._ops.archive(job_id))
+    @asynccontextmanager
+    async def archive(self, job_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``async with client.archive(job_id) as chunks``: the tar's bytes as they arrive (see GeneratorClient)."""
+        response = await self._run(self._ops.archive(job_id))
+        try:
+            yield self._chunks(response)
+        finally:
+            await response.aclose()
 
     async def generate(
         self, request: JobRequest, *, timeout: float | None = None, progress: bool = True
@@ -600,13 +641,25 @@ class AsyncGeneratorClient(_ClientBase):
         finally:
             op.close()
 
+    @staticmethod
+    async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+        except httpx.TransportError as error:
+            raise _archive_broken(response, error) from error
+
     async def _perform(self, step: _Send | _Sleep) -> httpx.Response | httpx.TransportError | None:
         if isinstance(step, _Sleep):
             await self._sleep(step.seconds)
             return None
+        request = self._http.build_request(
+            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
+        )
         try:
-            return await self._http.request(
-                step.method, step.url, params=step.params, json=step.json, timeout=step.timeout
-            )
+            response = await self._http.send(request, stream=step.stream)
+            if step.stream and not response.is_success:  # an error's body is read for its detail
+                await response.aread()
         except httpx.TransportError as error:
             return error
+        return response

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
 
 MANIFEST = "MANIFEST.json"
 SEARCH_DEPTH = 3  # how many folders above a loaded path may hold its manifest
@@ -38,9 +38,7 @@ def write_manifest(root: Path, paths: Iterable[Path]) -> Path:
     """List every file under ``paths`` (files or folders inside ``root``) with its SHA-256; written atomically."""
     files = {str(p.relative_to(root)): sha256_file(p) for p in _files(paths)}
     target = root / MANIFEST
-    tmp = target.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    atomic_write(target, (json.dumps({"files": files}, indent=1, sort_keys=True) + "\n").encode())
     return target
 
 

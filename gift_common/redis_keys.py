@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "gift"
 
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
@@ -13,6 +15,7 @@ GROUP = "workers"  # the consumer group of every job's work stream
 WEBHOOKS = f"{PREFIX}:webhooks"  # stream: (job, attempt) of each webhook to send, read by the API processes
 WEBHOOK_RETRIES = f"{PREFIX}:webhooks:retry"  # zset: "job:attempt" -> when it is due (unix seconds)
 WEBHOOK_GROUP = "senders"  # the consumer group of the webhooks stream
+BLOB_SWEEP = f"{PREFIX}:blob-sweep"  # string with a TTL: held by the one worker that sweeps expired bytes now
 
 
 def active(model: str) -> str:
@@ -63,3 +66,11 @@ def png(sha256: str, owner: str | None = None) -> str:
 def cache(content_key: str, owner: str | None = None) -> str:
     """String: the SHA-256 of the PNG made for an image key (see content_key.image_key), in ``owner``'s scope."""
     return f"{_scope(owner)}:cache:{content_key}"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """Hash: the job a tenant's ``Idempotency-Key`` created, and its request's fingerprint; expires with the job.
+
+    The key is hashed: a client's header value may hold any characters and lengths Redis keys should not.
+    """
+    return f"{PREFIX}:tenant:{tenant}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"

@@ -131,6 +131,7 @@ class ModelInfo(BaseModel):
     height: int
     width: int
     default: bool = False
+    stand_in: bool = False  # random weights (a rehearsal's stand-in): its images are not results
     max_image_cost: int | None = Field(
         default=None, description="the most height x width x num_inference_steps this server accepts for one image"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
         default=512 * 512 * 100, ge=1, description="most height x width x num_inference_steps of one image"
     )
     worker_seen_seconds: float = 30.0
+    images_wait_seconds: float = Field(
+        default=300.0, gt=0, description="how long POST /v1/images/generations waits for its job"
+    )
     retry_after_seconds: int = 2
     webhook_secrets: str | None = Field(
         default=None, description="comma-separated tenant:secret pairs that sign webhooks; unlisted tenants get none"
@@ -53,6 +57,10 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1, description="a chunk delivered this often fails its job")
     image_ttl_seconds: int = 7 * 24 * 3600
     job_ttl_seconds: int = 7 * 24 * 3600
+    blob_store: str = Field(default="redis", description="where PNG bytes live: redis, file:///DIR, s3://BUCKET/PREFIX")
+    s3_endpoint_url: str | None = Field(default=None, description="an S3-compatible store's URL; unset: AWS S3")
+    blob_sweep_seconds: float = Field(default=3600.0, gt=0, description="how often a worker deletes expired bytes")
+    blob_grace_seconds: float = Field(default=600.0, ge=0, description="bytes younger than this are never swept")
 
     # --- worker -----------------------------------------------------------------------------------
     models: str | None = Field(default=None, description="NAME=DIR,... served when --model is not given")
@@ -61,6 +69,10 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=0.02, gt=0)
     device: str = "auto"
     torch_threads: int = Field(default=0, ge=0, description="CPU threads for torch; 0 keeps torch's default")
+    scheduler: Literal["dpmsolver++", "directory"] = Field(
+        default="dpmsolver++", description="DPM-Solver++ (2M) on each model's noise schedule, or its own scheduler"
+    )
+    compile_unet: bool = Field(default=False, description="torch.compile each UNet, warmed up at load")
 
     # --- client -----------------------------------------------------------------------------------
     generator_url: str = "http://127.0.0.1:8000"

@@ -39,6 +39,13 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(out_dir=args.out, settings=settings)
 
 
+def _standins(args: argparse.Namespace) -> None:
+    from services.rehearsal.standins import write_standins
+
+    for name, path in write_standins(args.out).items():
+        print(f"{name}: {path} (stand-in: random weights)")
+
+
 def _positive(text: str) -> int:
     value = int(text) if text.strip().isdigit() else 0
     if value < 1:
@@ -83,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--probe-size", type=_positive, help="held-out world images of the pre-training probe")
     demo.add_argument("--tasks", type=_positive, help="only the first N tasks of the sequence")
     demo.set_defaults(func=_demo)
+
+    rehearsal = commands.add_parser("rehearsal", help="real-scale code paths on stand-ins").add_subparsers(
+        dest="rehearsal_command", required=True
+    )
+    standins = rehearsal.add_parser(
+        "standins", help="write SD v1.5 and ViT-B-16-quickgelu with random weights (nothing downloaded)"
+    )
+    standins.add_argument(
+        "--out", type=Path, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
+    )
+    standins.set_defaults(func=_standins)
     return parser
 
 

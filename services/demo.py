@@ -26,19 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
-import yaml
-
 from gift_common.contact_sheet import contact_sheet
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
+from services.run_configs import run_config
 from services.runs import Run, start_run, stop_all, wait_for
 from services.stack import LocalStack
+from services.trainer.reports import accuracy_matrices
 
-REPO = Path(__file__).resolve().parents[1]
-BASE_CONFIG = REPO / "configs" / "tinyworld.yaml"
 METHODS = ("ft", "gift")
 METRIC_KEYS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "forget": "Forget"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
@@ -58,27 +53,17 @@ class DemoSettings:
 
 def demo_config(method: str, out_dir: Path, api_url: str, settings: DemoSettings) -> dict[str, Any]:
     """The embedded default's config for one method, pointed at this demo's generator and folders."""
-    config = yaml.safe_load(BASE_CONFIG.read_text())
-    config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
-    config["output_dir"] = str(out_dir / "runs" / method)
-    config["method"] = method_section(method, config["method"])
-    config["training"] = {**config["training"], "iterations": settings.iterations, "num_workers": 0}
-    config["synthetic"] = {
-        **config["synthetic"],
-        "size": settings.synthetic_size,
-        "steps": settings.synthetic_steps,
-        "generator_url": api_url,
-        "cache_dir": str(out_dir / "synthetic"),
-    }
-    config["evaluation"] = {**config["evaluation"], "split": "test", "probe_size": settings.probe_size}
+    config = run_config(
+        out_dir,
+        method,
+        api_url,
+        method,
+        training={"iterations": settings.iterations, "num_workers": 0},
+        synthetic={"size": settings.synthetic_size, "steps": settings.synthetic_steps},
+        evaluation={"split": "test", "probe_size": settings.probe_size},
+    )
     config["tasks"] = config["tasks"][: settings.tasks]
-    config["progress"] = False  # the demo draws one bar per run instead
     return {**config, **settings.overrides}
-
-
-def method_section(method: str, base: dict[str, Any]) -> dict[str, Any]:
-    """The config's own method as it stands, its val-chosen weights included; any other preset without them."""
-    return base if method == base["preset"] else {**base, "preset": method, "overrides": {}}
 
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, dict[str, float | None]]:
@@ -121,14 +106,14 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def write_outputs(out_dir: Path, runs: list[Run], summary: dict[str, dict[str, float | None]]) -> None:
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     table = summary_table(summary, runs[0].metrics().get("pretraining_zero_shot"))
     matrices = accuracy_figure(out_dir / "accuracy_matrices.png", runs)
     samples = synthetic_samples(out_dir / "synthetic_samples.png", out_dir / "synthetic")
     lines = [table, "", f"Accuracy matrices: {matrices}", f"Per run: {out_dir / 'runs'}/<method>/results.md"]
     if samples:
         lines.append(f"Synthetic images: {samples}")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out_dir / "summary.md", ("\n".join(lines) + "\n").encode())
     print("\n" + "\n".join(lines), flush=True)
 
 
@@ -149,23 +134,12 @@ def _cell(value: float | None) -> str:
 
 def accuracy_figure(path: Path, runs: list[Run]) -> Path:
     """The runs' accuracy matrices side by side, on one colour scale."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
+    matrices = []
+    for run in runs:
         metrics = run.metrics()
-        names, matrix = metrics["tasks"], metrics["accuracy"]
-        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if value < 60 else "black")  # fmt: skip
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_title(f"{run.name}: Avg {metrics['Avg']:.1f}, Last {metrics['Last']:.1f}")
-        ax.set_xlabel("evaluated on")
-        ax.set_ylabel("after training")
-    fig.colorbar(image, ax=axes[0].tolist(), label="top-1 accuracy (%)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        title = f"{run.name}: Avg {metrics['Avg']:.1f}, Last {metrics['Last']:.1f}"
+        matrices.append((title, metrics["tasks"], metrics["accuracy"]))
+    accuracy_matrices(path, matrices)
     return path
 
 

@@ -27,7 +27,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+def wait_until(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -103,7 +103,7 @@ class RedisServer:
                 "--save", "", "--daemonize", "no"]  # fmt: skip
         self.process = Process("redis", args, self.directory / "redis.log")
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        _wait_until(client.ping, 20, "redis-server", self.process.popen, self.process.log)
+        wait_until(client.ping, 20, "redis-server", self.process.popen, self.process.log)
         return self
 
     def stop(self) -> None:
@@ -152,7 +152,7 @@ class LocalStack:
     def start_api(self) -> Process:
         args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(self.api_port)]
         self.api = Process("api", args, self.run_dir / "api.log", self._env())
-        _wait_until(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 60, "generator API",
+        wait_until(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 60, "generator API",
                     self.api.popen, self.api.log)  # fmt: skip
         return self.api
 
@@ -167,7 +167,7 @@ class LocalStack:
         """Until /readyz says a worker is alive (the first start may build the default model)."""
         alive = [w for w in self.workers if w.alive()]
         watched = alive[-1] if alive else None
-        _wait_until(lambda: httpx.get(f"{self.api_url}/readyz").status_code == 200, timeout, "a generator worker",
+        wait_until(lambda: httpx.get(f"{self.api_url}/readyz").status_code == 200, timeout, "a generator worker",
                     watched.popen if watched else None, watched.log if watched else None)  # fmt: skip
 
     def stop(self) -> None:

@@ -34,6 +34,8 @@ local function end_job(job_id, state, now, ttl, channel)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)
+  local idempotency = redis.call('HGET', KEYS[1], 'idempotency_key')
+  if idempotency then redis.call('EXPIRE', idempotency, ttl) end
   redis.call('PUBLISH', channel, job_id)
   if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
     redis.call('XADD', KEYS[7], '*', 'job', job_id, 'attempt', 1)
@@ -88,27 +90,42 @@ return ARGV[2]
 )
 
 # Accept a job: the tenant's limit check and every write of the job are one atomic step, so a burst of submissions
-# cannot pass the limit, and a refused write (Redis full) leaves nothing behind.
-# KEYS: job, images, work, active, tenant_active, stats, order, webhooks.
+# cannot pass the limit, and a refused write (Redis full) leaves nothing behind. A submission with an idempotency
+# key whose job still exists is not a new one: the key (written with the job, expiring with it) names that job.
+# KEYS: job, images, work, active, tenant_active, stats, idempotency key (or the job key again when none is sent),
+# order, webhooks.
 # ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
-# chunks [encoded indices], counters {stats field: increment}, and the consumer group.
-# Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit.
+# chunks [encoded indices], counters {stats field: increment}, and the consumer group, then the request's
+# fingerprint ('' without a key) and the job key prefix.
+# Returns the tenant's unfinished jobs before this one, and 1 when accepted or 0 when refused for the limit;
+# or 0, 2, the first job's id and the fingerprint of its request when the idempotency key names a job that exists.
 ADMIT_JOB = """
+local keyed = KEYS[7] ~= KEYS[1]
+if keyed then
+  local first = redis.call('HMGET', KEYS[7], 'job', 'fingerprint')
+  if first[1] and redis.call('EXISTS', ARGV[11] .. first[1]) == 1 then return {0, 2, first[1], first[2]} end
+end
 local queued = redis.call('SCARD', KEYS[5])
 if queued >= tonumber(ARGV[2]) then return {queued, 0} end
 for name, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], name, value) end
 for index, record in pairs(cjson.decode(ARGV[6])) do
   redis.call('HSET', KEYS[2], index, record)
-  redis.call('RPUSH', KEYS[7], index)
+  redis.call('RPUSH', KEYS[8], index)
 end
 for name, amount in pairs(cjson.decode(ARGV[8])) do redis.call('HINCRBY', KEYS[6], name, amount) end
+if keyed then
+  redis.call('DEL', KEYS[7])
+  redis.call('HSET', KEYS[7], 'job', ARGV[1], 'fingerprint', ARGV[10])
+  redis.call('HSET', KEYS[1], 'idempotency_key', KEYS[7])
+end
 local chunks = cjson.decode(ARGV[7])
 if #chunks == 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
-  redis.call('EXPIRE', KEYS[7], ARGV[3])
+  redis.call('EXPIRE', KEYS[8], ARGV[3])
+  if keyed then redis.call('EXPIRE', KEYS[7], ARGV[3]) end
   if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
-    redis.call('XADD', KEYS[8], '*', 'job', ARGV[1], 'attempt', 1)
+    redis.call('XADD', KEYS[9], '*', 'job', ARGV[1], 'attempt', 1)
   end
   return {queued, 1}
 end

@@ -28,6 +28,7 @@ from services.trainer.datasets import MTIL_DATASETS, SOURCES
 from services.trainer.evaluation import PROBES
 from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Positive, Strict, Template, relative_to_config
 from services.trainer.methods import PRESETS, MethodSettings
+from services.trainer.precision import PrecisionName
 from services.trainer.synthetic import CONCEPTS, REPLAY_SOURCES
 
 __all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
@@ -83,6 +84,9 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     num_workers: int = Field(default=4, ge=0, description="data loader processes per training process")
+    precision: PrecisionName = Field(
+        default="fp32", description="forward passes under autocast in bf16 or fp16 (CUDA only); weights stay fp32"
+    )
 
 
 class TaskConfig(Strict):

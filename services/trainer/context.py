@@ -4,6 +4,7 @@ The engine does not know where batches come from: task data is any re-iterable o
 re-iterable of (images, tokens, index), synthetic or real; a stream with `from_step` (a `Seekable`) is entered at the
 right batch when a run resumes. Loss terms read what they need from a `StepContext`, which computes each piece at
 most once per step and only if some term asks for it. Under DDP the replay quantities span the global batch.
+The models' forward passes run in the task's precision; every embedding leaves them in fp32 (`embed`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from functools import cached_property, partial
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from services.trainer import distributed, losses
+from services.trainer.precision import FP32, Precision
 
 TeacherMode = Literal["cached", "per_step"]
 
@@ -67,23 +70,38 @@ class Task:
 TeacherEmbeddings = Callable[[ReplayBatch], tuple[Tensor, Tensor]]
 
 
+def embed(encode: Callable[[Tensor], Tensor], inputs: Tensor, precision: Precision) -> Tensor:
+    """Normalised embeddings: the forward pass under the precision's autocast, the output cast to fp32 and then
+    normalised, so that logits, softmax and KL are computed in fp32 (METHOD.md, "Numeric precision")."""
+    with precision.autocast():
+        features = encode(inputs)
+    return F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)  # fp64 stays
+
+
 @torch.no_grad()
-def teacher_forward(teacher: nn.Module, batch: ReplayBatch) -> tuple[Tensor, Tensor]:
+def teacher_forward(teacher: nn.Module, batch: ReplayBatch, precision: Precision = FP32) -> tuple[Tensor, Tensor]:
     """The teacher's normalised (image, text) embeddings of a replay batch, computed now."""
-    return teacher.encode_image(batch.images, normalize=True), teacher.encode_text(batch.tokens, normalize=True)
+    return embed(teacher.encode_image, batch.images, precision), embed(teacher.encode_text, batch.tokens, precision)
 
 
 class CachedTeacher:
     """The teacher's embeddings of every replay pair, computed once per task and looked up by index.
 
     Exact because the teacher is frozen and replay images are not augmented: a pair always gives the same input.
+    The forward passes run in the task's precision; the cache holds fp32, as a forward every step would give.
     """
 
-    def __init__(self, teacher: nn.Module, ordered: Iterable[Sequence[Tensor]], device: torch.device | str) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        ordered: Iterable[Sequence[Tensor]],
+        device: torch.device | str,
+        precision: Precision = FP32,
+    ) -> None:
         index, images, texts = [], [], []
         for raw in ordered:
             batch = ReplayBatch(*raw).to(device)
-            image_emb, text_emb = teacher_forward(teacher, batch)
+            image_emb, text_emb = teacher_forward(teacher, batch, precision)
             index.append(batch.index)
             images.append(image_emb)
             texts.append(text_emb)
@@ -107,12 +125,19 @@ class TaskState:
     """What stays fixed during a task: θ_{t−1} (frozen teacher and weight anchor) and what is derived from it."""
 
     def __init__(
-        self, task: Task, model: nn.Module, previous: nn.Module, teacher_mode: TeacherMode, device: torch.device | str
+        self,
+        task: Task,
+        model: nn.Module,
+        previous: nn.Module,
+        teacher_mode: TeacherMode,
+        device: torch.device | str,
+        precision: Precision = FP32,
     ) -> None:
         self.task = task
         self.previous = previous
         self.teacher_mode = teacher_mode
         self.device = device
+        self.precision = precision
         self.class_tokens = task.class_tokens.to(device)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         previous_params = dict(previous.named_parameters())
@@ -122,29 +147,40 @@ class TaskState:
     def teacher_replay(self) -> TeacherEmbeddings:
         """Built on first use, so methods without distillation never pay for the cache pass."""
         if self.teacher_mode == "per_step":
-            return partial(teacher_forward, self.previous)
+            return partial(teacher_forward, self.previous, precision=self.precision)
         if self.task.replay is None:
             raise ValueError(f"task {self.task.name!r} has no replay set")
-        return CachedTeacher(self.previous, self.task.replay.ordered, self.device)
+        return CachedTeacher(self.previous, self.task.replay.ordered, self.device, self.precision)
 
     @cached_property
     def teacher_class_embeddings(self) -> Tensor:
         """f_T of the task's class prompts under θ_{t−1}: fixed for the task, so computed once (LwF)."""
         with torch.no_grad():
-            return self.previous.encode_text(self.class_tokens, normalize=True)
+            return embed(self.previous.encode_text, self.class_tokens, self.precision)
 
 
 class StepContext:
-    """The quantities the loss terms of one step share, e.g. L^S for both distillation and ITA."""
+    """The quantities the loss terms of one step share, e.g. L^S for both distillation and ITA.
+
+    `grad_scale` is fp16's loss scale S when a gradient scaler is on (the backward passes then leave S × the
+    gradient in `.grad`), else None.
+    """
 
     def __init__(
-        self, model: nn.Module, state: TaskState, images: Tensor, labels: Tensor, replay: ReplayBatch | None
+        self,
+        model: nn.Module,
+        state: TaskState,
+        images: Tensor,
+        labels: Tensor,
+        replay: ReplayBatch | None,
+        grad_scale: Tensor | None = None,
     ) -> None:
         self.model = model
         self.state = state
         self.images = images
         self.labels = labels
         self._replay = replay
+        self.grad_scale = grad_scale
 
     @property
     def params(self) -> dict[str, Tensor]:
@@ -168,22 +204,22 @@ class StepContext:
     @cached_property
     def task_logits(self) -> Tensor:
         """s·f_I(x)·f_T(T_t)ᵀ under θ: the student's images × task classes."""
-        image_emb = self.model.encode_image(self.images, normalize=True)
-        class_emb = self.model.encode_text(self.state.class_tokens, normalize=True)
+        image_emb = self._embed(self.model.encode_image, self.images)
+        class_emb = self._embed(self.model.encode_text, self.state.class_tokens)
         return losses.clip_logits(image_emb, class_emb, self.scale)
 
     @cached_property
     def teacher_task_logits(self) -> Tensor:
         """The same images × classes under θ_{t−1}, without gradient (LwF)."""
         with torch.no_grad():
-            image_emb = self.state.previous.encode_image(self.images, normalize=True)
+            image_emb = self._embed(self.state.previous.encode_image, self.images)
         return losses.clip_logits(image_emb, self.state.teacher_class_embeddings, self.scale)
 
     @cached_property
     def replay_logits(self) -> Tensor:
         """L^S = s·f_I^θ(x_s)·f_T^θ(p_s)ᵀ, B×B over the global batch (embeddings gathered from every process)."""
-        image_emb = distributed.gather(self.model.encode_image(self.replay.images, normalize=True))
-        text_emb = distributed.gather(self.model.encode_text(self.replay.tokens, normalize=True))
+        image_emb = distributed.gather(self._embed(self.model.encode_image, self.replay.images))
+        text_emb = distributed.gather(self._embed(self.model.encode_text, self.replay.tokens))
         return losses.clip_logits(image_emb, text_emb, self.scale)
 
     @cached_property
@@ -196,3 +232,6 @@ class StepContext:
     def replay_targets(self) -> Tensor:
         """ITA's Y from prompt identity over the global batch: identical token rows are the same prompt."""
         return losses.ita_targets(distributed.gather(self.replay.tokens))
+
+    def _embed(self, encode: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+        return embed(encode, inputs, self.state.precision)

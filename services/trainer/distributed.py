@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from services.devices import resolve_device
+
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -100,19 +102,10 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def pick_device(requested: str) -> torch.device:
-    """'auto' is CUDA if there is one, else CPU; under torchrun each process takes cuda:LOCAL_RANK."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        requested = f"cuda:{local_rank()}"
-    return torch.device(requested)
-
-
 @contextmanager
 def session(requested_device: str) -> Iterator[torch.device]:
     """Join the process group when started by torchrun (WORLD_SIZE > 1); yield this process's device."""
-    device = pick_device(requested_device)
+    device = resolve_device(requested_device, index=local_rank())  # under torchrun: cuda:LOCAL_RANK
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         yield device
         return

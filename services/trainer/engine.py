@@ -4,6 +4,8 @@ Per task (METHOD.md): the student starts from θ_{t−1}; a frozen copy of θ_{t
 `logit_scale` stays frozen; AdamW with a cosine schedule and linear warm-up, lr and iterations set per task.
 Per step: replay terms backward, then task terms backward (AWC reads the first gradient), one optimiser step.
 Under torchrun each backward pass ends with a gradient all-reduce (see `distributed` for why that is exact).
+Under `training.precision` bf16 or fp16 the models' forward passes run under autocast and the rest in fp32
+(`precision`); fp16 scales both backward passes by one loss scale and unscales once, at the optimiser step.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gift_common.schedules import warmup_cosine
 from services.trainer import distributed
 from services.trainer.context import ReplayBatch, Seekable, StepContext, Task, TaskState, TeacherMode
 from services.trainer.methods import PHASES, LossTerm
+from services.trainer.precision import PrecisionName, precision_for
 
 StepLog = dict[str, float]
 
@@ -52,8 +55,11 @@ class Engine:
         teacher_mode: TeacherMode = "cached",
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
+        precision: PrecisionName = "fp32",
         progress: bool = True,
     ) -> None:
+        self.precision = precision_for(precision, device)  # first: a precision the device cannot do is a UserError
+        self.scaler = self.precision.grad_scaler()
         self.model = model.to(device)
         self.model.logit_scale.requires_grad_(False)
         self.terms = list(terms)
@@ -72,7 +78,7 @@ class Engine:
         if task.replay is None and any(term.phase == "replay" for term in self.terms):
             raise ValueError(f"task {task.name!r} has no replay set, and the method needs one")
         previous = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device)
+        self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device, self.precision)
         self.optimizer = torch.optim.AdamW(
             self.state.params.values(), lr=task.lr, betas=self.betas, weight_decay=self.weight_decay, fused=True
         )
@@ -85,15 +91,19 @@ class Engine:
         self._replay = None if task.replay is None else forever(entered(task.replay.batches, self.step_in_task))
 
     def compute_gradients(self, images: Tensor, labels: Tensor, replay: ReplayBatch | None = None) -> StepLog:
-        """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms."""
-        ctx = StepContext(self.model, self._task_state(), images, labels, replay)
+        """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms.
+
+        Under fp16 both passes are scaled by the same S, so `.grad` holds S × the sum until the optimiser step
+        unscales it; AWC, which reads `.grad` between the passes, divides by S itself (`ctx.grad_scale`).
+        """
+        ctx = StepContext(self.model, self._task_state(), images, labels, replay, self._grad_scale())
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         values: dict[str, Tensor] = {}
         for phase in PHASES:
             phase_values = {term.name: term(ctx) for term in self.terms if term.phase == phase}
             if phase_values:
-                torch.stack(list(phase_values.values())).sum().backward()
+                self.scaler.scale(torch.stack(list(phase_values.values())).sum()).backward()
                 distributed.average_gradients(ctx.params.values())
             values |= phase_values
         stacked = torch.stack([v.detach() for v in values.values()])
@@ -107,7 +117,8 @@ class Engine:
         replay = None if self._replay is None else ReplayBatch(*next(self._replay)).to(self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         log = self.compute_gradients(images, labels, replay)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # under fp16: unscale, and skip the step if a gradient overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.step_in_task += 1
         return log | {"lr": lr}
@@ -117,7 +128,7 @@ class Engine:
         state = self._task_state()
         for term in self.terms:
             term.end_task(
-                StepContext(self.model, state, *(t.to(self.device) for t in batch), None)
+                StepContext(self.model, state, *(t.to(self.device) for t in batch), None, self._grad_scale())
                 for batch in forever(state.task.train)
             )
         self.tasks_done += 1
@@ -144,7 +155,8 @@ class Engine:
         return history
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: weights, term memories, RNG, and the current task's optimiser state."""
+        """Everything needed to continue: weights, term memories, RNG, fp16's loss scale, and the current task's
+        optimiser state."""
         task = None
         if self.state is not None:
             task = {
@@ -158,6 +170,7 @@ class Engine:
             "tasks_done": self.tasks_done,
             "terms": [term.state_dict() for term in self.terms],
             "rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
             "task": task,
         }
 
@@ -171,6 +184,7 @@ class Engine:
         for term, term_state in zip(self.terms, state["terms"], strict=True):
             term.load_state_dict(term_state)
         torch.set_rng_state(state["rng"])
+        self.scaler.load_state_dict(state["scaler"])
         self._resume = state["task"]
 
     def _restore_task(self, saved: dict[str, Any]) -> None:
@@ -178,6 +192,12 @@ class Engine:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.step_in_task = saved["step"]
+
+    def _grad_scale(self) -> Tensor | None:
+        """fp16's current loss scale S as a device tensor (read without a host sync), or None without a scaler."""
+        if not self.scaler.is_enabled():
+            return None
+        return self.scaler.scale(torch.ones((), device=self.device))
 
     def _task_state(self) -> TaskState:
         if self.state is None:

@@ -2,6 +2,9 @@
 
 Notation: f_I, f_T are L2-normalised image and text embeddings, s = exp(logit_scale), θ the student's trainable
 parameters by name and θ_{t−1} (the anchor) the same tensors at the start of the task.
+
+Everything here is computed in fp32, whatever `training.precision` is: the embeddings arrive in fp32
+(`context.embed`), and parameters and gradients are fp32 (METHOD.md, "Numeric precision").
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ def task_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.2) -> T
 
 
 def kd(student: Tensor, teacher: Tensor, tau: float = 2.0) -> Tensor:
-    """ "KD(a, b) = τ² · CE(a/τ, softmax(b/τ)) averaged over rows"; the teacher side carries no gradient."""
+    """ "KD(a, b) = τ² · CE(a/τ, softmax(b/τ)) averaged over rows"; the teacher side carries no gradient.
+
+    fp32 logits: KD is a small difference of the two distributions, which bf16's 8 bits would round away.
+    """
     return tau**2 * F.cross_entropy(student / tau, F.softmax(teacher.detach() / tau, dim=1))
 
 
@@ -86,13 +92,21 @@ def _per_tensor(square: Tensor | None, param: Tensor) -> Tensor:
     return (square.detach() * scale).add_(floor)  # square / mean, or 1e-6 everywhere: no full-size `where`
 
 
-def awc_fisher(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def awc_fisher(params: Mapping[str, Tensor], grad_scale: Tensor | None = None) -> dict[str, Tensor]:
     """AWC's "F = (∇_θ (distill + ITA))², each parameter tensor divided by its own mean" from the `.grad` fields.
 
-    Call it right after the backward pass of distill + ITA, before the task loss adds to the gradients.
+    Call it right after the backward pass of distill + ITA, before the task loss adds to the gradients. `.grad`
+    is fp32 (master weights) under every precision, so the squares are fp32: bf16's 8 bits of mantissa would
+    make the importances coarse, fp16's range would flush squares below 6e-8 to zero. Under fp16, `.grad` holds
+    grad_scale × the gradient; it is unscaled here, before squaring.
     """
-    squares = {n: None if p.grad is None else p.grad.detach().square() for n, p in params.items()}
+    squares = {n: None if p.grad is None else unscaled(p.grad.detach(), grad_scale).square() for n, p in params.items()}
     return normalise_importance(squares, params)
+
+
+def unscaled(grad: Tensor, grad_scale: Tensor | None) -> Tensor:
+    """The true gradient from one that fp16's loss scaling multiplied by grad_scale (None: not scaled)."""
+    return grad if grad_scale is None else grad / grad_scale
 
 
 def consolidation_loss(

@@ -86,7 +86,7 @@ class AWC(LossTerm):
     name: ClassVar[str] = "awc"
 
     def value(self, ctx: StepContext) -> Tensor:
-        return losses.consolidation_loss(ctx.params, ctx.anchor, losses.awc_fisher(ctx.params))
+        return losses.consolidation_loss(ctx.params, ctx.anchor, losses.awc_fisher(ctx.params, ctx.grad_scale))
 
 
 @dataclass
@@ -103,7 +103,8 @@ class EWC(LossTerm):
 
     The Fisher is the squared gradient of the task's log-likelihood (CE without smoothing) summed over `batches`
     batches, normalised per tensor as AWC's is (so weights are comparable), and added over tasks (online EWC).
-    Before the first task ends there is no Fisher and the term is zero.
+    Before the first task ends there is no Fisher and the term is zero. Under fp16 the log-likelihood is scaled
+    as the training loss is, and a batch whose scaled gradient overflowed is left out.
     """
 
     batches: int = 10
@@ -124,10 +125,13 @@ class EWC(LossTerm):
         for ctx in islice(contexts, self.batches):
             params = ctx.params
             log_likelihood = losses.task_loss(ctx.task_logits, ctx.labels, label_smoothing=0.0)
-            grads = torch.autograd.grad(log_likelihood, list(params.values()), allow_unused=True)
+            scaled = log_likelihood if ctx.grad_scale is None else log_likelihood * ctx.grad_scale
+            grads = torch.autograd.grad(scaled, list(params.values()), allow_unused=True)
+            if ctx.grad_scale is not None and not all_finite(grads):
+                continue
             for name, grad in zip(params, grads, strict=True):
                 if grad is not None:
-                    squares[name] = squares.get(name, 0) + grad.detach() ** 2
+                    squares[name] = squares.get(name, 0) + losses.unscaled(grad.detach(), ctx.grad_scale) ** 2
         distributed.average_(squares.values())  # under DDP every process must keep the same Fisher
         fisher = losses.normalise_importance(squares, params)
         self.fisher = fisher if self.fisher is None else {n: self.fisher[n] + f for n, f in fisher.items()}
@@ -137,6 +141,10 @@ class EWC(LossTerm):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fisher = state["fisher"]
+
+
+def all_finite(grads: tuple[Tensor | None, ...]) -> bool:
+    return bool(torch.stack([g.isfinite().all() for g in grads if g is not None]).all())
 
 
 @dataclass

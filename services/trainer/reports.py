@@ -20,9 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.image import AxesImage
 
+from gift_common.files import atomic_file, atomic_write
+from gift_common.stand_in import NOTICE
 from services.trainer import metrics
-from services.trainer.synthetic import atomic_write
 
 METRICS = "metrics.json"
 TABLE = "results.md"
@@ -41,6 +43,7 @@ class Results:
     zero_shot: list[float] | None = None  # every task, before any training
     probe: list[dict[str, float]] | None = None  # per family, one per row; None = no pre-training probe
     probe_zero_shot: dict[str, float] | None = None
+    stand_ins: list[str] = field(default_factory=list)  # stand-in weights the run used (gift_common.stand_in)
 
 
 def summary(results: Results) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def summary(results: Results) -> dict[str, Any]:
     zero_shot = results.zero_shot
     probe = results.probe
     return {
+        **({"stand_in": NOTICE, "stand_in_weights": results.stand_ins} if results.stand_ins else {}),
         "tasks": list(names),
         "split": results.split,
         "accuracy": [list(row) for row in rows],
@@ -80,13 +84,14 @@ def write_reports(out: Path, results: Results, log: Sequence[dict]) -> None:
     result = summary(results)
     atomic_write(out / METRICS, json.dumps(result, indent=2).encode())
     atomic_write(out / TABLE, markdown_table(result).encode())
-    heatmap(out / HEATMAP, results.names, results.rows)
+    accuracy_matrices(out / HEATMAP, [("", results.names, results.rows)])
     loss_curves(out / CURVES, log)
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     names = result["tasks"]
-    lines = [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
+    lines = [f"**{result['stand_in']}**: {', '.join(result['stand_in_weights'])}", ""] if "stand_in" in result else []
+    lines += [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
     lines += ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     if result["zero_shot"] is not None:
         lines.append("| (zero-shot) | " + " | ".join(f"{value:.1f}" for value in result["zero_shot"]) + " |")
@@ -121,12 +126,27 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -> None:
+# An accuracy matrix to draw: its title, the task names, and the rows measured so far (after each task trained).
+Matrix = tuple[str, Sequence[str], Sequence[Sequence[float]]]
+
+
+def accuracy_matrices(path: Path, matrices: Sequence[Matrix]) -> None:
+    """Heat-maps of accuracy matrices side by side on one colour scale: a run's own, or runs to compare."""
+    size = 1.5 + 0.6 * max(len(names) for _, names, _ in matrices)
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=((size + 1.5) * len(matrices), size), squeeze=False, layout="constrained"
+    )
+    for ax, (title, names, rows) in zip(axes[0], matrices, strict=True):
+        image = _draw_matrix(ax, names, rows)
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes[0].tolist(), label="top-1 accuracy (%)")
+    save_figure(fig, path)
+
+
+def _draw_matrix(ax: plt.Axes, names: Sequence[str], rows: Sequence[Sequence[float]]) -> AxesImage:
     matrix = np.full((len(names), len(names)), np.nan)
     if rows:  # none yet after the zero-shot evaluation
         matrix[: len(rows)] = rows
-    size = 1.5 + 0.6 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=100)
     for (i, j), value in np.ndenumerate(matrix):
         if not np.isnan(value):
@@ -137,8 +157,7 @@ def heatmap(path: Path, names: Sequence[str], rows: Sequence[Sequence[float]]) -
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after training")
-    fig.colorbar(image, ax=ax, label="top-1 accuracy (%)")
-    _save(fig, path)
+    return image
 
 
 def loss_curves(path: Path, log: Sequence[dict]) -> None:
@@ -153,11 +172,11 @@ def loss_curves(path: Path, log: Sequence[dict]) -> None:
             ax.axvline(boundary, color="grey", linestyle="--", linewidth=0.6)
         ax.set_ylabel(term)
     axes[-1, 0].set_xlabel("training step (all tasks)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """The figure as a PNG at `path`, written atomically (a page may be read while a run rewrites it); closes it."""
+    with atomic_file(path) as file:
+        fig.savefig(file, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)

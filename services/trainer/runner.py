@@ -11,10 +11,8 @@ Under torchrun every process trains; only process 0 writes files.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -23,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.errors import UserError
+from gift_common.files import atomic_file, atomic_write
+from gift_common.stand_in import is_stand_in
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
@@ -90,6 +90,7 @@ class Runner:
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
             weight_decay=config.training.weight_decay,
+            precision=config.training.precision,
             progress=config.progress and distributed.is_main(),
         )
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
@@ -135,7 +136,7 @@ class Runner:
             distributed.broadcast_parameters(self.model)
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / CONFIG).write_text(self.config.model_dump_json(indent=2))
+            atomic_write(self.out / CONFIG, self.config.model_dump_json(indent=2).encode())
             self._log_file = self._open_log()
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
@@ -172,7 +173,9 @@ class Runner:
 
     def _empty_results(self) -> reports.Results:
         names = [t.name for t in self.tasks]
-        return reports.Results(names, self.config.evaluation.split, probe=None if self.probe is None else [])
+        stand_ins = [str(path) for path in [self.config.model.pretrained] if is_stand_in(path)]
+        probe = None if self.probe is None else []
+        return reports.Results(names, self.config.evaluation.split, probe=probe, stand_ins=stand_ins)
 
     def _start_synthetic(self) -> ReplaySets:
         """The replay sets of every task still to train, from the configured source (the generator makes them in
@@ -207,7 +210,7 @@ class Runner:
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
-            ordered=in_order(pairs, batch_size, workers),
+            ordered=in_order(pairs, batch_size, workers, pin_memory=self._pin_memory),
         )
 
     def _stream(self, dataset: Dataset, batch_size: int, seed: tuple[int, ...]) -> BatchStream:
@@ -216,7 +219,7 @@ class Runner:
             batch_size,
             seed,
             num_workers=self.config.training.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self._pin_memory,
             rank=distributed.rank(),
             world=distributed.world_size(),
         )
@@ -251,7 +254,13 @@ class Runner:
     def _shard(self, dataset: Dataset) -> DataLoader:
         """This process's share of an evaluation set, in order."""
         evaluation, rank, world = self.config.evaluation, distributed.rank(), distributed.world_size()
-        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world))
+        return in_order(dataset, evaluation.batch_size, evaluation.num_workers, range(rank, len(dataset), world),
+                        pin_memory=self._pin_memory)  # fmt: skip
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Batches for a GPU go to page-locked memory, which the GPU reads directly, and the copy need not block."""
+        return self.device.type == "cuda"
 
     def _checkpoint(self) -> None:
         if not distributed.is_main():
@@ -264,7 +273,8 @@ class Runner:
             "log": self.log,
             "config": outcome_settings(self.config),
         }
-        atomic_save(state, self.out / CHECKPOINT)
+        with atomic_file(self.out / CHECKPOINT, durable=True) as file:  # a kill leaves the last checkpoint whole
+            torch.save(state, file)
 
     def _report(self) -> None:
         if distributed.is_main():
@@ -280,13 +290,6 @@ def build_model(config: RunConfig, device: torch.device) -> nn.Module:
     except RuntimeError as error:  # e.g. a weights file of another architecture
         raise UserError(f"model: cannot load {config.model.pretrained} into {config.model.architecture}: "
                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a kill leaves the previous checkpoint or the new one whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def outcome_settings(config: RunConfig) -> dict[str, Any]:

@@ -5,6 +5,11 @@ and every sample of batch k gets its own augmentation seed. So a run resumed at 
 as the uninterrupted run did, without touching the s batches before it, whatever the number of loader workers.
 Under DDP, rank r of W takes the r-th contiguous slice of each global batch: the ranks' slices, gathered in rank
 order, are the batch one process would see.
+
+Feeding a GPU: loader workers decode and augment in parallel, each `PREFETCH` batches ahead, so that one slow batch
+does not stall a step; on CUDA, batches land in pinned memory and the engine copies them without blocking. Workers
+are not made persistent: a stream's loader is iterated once, endlessly, so its workers live for the whole task
+anyway, and an evaluation or cache pass reads its loader once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 Seed = tuple[int, ...]
+PREFETCH = 4  # batches each worker holds ready: a slow one (a large image file, a busy disk) is absorbed
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class BatchStream:
             batch_sampler=_Sampler(len(self.dataset), self.batch_size, self.seed, self.rank, self.world, self.start),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            prefetch_factor=PREFETCH if self.num_workers else None,
         )
         return iter(loader)
 
@@ -93,8 +100,13 @@ class SeededItems(Dataset):
 
 
 def in_order(
-    dataset: Dataset, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Every item (or those of `indices`) once, in order: evaluation and the teacher cache."""
     sampler = range(len(dataset)) if indices is None else indices
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, prefetch_factor=PREFETCH if num_workers else None)  # fmt: skip

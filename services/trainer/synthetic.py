@@ -2,7 +2,8 @@
 
 S_t depends only on the settings and the class names of tasks before t, so every set is known when the run starts.
 A background thread obtains them in the order the tasks need them (the generator shares its workers among queued
-jobs, so asking for all at once would delay the first), while the engine trains. Sets are stored by content:
+jobs, so asking for all at once would delay the first), while the engine trains. A set arrives as one streamed
+archive (`GET /v1/jobs/{id}/archive`), one request however many images it holds. Sets are stored by content:
 `images/<sha256>.png` and `sets/<request key>.json`; a rerun or a resume reads them without the generator, and
 every image's SHA-256 is checked when it arrives and whenever it is read.
 
@@ -15,25 +16,35 @@ concept list (`CONCEPTS`, `synthetic.concepts`: ImageNet's class names built in)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import random
+import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gift_common.client import GeneratorClient, GeneratorError, GeneratorUnavailable, JobTimeout
+from gift_common.client import (
+    LONG_POLL_SECONDS,
+    GeneratorClient,
+    GeneratorError,
+    GeneratorHTTPError,
+    GeneratorUnavailable,
+    IntegrityError,
+    JobTimeout,
+)
 from gift_common.errors import UserError
+from gift_common.files import atomic_write
 from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import Settings
@@ -44,7 +55,7 @@ from services.trainer.plugins import ConceptList, ReplaySource
 if TYPE_CHECKING:
     from services.trainer.config import SyntheticConfig
 
-POLL_SECONDS = 1.0  # how long one wait for a job or for another process's stored set lasts before looking again
+POLL_SECONDS = 1.0  # how long a process that does not fetch waits for another's stored set before looking again
 T = TypeVar("T")
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -136,8 +147,9 @@ class SetCache:
         return paths if all(self._intact(path) for path in paths) else None
 
     def store_image(self, sha256: str, png: bytes) -> None:
-        if hashlib.sha256(png).hexdigest() != sha256:
-            raise GeneratorError(f"image {sha256} arrived with other bytes; not stored")
+        """Store `png` under its name, once its bytes hash to it: the one check of a downloaded image."""
+        if (actual := hashlib.sha256(png).hexdigest()) != sha256:
+            raise IntegrityError(sha256, actual)
         atomic_write(self.image_path(sha256), png)
 
     def store(self, request: JobRequest, shas: Sequence[str]) -> list[Path]:
@@ -153,23 +165,58 @@ class SetCache:
         return False
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def download_set(client: GeneratorClient, cache: SetCache, request: JobRequest, job: JobStatus) -> list[Path]:
-    """Store the images of a finished job that the cache lacks (each verified), then the set's manifest."""
+    """Store the images of a finished job that the cache lacks, from the job's archive in one request, then the set's
+    manifest. Each image is checked against the SHA-256 the job lists for it as it is stored."""
     images = sorted(job.images, key=lambda info: info.index)
     if [info.index for info in images] != list(range(len(request.prompts))):
         raise GeneratorError(f"job {job.id} succeeded but lists {len(images)} of its {len(request.prompts)} images")
-    for sha in dict.fromkeys(info.sha256 for info in images):
-        if not cache.has_image(sha):
-            cache.store_image(sha, client.image(sha))
-    return cache.store(request, [info.sha256 for info in images])
+    shas = [info.sha256 for info in images]
+    if not all(cache.has_image(sha) for sha in shas):
+        with client.archive(job.id) as chunks:
+            received = store_archive(cache, shas, ChunkReader(chunks))
+        if received < len(shas):
+            raise GeneratorError(f"the archive of job {job.id} ended after {received} of its {len(shas)} images")
+    return cache.store(request, shas)
+
+
+def store_archive(cache: SetCache, shas: Sequence[str], tar_file: BinaryIO) -> int:
+    """Store the PNGs of a streamed archive (`{index:06d}.png`, API.md) that the cache lacks; the number received."""
+    received = 0
+    try:
+        with tarfile.open(fileobj=tar_file, mode="r|") as tar:
+            for member in tar:
+                stem, _, kind = member.name.partition(".")
+                if kind != "png":
+                    continue  # the prompt and parameters: the trainer has them from its request
+                file = tar.extractfile(member)
+                if file is None or not (stem.isdigit() and int(stem) < len(shas)):
+                    raise GeneratorError(f"the archive holds {member.name!r}, not an image of this job")
+                if not cache.has_image(sha := shas[int(stem)]):
+                    cache.store_image(sha, file.read())
+                received += 1
+    except tarfile.TarError as error:
+        raise GeneratorError(f"the archive is not a readable tar: {error}") from None
+    return received
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks, for tarfile to read a streamed archive from."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._pending = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0  # the end of the stream
+        size = min(len(buffer), len(self._pending))
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        return size
 
 
 class SyntheticSets:
@@ -219,7 +266,7 @@ class SyntheticSets:
             raise UserError(f"synthetic set of task {task}: {error}") from None
 
     def close(self) -> None:
-        """Stop asking for sets; a wait in progress ends within POLL_SECONDS."""
+        """Stop asking for sets; a wait in progress ends within one long-poll (LONG_POLL_SECONDS)."""
         self._stop.set()
 
     def _run(self) -> None:
@@ -241,20 +288,30 @@ class SyntheticSets:
         if not self.fetch:
             stored = f"a set stored in {self.cache.manifest_path(request)}"
             return self._until(lambda: self.cache.load(request), stored, pause=POLL_SECONDS)
-        job_id = self._jobs.get(index) or self._submit(index)
-        job = self._until(lambda: self._finished(job_id), f"job {job_id}", pause=0)  # each poll waits itself
+        job = self._generated(self._jobs.get(index) or self._submit(index))
         following = index + 1
         if following < len(self._queue) and not self.cache.manifest_path(self._queue[following]).exists():
             self._submit(following)  # generated while this set downloads and the task trains
-        return download_set(self._generator(), self.cache, request, job)
+        try:
+            return download_set(self._generator(), self.cache, request, job)
+        except GeneratorHTTPError as error:
+            if error.status_code != 410:
+                raise
+        # the server evicted images between the job's end and this download: the same request makes them again
+        return download_set(self._generator(), self.cache, request, self._generated(self._submit(index)))
 
     def _submit(self, index: int) -> str:
         self._jobs[index] = self._generator().submit(self._queue[index]).id
         return self._jobs[index]
 
+    def _generated(self, job_id: str) -> JobStatus:
+        return self._until(lambda: self._finished(job_id), f"job {job_id}", pause=0)  # each poll waits itself
+
     def _finished(self, job_id: str) -> JobStatus | None:
+        """The job once it has ended, else None after one long-poll (no longer than the run's own timeout)."""
+        poll = LONG_POLL_SECONDS if self.timeout is None else min(LONG_POLL_SECONDS, self.timeout)
         try:
-            return self._generator().wait(job_id, timeout=POLL_SECONDS, progress=False)
+            return self._generator().wait(job_id, timeout=poll, progress=False)
         except JobTimeout:
             return None
 

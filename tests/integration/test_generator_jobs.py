@@ -111,7 +111,9 @@ def test_small_job_is_not_starved_by_a_big_one(client: GeneratorClient):
 def test_archive_is_webdataset_layout(client: GeneratorClient):
     request = JobRequest(prompts=["a white cross", "a black heart"], seed=21, negative_prompt="blurry", **FAST)
     job, pngs = client.generate(request, progress=False)
-    with tarfile.open(fileobj=io.BytesIO(client.archive(job.id))) as tar:
+    with client.archive(job.id) as chunks:
+        data = b"".join(chunks)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
         assert names == ["000000.png", "000000.txt", "000000.json", "000001.png", "000001.txt", "000001.json"]
         assert tar.extractfile("000001.png").read() == pngs[1]

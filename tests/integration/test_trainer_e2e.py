@@ -3,6 +3,7 @@ run killed after its first checkpoint and resumed, which must end where the unin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -10,17 +11,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import torch
 import yaml
 from PIL import Image
 
+from gift_common import redis_keys
+from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
+from gift_common.schemas import JobRequest, JobStatus
 from services.stack import LocalStack, free_port
 from services.trainer.main import run_training
-from services.trainer.synthetic import SetCache
+from services.trainer.synthetic import SetCache, SyntheticSets
 from tests.unit.test_trainer_models import write_tiny_arch
 
 pytestmark = pytest.mark.integration
@@ -128,6 +134,30 @@ def test_synthetic_sets_follow_the_pools(folder: Path) -> None:
     assert second["request"]["seed"] == SYNTHETIC and second["request"]["num_inference_steps"] == 4
     cache = SetCache(folder / "synthetic-cache")
     assert all(cache.image_path(sha).is_file() for m in manifests for sha in m["images"])
+
+
+def test_a_set_evicted_between_its_job_and_its_download_is_made_again(stack: LocalStack, tmp_path: Path) -> None:
+    """The server drops an image's bytes (its memory limit) right after the job ends: the archive answers 410, and
+    the trainer submits the request again, which makes the image again."""
+    store = redis.Redis.from_url(stack.redis_url)
+    jobs: list[JobStatus] = []
+
+    class EvictingClient(GeneratorClient):
+        def wait(self, job_id: str, **kwargs: Any) -> JobStatus:
+            jobs.append(job := super().wait(job_id, **kwargs))
+            if len(jobs) == 1:
+                assert store.delete(redis_keys.png(job.images[1].sha256)) == 1
+            return job
+
+    request = JobRequest(prompts=["a photo of a red.", "a photo of a blue.", "a photo of a red."], seed=77,
+                         num_inference_steps=2)  # fmt: skip
+    sets = SyntheticSets({"one": request}, SetCache(tmp_path), lambda: EvictingClient(stack.api_url), timeout=300)
+    paths = sets.paths("one")
+    sets.close()
+    assert len(jobs) == 2 and jobs[0].id != jobs[1].id and jobs[1].cached == 2  # only the evicted image made again
+    first, again = ([info.sha256 for info in sorted(job.images, key=lambda info: info.index)] for job in jobs)
+    assert [path.stem for path in paths] == again and again[0::2] == first[0::2]  # the kept images served again
+    assert all(hashlib.sha256(path.read_bytes()).hexdigest() == path.stem for path in paths)
 
 
 def test_a_killed_run_resumes_to_the_same_results_without_the_generator(folder: Path) -> None:

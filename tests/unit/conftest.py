@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from tinyworld.tokenizer import write_clip_tokenizer
 from transformers import CLIPTokenizer
+
+from gift_common.clip_tokenizer import write_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +16,21 @@ def hf_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
     directory = tmp_path_factory.mktemp("tokenizer")
     write_clip_tokenizer(directory)
     return CLIPTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny_standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The stand-ins' writer with SD 1.5's layout cut to toy widths (and RN50 for the CLIP): the whole path, fast."""
+    from services.rehearsal import standins
+
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {"block_out_channels": [32, 32, 64, 64], "norm_num_groups": 8, "sample_size": 8}.items():
+            patch.setitem(standins.UNET_CONFIG, key, value)
+        patch.setitem(standins.UNET_CONFIG, "cross_attention_dim", 32)
+        patch.setitem(standins.VAE_CONFIG, "block_out_channels", [8, 8, 16, 16])
+        patch.setitem(standins.VAE_CONFIG, "norm_num_groups", 4)
+        for key, value in text.items():
+            patch.setitem(standins.TEXT_ENCODER_CONFIG, key, value)
+        patch.setattr(standins, "VIT_NAME", "RN50")  # the smallest built-in architecture; the call is the same
+        return standins.write_standins(tmp_path_factory.mktemp("standins"))

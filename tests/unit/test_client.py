@@ -167,7 +167,7 @@ def test_wait_long_polls_until_done_and_shows_progress(connect, capsys):
     job = connect(fake).wait("j1")
     assert job.status == "succeeded"
     polls, final = fake.requests[:-1], fake.requests[-1]
-    assert [(r.url.params["wait"], r.url.params["images"]) for r in polls] == [("1.0", "false")] * 3
+    assert [(r.url.params["wait"], r.url.params["images"]) for r in polls] == [("30.0", "false")] * 3
     assert "wait" not in final.url.params and "images" not in final.url.params  # the images, once, at the end
     err = capsys.readouterr().err
     assert "job j1" in err and "cached=1" in err
@@ -184,8 +184,61 @@ def test_cancel_models_archive(connect):
     assert client.cancel("j1").status == "cancelled"
     assert fake.requests[-1].method == "DELETE"
     assert [(m.name, m.default) for m in client.models()] == [("tinyworld", True)]
-    with tarfile.open(fileobj=io.BytesIO(client.archive("j1"))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(streamed_archive(client, "j1"))) as tar:
         assert tar.extractfile("000000.png").read() == PNG[0]
+
+
+def streamed_archive(client: Any, job_id: str) -> bytes:
+    """The archive's bytes as either client streams them."""
+    if not isinstance(client, SyncView):
+        with client.archive(job_id) as chunks:
+            return b"".join(chunks)
+
+    async def collect() -> bytes:
+        async with client._client.archive(job_id) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    return asyncio.run(collect())
+
+
+def test_the_archive_reaches_the_caller_while_the_server_still_sends_it() -> None:
+    sent: list[int] = []
+
+    def body():
+        for i in range(3):
+            sent.append(i)
+            yield f"part {i};".encode()
+
+    handler = lambda request: httpx.Response(200, content=body())  # noqa: E731
+    with GeneratorClient(BASE, "", transport=httpx.MockTransport(handler)) as client, client.archive("j1") as chunks:
+        assert (next(chunks), sent) == (b"part 0;", [0])  # the rest is not sent before it is asked for
+        assert b"".join(chunks) == b"part 1;part 2;"
+
+
+class BrokenOff(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body whose connection is lost after its first chunk, for either client."""
+
+    def __iter__(self):
+        yield b"the first image"
+        raise httpx.ReadError("connection reset by peer")
+
+    async def __aiter__(self):
+        yield b"the first image"
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_an_archive_refused_or_broken_off_is_a_generator_error(connect) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/jobs/gone/archive":
+            return httpx.Response(410, json={"detail": "images [3] of job gone were evicted from storage"})
+        return httpx.Response(200, stream=BrokenOff())
+
+    client = connect(handler)
+    with pytest.raises(GeneratorHTTPError, match="410: images \\[3\\] of job gone were evicted") as caught:
+        streamed_archive(client, "gone")
+    assert caught.value.status_code == 410
+    with pytest.raises(GeneratorError, match="archive /v1/jobs/j1/archive broke off: ReadError: connection reset"):
+        streamed_archive(client, "j1")
 
 
 def test_image_is_verified(connect):
@@ -355,6 +408,15 @@ def test_retries_on_503_honouring_retry_after(connect):
     assert client.submit(JobRequest(prompts=["x"])).id == "j1"
     assert len(seen) == 4
     assert client.sleeps == [0.01, 1.0, 2.0]  # Retry-After, then backoff 0.5 * 2**attempt
+
+
+def test_a_submit_sends_one_idempotency_key_on_all_its_retries_and_a_new_one_per_submit(connect):
+    handler, seen = flaky([httpx.ReadTimeout("the answer was lost"), httpx.Response(503)])
+    client = connect(handler)
+    client.submit(JobRequest(prompts=["x"]))
+    client.submit(JobRequest(prompts=["x"]))
+    keys = [request.headers.get("Idempotency-Key") for request in seen]
+    assert len(keys) == 4 and keys[0] == keys[1] == keys[2] != keys[3] and all(keys), keys
 
 
 def test_unavailable_after_the_retries_are_spent(connect):

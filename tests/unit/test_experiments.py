@@ -9,30 +9,27 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-import services.experiments
-from services.experiments import (
+import services.run_configs
+from services.experiments import cli
+from services.experiments import sweep as sweeping
+from services.experiments.cli import main
+from services.experiments.page import bar_lines, collect, results_page, schedule_line, settings_line
+from services.experiments.records import PageRecord, finished
+from services.experiments.sweep import (
     METHODS,
     ORDERS,
     Cell,
     Overrides,
-    PageRecord,
-    bar_lines,
-    collect,
-    finished,
-    main,
+    cell_config,
     method_overrides,
     method_weights,
-    results_page,
-    run_config,
-    schedule_line,
-    settings_line,
     sweep,
 )
 from services.trainer.config import parse_config
 
 
 def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(tmp_path: Path) -> None:
-    config = run_config(Cell(2, 1, "replay_distill"), tmp_path, "val", "http://api:1", Overrides({"lr": 0.001}))
+    config = cell_config(Cell(2, 1, "replay_distill"), tmp_path, "val", "http://api:1", Overrides({"lr": 0.001}))
     checked = parse_config(config, base=tmp_path)
     assert [task.label for task in checked.tasks] == list(ORDERS[2])
     assert checked.seed == checked.synthetic.seed == 1
@@ -41,7 +38,7 @@ def test_a_cell_runs_the_embedded_default_with_its_method_seed_order_and_split(t
     assert checked.output_dir == tmp_path / "runs" / "order2-seed1-replay_distill"
     assert set(METHODS) >= {"ft", "l2", "ewc", "lwf", "gift", "gift_no_awc"}
     real = parse_config(
-        run_config(Cell(1, 0, "gift_real"), tmp_path, "val", "http://api:1", Overrides()), base=tmp_path
+        cell_config(Cell(1, 0, "gift_real"), tmp_path, "val", "http://api:1", Overrides()), base=tmp_path
     )
     assert real.method.preset == "gift" and real.synthetic.source == "tinyworld"
 
@@ -54,7 +51,7 @@ def write_metrics(
     folder = out / "runs" / cell.name
     folder.mkdir(parents=True)
     weights = method_weights([cell.method], {}) if settings is None else {cell.method: settings}
-    config = parse_config(run_config(cell, out, out.name, None, Overrides(methods=weights)), base=folder)
+    config = parse_config(cell_config(cell, out, out.name, None, Overrides(methods=weights)), base=folder)
     (folder / "config.json").write_text(config.model_dump_json())
     figures = {"Transfer": avg - 5, "Avg": avg, "Last": avg + 5, "Forget": -1.0, "pretraining": [60.0, 50.0],
                "accuracy": [[avg + 10, avg - 5], [0.0, avg + 20]], "tasks": ["objects", "textures"]}  # fmt: skip
@@ -73,7 +70,7 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
 
     def ended(cell: Cell) -> dict | None:
         weights = Overrides(methods=method_weights([cell.method], {}))
-        return finished(tmp_path, cell, run_config(cell, tmp_path, "test", None, weights))
+        return finished(tmp_path, cell, cell_config(cell, tmp_path, "test", None, weights))
 
     assert ended(cells[0]) and not ended(cells[5]) and not ended(cells[4])
     record = PageRecord("test", schedule_line({"iterations": 7}))
@@ -103,8 +100,8 @@ def test_the_page_gives_mean_and_deviation_over_finished_seeds_only(tmp_path: Pa
 
 def test_method_settings_are_set_per_method_and_checked_before_anything_runs(tmp_path: Path) -> None:
     overrides = Overrides(methods=method_overrides(["gift.awc=0.3", "gift.ita=0"]))
-    gift = parse_config(run_config(Cell(1, 0, "gift"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
-    ft = parse_config(run_config(Cell(1, 0, "ft"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
+    gift = parse_config(cell_config(Cell(1, 0, "gift"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
+    ft = parse_config(cell_config(Cell(1, 0, "ft"), tmp_path, "val", "http://api:1", overrides), base=tmp_path)
     assert (gift.method.settings().awc, gift.method.settings().ita) == (0.3, 0.0)
     assert ft.method.settings().awc == 0.0  # FT is left as it is
     wrong = {"gift.awc": "METHOD.SETTING=VALUE", "sgd.awc=1": "METHOD.SETTING=VALUE", "gift.awc=x": "not a number",
@@ -137,7 +134,7 @@ def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> No
 def test_page_only_writes_the_page_from_finished_runs_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services.experiments, "sweep", lambda *args: pytest.fail("--page-only started runs"))
+    monkeypatch.setattr(cli, "sweep", lambda *args: pytest.fail("--page-only started runs"))
     for seed in (0, 1):
         write_metrics(tmp_path / "test", Cell(1, seed, "ft"), 30.0 + seed)
     main(["--out", str(tmp_path), "--orders", "1", "--methods", "ft", "gift", "--page-only"])
@@ -149,7 +146,7 @@ def test_the_page_keeps_its_runs_so_a_later_sweep_runs_only_what_it_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[list[Cell]] = []
-    monkeypatch.setattr(services.experiments, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    monkeypatch.setattr(cli, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
     page = tmp_path / "page"
     write_metrics(tmp_path / "first" / "test", Cell(1, 0, "ft"), 30.0)
     main(["--out", str(tmp_path / "first"), "--page", str(page), "--orders", "1", "--seeds", "0", "1",
@@ -168,7 +165,7 @@ def test_the_sweep_runs_method_by_method_so_a_cut_short_sweep_leaves_whole_colum
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[list[Cell]] = []
-    monkeypatch.setattr(services.experiments, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    monkeypatch.setattr(cli, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
     main(["--out", str(tmp_path), "--orders", "1", "2", "--seeds", "0", "--methods", "gift", "ft"])
     assert asked == [[Cell(1, 0, "gift"), Cell(2, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "ft")]]
 
@@ -223,9 +220,9 @@ def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_faile
         process = SimpleNamespace(alive=lambda: False, popen=SimpleNamespace(returncode=code), log=folder / name)
         return SimpleNamespace(name=name, process=process, total_steps=6, steps_done=lambda: 6)
 
-    monkeypatch.setattr(services.experiments, "LocalStack", lambda *args, **kwargs: Stack())
-    monkeypatch.setattr(services.experiments, "start_run", start_run)
-    monkeypatch.setattr(services.experiments.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(sweeping, "LocalStack", lambda *args, **kwargs: Stack())
+    monkeypatch.setattr(sweeping, "start_run", start_run)
+    monkeypatch.setattr(sweeping.time, "sleep", lambda seconds: None)
     ended: list[Cell] = []
     todo = [Cell(1, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "gift")]
     sweep(todo, tmp_path, "test", 2, Overrides(), on_finish=ended.append)
@@ -236,11 +233,11 @@ def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_faile
 def test_a_page_names_the_weights_it_was_made_with_so_a_rebuild_starts_a_page_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = yaml.safe_load(services.experiments.BASE_CONFIG.read_text())
+    config = yaml.safe_load(services.run_configs.BASE_CONFIG.read_text())
     config["model"]["pretrained"] = str(tmp_path / "weights" / "tiny-clip.pt")
     (tmp_path / "weights").mkdir()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.setattr(services.experiments, "BASE_CONFIG", tmp_path / "config.yaml")
+    monkeypatch.setattr(services.run_configs, "BASE_CONFIG", tmp_path / "config.yaml")
     (tmp_path / "weights" / "MANIFEST.json").write_text('{"files": {"tiny-clip.pt": "aa"}}')
     first = schedule_line({})
     (tmp_path / "weights" / "MANIFEST.json").write_text('{"files": {"tiny-clip.pt": "bb"}}')

@@ -12,7 +12,8 @@ from tinyworld.clip import PretrainConfig
 from tinyworld.sd_training import TrainConfig
 
 from gift_common.manifest import MANIFEST, verify
-from services.generator.worker.synthesis import load_model, resolve_device
+from services.devices import resolve_device
+from services.generator.worker.synthesis import load_model
 from services.trainer.models import create_model
 
 TINY_CLIP = PretrainConfig(steps=2, batch=8, warmup=1)

@@ -57,4 +57,6 @@ def test_in_order_reads_every_item_or_a_shard_once() -> None:
 
 def test_loader_workers_do_not_change_the_batches() -> None:
     stream = BatchStream(RandomlyAugmented(), batch_size=4, seed=(2,))
-    assert take(replace(stream, num_workers=2), 5) == take(stream, 5)
+    whole = take(stream, 5)
+    assert take(replace(stream, num_workers=2), 5) == whole
+    assert take(replace(stream, num_workers=2).from_step(2), 3) == whole[2:]  # workers prefetching, entered mid-run

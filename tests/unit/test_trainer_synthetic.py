@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tarfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gift_common.client import GeneratorUnavailable
+from gift_common.client import GeneratorHTTPError, GeneratorUnavailable
 from gift_common.errors import UserError
 from gift_common.schemas import ImageInfo, JobRequest, JobStatus
 from services.trainer.config import SyntheticConfig
@@ -28,13 +31,16 @@ def png(prompt: str, seed: int) -> bytes:
 
 
 class FakeGenerator:
-    """The three client calls the trainer makes, answered in memory; counts them."""
+    """The three client calls the trainer makes, answered in memory; counts them. `archives` says what the archives
+    hold, in turn (then whole ones): "whole", "evicted" (a 410), "corrupt" (one image's bytes changed), "short"
+    (the stream ends one image early)."""
 
-    def __init__(self) -> None:
+    def __init__(self, archives: Sequence[str] = ()) -> None:
         self.calls: Counter[str] = Counter()
         self.order: list[str] = []
         self.store: dict[str, bytes] = {}
         self.jobs: dict[str, JobRequest] = {}
+        self.archives = list(archives)
 
     def submit(self, request: JobRequest) -> JobStatus:
         self._record("submit")
@@ -45,9 +51,24 @@ class FakeGenerator:
         self._record("wait")
         return self._status(job_id)
 
-    def image(self, sha256: str) -> bytes:
-        self._record("image")
-        return self.store[sha256]
+    @contextmanager
+    def archive(self, job_id: str) -> Iterator[Iterator[bytes]]:
+        self._record("archive")
+        kind = self.archives.pop(0) if self.archives else "whole"
+        if kind == "evicted":
+            raise GeneratorHTTPError(410, f"images [0] of job {job_id} were evicted", "GET", "/archive")
+        images = self._status(job_id).images
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w|") as tar:
+            for info in images[:-1] if kind == "short" else images:
+                png = self.store[info.sha256]
+                for name, data in ((f"{info.index:06d}.png", png[:-1] + b"!" if kind == "corrupt" else png),
+                                   (f"{info.index:06d}.txt", info.prompt.encode())):  # fmt: skip
+                    member = tarfile.TarInfo(name)
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+        data = buffer.getvalue()
+        yield iter([data[i : i + 1000] for i in range(0, len(data), 1000)])
 
     def _record(self, call: str) -> None:
         self.calls[call] += 1
@@ -112,7 +133,7 @@ def test_a_set_draws_uniformly_from_its_pool_with_its_own_seeds() -> None:
 def test_a_second_run_reads_the_cache_and_never_calls_the_generator(tmp_path: Path) -> None:
     generator = FakeGenerator()
     first = obtain(SetCache(tmp_path), lambda: generator)
-    assert generator.calls == {"submit": 2, "wait": 2, "image": 12}
+    assert generator.calls == {"submit": 2, "wait": 2, "archive": 2}  # one download per set
     assert [len(paths) for paths in first.values()] == [6, 6]
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.stem for paths in first.values() for p in paths)
     assert obtain(SetCache(tmp_path), unreachable) == first
@@ -121,7 +142,7 @@ def test_a_second_run_reads_the_cache_and_never_calls_the_generator(tmp_path: Pa
 def test_sets_come_in_order_and_the_next_is_generated_while_one_downloads(tmp_path: Path) -> None:
     generator = FakeGenerator()
     obtain(SetCache(tmp_path), lambda: generator)
-    assert generator.order == ["submit", "wait", "submit", "image", "wait", "image"]
+    assert generator.order == ["submit", "wait", "submit", "archive", "wait", "archive"]
     assert [request.seed for request in generator.jobs.values()] == [5, 11]
 
 
@@ -130,7 +151,32 @@ def test_a_corrupt_cached_image_is_fetched_again(tmp_path: Path) -> None:
     first["two"][0].write_bytes(b"not the image")
     generator = FakeGenerator()
     assert obtain(SetCache(tmp_path), lambda: generator) == first
-    assert generator.calls["image"] == 1 and generator.calls["submit"] == 1
+    assert generator.calls["archive"] == 1 and generator.calls["submit"] == 1
+
+
+def test_a_set_evicted_before_its_download_is_asked_for_again(tmp_path: Path) -> None:
+    generator = FakeGenerator(["evicted"])
+    stored = obtain(SetCache(tmp_path / "evicted"), lambda: generator)
+    names = {task: [path.name for path in paths] for task, paths in stored.items()}
+    assert names == {task: [p.name for p in paths] for task, paths in obtain(SetCache(tmp_path), FakeGenerator).items()}
+    assert generator.order == ["submit", "wait", "submit", "archive", "submit", "wait", "archive", "wait", "archive"]
+    sets = SyntheticSets(requests(), SetCache(tmp_path / "gone"), lambda: FakeGenerator(["evicted", "evicted"]))
+    with pytest.raises(UserError, match=r"synthetic set of task one: .* 410: images \[0\] of job 2 were evicted"):
+        sets.paths("one")  # evicted again: not asked for a third time
+    sets.close()
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [("corrupt", "arrived with SHA-256 [0-9a-f]+; the bytes are corrupt"), ("short", "ended after 5 of its 6 images")],
+)
+def test_an_archive_with_other_bytes_or_fewer_images_stores_no_set(tmp_path: Path, archive: str, message: str) -> None:
+    sets = SyntheticSets(requests(), SetCache(tmp_path), lambda: FakeGenerator([archive]))
+    with pytest.raises(UserError, match=f"synthetic set of task one: .*{message}"):
+        sets.paths("one")
+    sets.close()
+    assert not SetCache(tmp_path).manifest_path(requests()["one"]).exists()
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == p.stem for p in tmp_path.rglob("*.png"))
 
 
 def test_an_unreachable_generator_is_a_clear_error(tmp_path: Path) -> None:

@@ -162,14 +162,16 @@ def test_the_probe_is_recorded_per_row_and_in_the_table() -> None:
     assert "Pre-training" not in reports.markdown_table(plain)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_run_of_two_world_tasks_with_real_replay_needs_no_generator_and_resumes(
-    small_splits: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    precision: str, small_splits: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = {
         "output_dir": "out",
         "model": {"architecture": str(TINY_TEST_ARCHITECTURE)},
         "method": {"preset": "gift"},
-        "training": {"iterations": 3, "warmup": 1, "batch_size": 8, "lr": 1e-3, "num_workers": 0},
+        "training": {"iterations": 3, "warmup": 1, "batch_size": 8, "lr": 1e-3, "num_workers": 0,
+                     "precision": precision},
         "synthetic": {"size": 16, "source": "tinyworld", "concepts": "tinyworld", "generator_url": "http://127.0.0.1:1"},
         "evaluation": {"split": "val", "pretraining_probe": "tinyworld", "probe_size": 120, "num_workers": 0},
         "progress": False,

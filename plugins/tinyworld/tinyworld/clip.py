@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gift_common.files import atomic_file
 from gift_common.schedules import warmup_cosine
 from tinyworld.tasks import TASKS, TaskSplit, concept_probes, load_split
 from tinyworld.world import World, caption, captions_true_of, encode_facts, stream_rng
@@ -168,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "pretrain":
         fields = {k: v for k, v in vars(args).items() if k in asdict(PretrainConfig())}
         model = pretrain(PretrainConfig(**fields), log=lambda line: print(line, flush=True))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.out)
+        with atomic_file(args.out, durable=True) as file:
+            torch.save(model.state_dict(), file)
     else:
         model = create_model(args.weights)
     print(json.dumps(evaluate(model, getattr(args, "split", "val")), indent=1), flush=True)

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import torch
 
-from tinyworld.tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
+from gift_common.clip_tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 
 T = TypeVar("T")
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gift_common.clip_tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 from gift_common.schedules import warmup_cosine
 from tinyworld.pipeline import SCHEDULER_CONFIG, save_pipeline, untrained_components
-from tinyworld.tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 from tinyworld.world import World, caption, stream_rng
 
 Log = Callable[[str], None]

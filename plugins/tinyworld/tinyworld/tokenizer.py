@@ -1,10 +1,9 @@
-"""A Hugging Face CLIPTokenizer built from open_clip's own BPE file: the same ids, and no download.
+"""Prompts cleaned as open_clip cleans them, so the HF CLIPTokenizer gives open_clip's ids on any text.
 
-``write_clip_tokenizer`` reproduces open_clip's ``SimpleTokenizer`` vocabulary id for id (byte symbols, byte symbols
-ending a word, the 48,894 merges, then the two specials), under the names Stable Diffusion uses: ``<|startoftext|>``
-(49406) and ``<|endoftext|>`` (49407, also padding). On ordinary prompts ``CLIPTokenizer.from_pretrained(dir)`` then
-gives open_clip's ids exactly; the two differ only in how they clean text, which the tokenizer files cannot change
-(transformers' CLIPTokenizer hard-codes its normalizer NFC -> collapse whitespace -> lowercase, and its pre-tokenizer):
+The tokenizer that ``gift_common.clip_tokenizer.write_clip_tokenizer`` writes from open_clip's BPE file gives
+open_clip's ids exactly on ordinary prompts; the two differ only in how they clean text, which the tokenizer files
+cannot change (transformers' CLIPTokenizer hard-codes its normalizer NFC -> collapse whitespace -> lowercase, and
+its pre-tokenizer):
 
 - open_clip runs ``ftfy.fix_text`` (curly quotes, ligatures, full-width forms, control and format characters,
   mojibake) and ``html.unescape`` twice (``&amp;`` -> ``&``); transformers uses neither (4.x used ftfy, never
@@ -25,63 +24,12 @@ text. Two cases remain that no input to the HF tokenizer can reproduce:
 
 from __future__ import annotations
 
-import gzip
-import json
 from functools import lru_cache
-from pathlib import Path
 
 import regex
-from open_clip.tokenizer import SimpleTokenizer, bytes_to_unicode, default_bpe
+from open_clip.tokenizer import SimpleTokenizer
 
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-MODEL_MAX_LENGTH = 77
-# open_clip's SimpleTokenizer keeps these merge lines of its BPE file (line 0 is a header).
-_MERGES_END = 49152 - 256 - 2 + 1
-
-
-def _read_merges() -> list[str]:
-    """The merge rules exactly as open_clip's SimpleTokenizer selects them."""
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as file:
-        return file.read().split("\n")[1:_MERGES_END]
-
-
-def _build_vocab(merges: list[str]) -> dict[str, int]:
-    """Bytes, bytes ending a word, merged symbols, then the two specials: the ids open_clip assigns."""
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    return {token: i for i, token in enumerate(tokens)}
-
-
-def _special(content: str) -> dict[str, object]:
-    """Matched verbatim in the raw text, as in Stable Diffusion's tokenizer, so normalize_prompt's output hits it."""
-    return dict(content=content, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
-
-
-def write_clip_tokenizer(directory: Path) -> None:
-    """Write vocab.json, merges.txt and the configs that `CLIPTokenizer.from_pretrained` reads."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    merges = _read_merges()
-    vocab = _build_vocab(merges)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": _special(BOS_TOKEN), "eos_token": _special(EOS_TOKEN), "pad_token": _special(EOS_TOKEN)}
-    specials["unk_token"] = _special(EOS_TOKEN)
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MODEL_MAX_LENGTH,
-        "clean_up_tokenization_spaces": True,
-        "errors": "replace",
-        "added_tokens_decoder": {
-            str(vocab[BOS_TOKEN]): _special(BOS_TOKEN),
-            str(vocab[EOS_TOKEN]): _special(EOS_TOKEN),
-        },
-        **{k: v["content"] for k, v in specials.items()},
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+from gift_common.clip_tokenizer import BOS_TOKEN, EOS_TOKEN
 
 
 @lru_cache(maxsize=1)

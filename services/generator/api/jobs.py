@@ -8,6 +8,7 @@ workers' registration.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -23,11 +24,13 @@ from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 from services.generator import stats, store
 from services.generator.api.events import JobEvents, wait_for_event
+from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.api")
 
 KEY_BATCH = 512  # Redis round trips are batched by this many keys
 MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model registrations may be
+ADMIT_REPLAY = 2  # ADMIT_JOB's answer when the idempotency key names an existing job
 
 
 class JobError(Exception):
@@ -47,8 +50,11 @@ class RegisteredModel:
 class JobService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for PNG bytes."""
 
-    def __init__(self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents):
+    def __init__(
+        self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents, blob_store: BlobStore | None = None
+    ):
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
+        self.blob_store = blob_store
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
@@ -75,6 +81,7 @@ class JobService:
                 width=entry["width"],
                 default=name == self.settings.default_model,
                 max_image_cost=self.settings.max_image_cost,
+                stand_in=entry.get("stand_in", False),
             )
             models[name] = RegisteredModel(info, entry["fingerprint"])
         return models
@@ -84,8 +91,11 @@ class JobService:
 
     # --- submit -----------------------------------------------------------------------------------
 
-    async def submit(self, request: JobRequest, tenant: str) -> JobStatus:
+    async def submit(self, request: JobRequest, tenant: str, idempotency_key: str | None = None) -> JobStatus:
+        """Accept a job; with an ``idempotency_key`` the tenant already used for a job that still exists, return that
+        job instead (a client's retry after a lost answer), or refuse a different request under the same key."""
         self._check_limits(request, tenant)
+        fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         defaults = {
             "model": request.model or self.settings.default_model,
             "cache_scope": request.cache_scope or self.settings.cache_scope,
@@ -104,7 +114,10 @@ class JobService:
         hits = await self._cache_hits(request, models.get(request.model), request.cache_owner(tenant))
         fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
-        fields, records = await self._create(job_id, tenant, request, fields, hits, misses)
+        key = (idempotency_key, fingerprint) if idempotency_key else None
+        fields, records, first = await self._create(job_id, tenant, request, fields, hits, misses, key)
+        if first is not None:
+            return await self._replay(first, tenant)
         log.info(
             "job %s accepted: tenant=%s model=%s images=%d cached=%d queued=%d",
             job_id, tenant, request.model, len(request.prompts), len(hits), len(misses),
@@ -173,11 +186,14 @@ class JobService:
         fields: dict[str, str],
         hits: dict[int, str],
         misses: list[int],
-    ) -> tuple[dict[str, str], dict[str, str]]:
+        idempotency: tuple[str, str] | None,
+    ) -> tuple[dict[str, str], dict[str, str], str | None]:
         """Write the job, its cached images and its work in one atomic step with the tenant's limit check:
-        accepted means stored, and a burst of submissions cannot pass the limit.
+        accepted means stored, and a burst of submissions cannot pass the limit. ``idempotency`` is the client's
+        key and the request's fingerprint; the key is written in the same step.
 
-        Returns the job's fields and image records as written.
+        Returns the job's fields and image records as written, and None; or, when the key names a job that still
+        exists, nothing written and that job's id.
         """
         assert request.model is not None
         if not misses:
@@ -197,6 +213,7 @@ class JobService:
             redis_keys.active(request.model),
             redis_keys.tenant_active(tenant),
             redis_keys.STATS,
+            redis_keys.idempotency(tenant, idempotency[0]) if idempotency else redis_keys.job(job_id),
             redis_keys.job_order(job_id),
             redis_keys.WEBHOOKS,
         ]
@@ -209,15 +226,34 @@ class JobService:
             time.time(),
             *(json.dumps(part, ensure_ascii=False) for part in (fields, records, chunks, counters)),
             redis_keys.GROUP,
+            idempotency[1] if idempotency else "",
+            redis_keys.job(""),
         ]
-        queued, accepted = await self._admit(keys=keys, args=args)
+        queued, accepted, *first = await self._admit(keys=keys, args=args)
+        if accepted == ADMIT_REPLAY:
+            first_id, first_fingerprint = first
+            if idempotency and first_fingerprint != idempotency[1]:
+                raise JobError(
+                    422,
+                    f"Idempotency-Key: already used for job {first_id} with a different request; "
+                    "send a new key with a new request",
+                )
+            return fields, records, first_id
         if not accepted:
             raise JobError(
                 429,
                 f"tenant {tenant!r} has {queued} unfinished jobs; the limit is {limit}: wait for some to finish",
                 headers={"Retry-After": str(self.settings.retry_after_seconds)},
             )
-        return fields, records
+        return fields, records, None
+
+    async def _replay(self, job_id: str, tenant: str) -> JobStatus:
+        """The answer to a retried submission: the first job's status now."""
+        status = await self.status(job_id, tenant)
+        if status is None:  # it expired in the moment since the admission script saw it
+            raise JobError(409, f"Idempotency-Key: its job {job_id} expired just now; send the request again")
+        log.info("job %s: a submission with its idempotency key answered with it (tenant=%s)", job_id, tenant)
+        return status
 
     # --- read ---------------------------------------------------------------------------------------
 
@@ -266,14 +302,25 @@ class JobService:
 
     async def image(self, sha256: str, tenant: str) -> bytes | None:
         """The tenant's own image (cache scope ``tenant``), else the deployment's shared one; never another's own."""
-        return await self.blobs.get(redis_keys.png(sha256, tenant)) or await self.blobs.get(redis_keys.png(sha256))
+        for owner in (tenant, None):
+            value = await self.blobs.get(redis_keys.png(sha256, owner))
+            if (data := await self._bytes(value, BlobName(sha256, owner))) is not None:
+                return data
+        return None
+
+    async def _bytes(self, value: bytes | None, name: BlobName) -> bytes | None:
+        """An image key's value is the bytes (kept in Redis) or empty (kept in the blob store, see blobs.py)."""
+        if value or value is None or self.blob_store is None:
+            return value or None
+        return await asyncio.to_thread(self.blob_store.get, name)
 
     async def archive_members(self, status: JobStatus, owner: str | None) -> AsyncIterator[tuple[int, bytes]]:
         """The PNG bytes of a finished job's images in index order, fetched a batch at a time."""
         for start in range(0, len(status.images), 64):
             batch = status.images[start : start + 64]
-            blobs = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
-            for image, blob in zip(batch, blobs, strict=True):
+            values = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
+            for image, value in zip(batch, values, strict=True):
+                blob = await self._bytes(value, BlobName(image.sha256, owner))
                 if blob is None:
                     raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
                 yield image.index, blob

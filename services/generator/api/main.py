@@ -20,9 +20,11 @@ from gift_common.settings import Settings, get_settings
 from services.generator.api.events import JobEvents
 from services.generator.api.jobs import JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
+from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
 from services.generator.api.stream import streams
 from services.generator.api.webhooks import WebhookSender
+from services.generator.blobs import open_blob_store
 
 log = logging.getLogger("gift.api")
 
@@ -41,6 +43,7 @@ def connect(url: str, *, decode: bool) -> Redis:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)  # a bad URL stops the start here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,10 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = JobEvents()
         listener = asyncio.create_task(events.listen(redis))
         app.state.settings = settings
-        app.state.jobs = JobService(redis, blobs, settings, events)
+        app.state.jobs = JobService(redis, blobs, settings, events, blob_store)
         webhooks = asyncio.create_task(WebhookSender(app.state.jobs).run())
         auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
-        log.info("generator API ready: redis=%s auth=%s", settings.redis_url, auth)
+        log.info("generator API ready: redis=%s images=%s auth=%s", settings.redis_url, settings.blob_store, auth)
         yield
         listener.cancel()
         webhooks.cancel()
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(v1)
+    app.include_router(images)
     app.include_router(streams)
     app.include_router(ops)
     app.add_exception_handler(JobError, _job_error)

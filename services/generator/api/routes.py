@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -27,7 +27,10 @@ def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | 
 ERRORS = {
     401: _error("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
     404: _error("no such job or image (never made, expired, evicted, or another tenant's)"),
-    409: _error("the job is in the wrong state for this (cancel a finished job; archive an unfinished one)"),
+    409: _error(
+        "the job is in the wrong state for this (cancel a finished job; archive an unfinished one; the job of a "
+        "submission's Idempotency-Key expired as it was read)"
+    ),
     410: _error("an image of the job was evicted from storage; submitting the job again makes it again"),
     413: _error("the body is larger than GIFT_MAX_BODY_BYTES"),
     422: _error("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
@@ -53,6 +56,16 @@ ops = APIRouter(tags=["operations"])
 
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /v1/jobs returned")]
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the PNG bytes")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="a fresh value per request, sent again on its retries: a retry returns the first job",
+    ),
+]
 
 
 def _not_found(job_id: str) -> HTTPException:
@@ -65,11 +78,13 @@ def _not_found(job_id: str) -> HTTPException:
     response_model=JobStatus,
     responses={
         202: {"headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}}},
-        **_errors(*V1_ERRORS, 429),
+        **_errors(*V1_ERRORS, 409, 429),
     },
 )
-async def submit_job(request: JobRequest, response: Response, jobs: JobsDep, tenant: TenantDep) -> JobStatus:
-    status = await jobs.submit(request, tenant)
+async def submit_job(
+    request: JobRequest, response: Response, jobs: JobsDep, tenant: TenantDep, idempotency_key: IdempotencyKey = None
+) -> JobStatus:
+    status = await jobs.submit(request, tenant, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{status.id}"
     return status
 

@@ -11,6 +11,7 @@ A chunk (one stream entry) is complete, and may be acknowledged, when every imag
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -60,13 +61,15 @@ class Backlog:
             self._tenants.setdefault(task.tenant)
             self._open.setdefault((task.job_id, task.entry_id), set()).add(task.index)
 
-    def next_batch(self, limit: int) -> list[Task]:
-        """Up to ``limit`` tasks of one shape, taken in turns across tenants, then jobs; they leave the backlog."""
+    def next_batch(self, limit: int, per_model: Mapping[str, int] | None = None) -> list[Task]:
+        """Up to ``limit`` tasks of one shape (``per_model[model]`` where given), taken in turns across tenants, then
+        jobs; they leave the backlog."""
         tenants = self._tenant_turns()
         opening = self._next_job(tenants[0], None) if tenants else None
         if opening is None:
             return []
         shape = self._queues[opening][0].shape
+        limit = (per_model or {}).get(shape.model, limit)
         batch: list[Task] = []
         while len(batch) < limit and tenants:
             for tenant in list(tenants):

@@ -17,16 +17,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from redis import Redis
 from redis import exceptions as redis_errors
 
+from gift_common import redis_keys
 from gift_common.content_key import image_key
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
+from services.devices import resolve_device
+from services.generator.blobs import open_blob_store, sweep
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
@@ -42,10 +45,12 @@ class Worker:
     def __init__(self, models: dict[str, synthesis.LoadedModel], settings: Settings, batch_size: int | None = None):
         self.models, self.settings = models, settings
         self.batch_size = batch_size or settings.batch_size
+        self.model_batch_sizes = {name: m.batch_size for name, m in models.items() if m.batch_size}
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
         self.blobs = Redis.from_url(settings.redis_url, socket_timeout=30)
-        self.queue = WorkerQueue(self.redis, settings, self.consumer)
+        self.blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)
+        self.queue = WorkerQueue(self.redis, settings, self.consumer, self.blob_store)
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
@@ -59,7 +64,13 @@ class Worker:
         self._until_redis_answers(self._register)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        log.info("worker %s serving %s, batch size %d", self.consumer, sorted(self.models), self.batch_size)
+        if self.blob_store is not None:
+            threading.Thread(target=self._sweep_blobs, name="blob-sweep", daemon=True).start()
+        log.info("worker %s serving %s, batch size %d, per model %s", self.consumer, sorted(self.models),
+                 self.batch_size, self.model_batch_sizes or "none")  # fmt: skip
+        for model in self.models.values():
+            if model.stand_in:
+                log.warning("model %s is a STAND-IN with random weights: its images are noise", model.name)
         while not self.stopping.is_set():
             try:
                 if not self.step():
@@ -78,13 +89,25 @@ class Worker:
 
     def _register(self) -> None:
         for model in self.models.values():
-            self.queue.register_model(model.name, model.height, model.width, model.fingerprint)
+            self.queue.register_model(model.name, model.height, model.width, model.fingerprint, model.stand_in)
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
             with contextlib.suppress(*REDIS_UNAVAILABLE):  # the main loop reports it
                 self.queue.heartbeat(self._held)
                 self._stop_call_if_unwanted()
+
+    def _sweep_blobs(self) -> None:
+        """Delete bytes whose Redis key expired; one worker at a time (a lock that expires with the period)."""
+        assert self.blob_store is not None
+        period = self.settings.blob_sweep_seconds
+        while not self.stopping.wait(period):
+            try:
+                if self.redis.set(redis_keys.BLOB_SWEEP, self.consumer, nx=True, ex=max(1, int(period))):
+                    deleted = sweep(self.blobs, self.blob_store, self.settings.blob_grace_seconds)
+                    log.info("blob sweep: deleted %d expired image(s) from %s", deleted, self.blob_store.url)
+            except Exception:  # the store or Redis is away: the next period tries again
+                log.exception("blob sweep failed; trying again in %.0f s", period)
 
     def _stop_call_if_unwanted(self) -> None:
         """Cancellation reaches a running pipeline call here: once every job it serves has ended, it stops."""
@@ -113,7 +136,7 @@ class Worker:
         failing fails its job after GIFT_MAX_DELIVERIES). So every chunk held is being worked on.
         """
         self._fill_backlog()
-        batch = self.backlog.next_batch(self.batch_size)
+        batch = self.backlog.next_batch(self.batch_size, self.model_batch_sizes)
         self._held = self.backlog.held()
         try:
             if batch:
@@ -144,8 +167,9 @@ class Worker:
             self._next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
             for name in self.models:
                 self._add_chunks(self.queue.reclaim(name, self.backlog.held()))
-        if len(self.backlog) < 2 * self.batch_size:
-            max_chunks = max(1, 2 * self.batch_size // self.settings.chunk_size)
+        largest = max([self.batch_size, *self.model_batch_sizes.values()])
+        if len(self.backlog) < 2 * largest:
+            max_chunks = max(1, 2 * largest // self.settings.chunk_size)
             for name in self.models:
                 self._add_chunks(self.queue.read_new(name, max_chunks))
 
@@ -262,36 +286,51 @@ def unavailable_reason(error: Exception) -> str:
     return str(error)
 
 
-def parse_model_spec(spec: str) -> tuple[str, Path]:
-    name, sep, directory = spec.strip().partition("=")
-    if not sep or not name or not directory:
-        raise UserError(f"model {spec!r}: expected NAME=DIR, for example sd15=/models/stable-diffusion-v1-5")
-    return name, Path(directory)
+class ModelSpec(NamedTuple):
+    """A model to serve: ``NAME=DIR`` or ``NAME=DIR@BATCH`` (images per pipeline call for this model)."""
+
+    name: str
+    directory: Path
+    batch_size: int | None = None
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    name, sep, rest = spec.strip().partition("=")
+    directory, at, batch = rest.rpartition("@")
+    if not at or "/" in batch:  # no batch, or an "@" inside the directory's path
+        directory, at, batch = rest, "", ""
+    if not sep or not name or not directory or (at and not (batch.isdigit() and int(batch) >= 1)):
+        raise UserError(
+            f"model {spec!r}: expected NAME=DIR or NAME=DIR@BATCH (BATCH a whole number of at least 1), "
+            "for example sd15=/models/stable-diffusion-v1-5@32"
+        )
+    return ModelSpec(name, Path(directory), int(batch) if at else None)
 
 
 # Models that installed plugins provide: a callable of the local cache folder that returns a pipeline directory.
 PLUGIN_MODELS: Registry[Callable[[Path], Path]] = Registry("gift.generator.models", "generator model")
 
 
-def plugin_models(home: Path) -> list[tuple[str, Path]]:
+def plugin_models(home: Path) -> list[ModelSpec]:
     """What a worker given no --model serves: every model an installed plugin provides, under its registered name."""
-    models = [(name, find_dir(home)) for name, find_dir in PLUGIN_MODELS.items()]
+    models = [ModelSpec(name, find_dir(home)) for name, find_dir in PLUGIN_MODELS.items()]
     if not models:
         raise UserError("no --model given and no installed plugin provides one: pass --model NAME=DIR")
     return models
 
 
-def run_worker(models: list[tuple[str, Path]], batch_size: int | None = None) -> None:
+def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    device = synthesis.resolve_device(settings.device)
+    device = resolve_device(settings.device)
     if not models and settings.models:
         models = [parse_model_spec(spec) for spec in settings.models.split(",") if spec.strip()]
     if not models:
         models = plugin_models(settings.home)
-    loaded = {name: synthesis.load_model(name, directory, device) for name, directory in models}
+    options = synthesis.RuntimeOptions(scheduler=settings.scheduler, compile_unet=settings.compile_unet)
+    loaded = {m.name: synthesis.load_model(m.name, m.directory, device, options, m.batch_size) for m in models}
     worker = Worker(loaded, settings, batch_size)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stopping.set())

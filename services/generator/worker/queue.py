@@ -19,6 +19,7 @@ from gift_common import redis_keys
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import Settings
 from services.generator import stats, store
+from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.worker")
 
@@ -47,8 +48,8 @@ class Recorded:
 
 
 class WorkerQueue:
-    def __init__(self, redis: Redis, settings: Settings, consumer: str):
-        self.redis, self.settings, self.consumer = redis, settings, consumer
+    def __init__(self, redis: Redis, settings: Settings, consumer: str, blob_store: BlobStore | None = None):
+        self.redis, self.settings, self.consumer, self.blob_store = redis, settings, consumer, blob_store
         self._cursor: dict[str, int] = {}
         self._record = redis.register_script(store.RECORD_IMAGES)
         self._end = redis.register_script(store.END_JOB)
@@ -57,11 +58,11 @@ class WorkerQueue:
 
     # --- presence -----------------------------------------------------------------------------------
 
-    def register_model(self, name: str, height: int, width: int, fingerprint: str) -> None:
+    def register_model(self, name: str, height: int, width: int, fingerprint: str, stand_in: bool = False) -> None:
         previous = self.redis.hget(redis_keys.MODELS, name)
         if previous and json.loads(previous)["fingerprint"] != fingerprint:
             log.warning("model %s was registered with other weights; this worker's now take its place", name)
-        entry = {"height": height, "width": width, "fingerprint": fingerprint}
+        entry = {"height": height, "width": width, "fingerprint": fingerprint, "stand_in": stand_in}
         self.redis.hset(redis_keys.MODELS, name, json.dumps(entry))
 
     def heartbeat(self, held: dict[str, list[str]]) -> None:
@@ -157,11 +158,17 @@ class WorkerQueue:
         return found
 
     def store_pngs(self, blobs: Redis, items: list[tuple[str | None, str, str, bytes]]) -> None:
-        """Store (owner, content key, sha256, PNG): bytes first, once; then the cache entry that names them."""
+        """Store (owner, content key, sha256, PNG): bytes first, once; then the cache entry that names them.
+
+        With a blob store the bytes go there first and Redis keeps an empty key in their place (see blobs.py).
+        """
         ttl = self.settings.image_ttl_seconds
+        if self.blob_store is not None:
+            for owner, _, sha, png in items:
+                self.blob_store.put(BlobName(sha, owner), png)
         with blobs.pipeline(transaction=False) as pipe:
             for owner, _, sha, png in items:
-                pipe.set(redis_keys.png(sha, owner), png, ex=ttl, nx=True)
+                pipe.set(redis_keys.png(sha, owner), png if self.blob_store is None else b"", ex=ttl, nx=True)
                 pipe.expire(redis_keys.png(sha, owner), ttl)
             for owner, key, sha, _ in items:
                 pipe.set(redis_keys.cache(key, owner), sha, ex=ttl)

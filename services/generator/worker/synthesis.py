@@ -2,15 +2,21 @@
 
 An image depends only on its own prompt, negative prompt and seed: each gets its own CPU ``torch.Generator``
 (CPU so that a seed means the same noise on every device), whatever else shares its pipeline call.
+
+On CUDA a model runs in float16 with PyTorch's scaled-dot-product attention, channels-last convolutions and,
+when asked, a compiled UNet. Everything of that kind that can change pixels (device, dtype, attention, memory
+format, compile, the scheduler's class and config) is folded into the model's fingerprint, so the image cache
+never hands out an image made by another variant of the same weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,7 @@ from PIL import Image
 
 from gift_common.errors import UserError
 from gift_common.manifest import verify as verify_manifest
+from gift_common.stand_in import is_stand_in
 
 log = logging.getLogger("gift.worker")
 
@@ -36,9 +43,20 @@ class LoadedModel:
     name: str
     directory: Path
     pipeline: object  # a diffusers DiffusionPipeline
-    fingerprint: str
+    fingerprint: str  # the weights' files and the runtime variant (``runtime_variant``)
     height: int
     width: int
+    batch_size: int | None = None  # images per pipeline call for this model; None = the worker's setting
+    stand_in: bool = False  # random weights (gift_common.stand_in): reports must say so
+    variant: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a worker runs its models (worker settings ``scheduler`` and ``compile_unet``)."""
+
+    scheduler: str = "dpmsolver++"  # or "directory": keep the scheduler the directory's config names
+    compile_unet: bool = False
 
 
 def fingerprint(directory: Path) -> str:
@@ -52,13 +70,13 @@ def fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def load_model(name: str, directory: Path, device: torch.device) -> LoadedModel:
+def load_model(
+    name: str,
+    directory: Path,
+    device: torch.device,
+    options: RuntimeOptions = RuntimeOptions(),
+    batch_size: int | None = None,
+) -> LoadedModel:
     from diffusers import DiffusionPipeline
 
     if not (directory / "model_index.json").is_file():
@@ -71,11 +89,66 @@ def load_model(name: str, directory: Path, device: torch.device) -> LoadedModel:
     pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, dtype=dtype)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    variant = configure_runtime(pipeline, device, options)
     height, width = native_size(pipeline)
-    model = LoadedModel(name, directory, pipeline, fingerprint(directory), height, width)
-    log.info("loaded model %s from %s on %s: %dx%d, fingerprint %s", name, directory, device, width, height,
-             model.fingerprint[:12])  # fmt: skip
+    model = LoadedModel(
+        name, directory, pipeline, variant_fingerprint(fingerprint(directory), variant), height, width,
+        batch_size=batch_size, stand_in=is_stand_in(directory), variant=variant,
+    )  # fmt: skip
+    if options.compile_unet:
+        warm_up(model, batch_size or 1)
+    log.info("loaded %smodel %s from %s on %s: %dx%d, %s, fingerprint %s",
+             "STAND-IN (random weights) " if model.stand_in else "", name, directory, device, width, height,
+             json.dumps(variant, sort_keys=True), model.fingerprint[:12])  # fmt: skip
     return model
+
+
+def configure_runtime(pipeline: object, device: torch.device, options: RuntimeOptions) -> dict[str, object]:
+    """Apply the scheduler, attention, memory format and compile choices; return them as the runtime variant."""
+    from diffusers import DPMSolverMultistepScheduler
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if options.scheduler == "dpmsolver++" and hasattr(pipeline, "scheduler"):
+        # DPM-Solver++ (2M) from the directory's noise schedule: what "25 DPM-Solver steps" means.
+        config = {**pipeline.scheduler.config, "algorithm_type": "dpmsolver++", "solver_order": 2}
+        pipeline.scheduler = DPMSolverMultistepScheduler.from_config(config)
+    networks = [getattr(pipeline, part, None) for part in ("unet", "vae")]
+    networks = [net for net in networks if net is not None]
+    for net in networks:
+        if hasattr(net, "set_attn_processor"):
+            net.set_attn_processor(AttnProcessor2_0())  # the default where SDPA exists; explicit, so it is known
+    channels_last = device.type == "cuda"
+    if channels_last:
+        for net in networks:
+            net.to(memory_format=torch.channels_last)
+    if options.compile_unet:
+        pipeline.unet = torch.compile(pipeline.unet)
+    scheduler = getattr(pipeline, "scheduler", None)
+    return {
+        "device": device.type,
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "attention": "sdpa",
+        "channels_last": channels_last,
+        "compile_unet": options.compile_unet,
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "scheduler_config": _public(scheduler.config) if scheduler is not None else None,
+    }
+
+
+def _public(config: dict) -> dict[str, object]:
+    """A config without diffusers' bookkeeping (``_class_name``, ``_diffusers_version``, ...)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def variant_fingerprint(files: str, variant: dict[str, object]) -> str:
+    """The files' fingerprint with the runtime variant folded in: same weights, other pixels, other key."""
+    return hashlib.sha256(f"{files}\0{json.dumps(variant, sort_keys=True, default=str)}".encode()).hexdigest()
+
+
+def warm_up(model: LoadedModel, batch_size: int) -> None:
+    """One short call at the native size and batch, so compiling happens at load, not on the first job."""
+    generate(model, prompts=[""] * batch_size, negative_prompts=[None] * batch_size, seeds=list(range(batch_size)),
+             num_inference_steps=2, guidance_scale=7.5, height=model.height, width=model.width)  # fmt: skip
 
 
 def native_size(pipeline: object) -> tuple[int, int]:

@@ -1,0 +1,156 @@
+"""The results page: mean and deviation over seeds of every figure, the aims checked on seed-paired differences,
+Transfer task by task, and a bar chart per task order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gift_common.manifest import find_manifest, sha256_file
+from services import run_configs
+from services.experiments.records import PageRecord
+from services.experiments.sweep import ALL_METHODS, ORDERS, Cell
+from services.run_configs import base_config
+from services.trainer import metrics
+from services.trainer.reports import save_figure
+
+LABELS = {key: method.label for key, method in ALL_METHODS.items()}
+NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
+ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
+MTIL = ("Transfer", "Avg", "Last", "Forget")
+# learnt: mean accuracy on each task right after training it (what a method lets the model learn);
+# pretraining: the pre-training probe after the last task (what it keeps of pre-training)
+FIGURES = (*MTIL, "learnt", "pretraining")
+TASK_TRANSFER = "Transfer on "  # + a task's name: mean accuracy on it of the models trained before it
+
+
+Table = dict[int, dict[str, dict[str, dict[int, float]]]]  # order -> method -> figure -> seed -> value
+
+
+def collect(runs: Iterable[tuple[Cell, dict[str, Any]]]) -> Table:
+    """Every run's figures, and the pre-trained model's own (`ZERO_SHOT`) from the runs' zero-shot rows."""
+    table: Table = {}
+    for cell, result in runs:
+        methods = table.setdefault(cell.order, {})
+        for method, values in ((cell.method, run_figures(result)), (ZERO_SHOT, zero_shot_figures(result))):
+            for key, value in values.items():
+                methods.setdefault(method, {}).setdefault(key, {})[cell.seed] = value
+    return table
+
+
+def run_figures(result: dict[str, Any]) -> dict[str, float]:
+    """The page's figures, and Transfer task by task (keys `TASK_TRANSFER` + task)."""
+    learnt = float(np.mean(np.diag(result["accuracy"])))
+    per_task = zip(result["tasks"][1:], metrics.transfer_per_task(result["accuracy"]), strict=True)
+    return ({key: result[key] for key in MTIL} | {"learnt": learnt, "pretraining": result["pretraining"][-1]}
+            | {TASK_TRANSFER + task: value for task, value in per_task})  # fmt: skip
+
+
+def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
+    """The pre-trained model as a method that never trains: every row of its matrix is the zero-shot row."""
+    row = result["zero_shot"]
+    return run_figures({**metrics.summary([row] * len(row)), "accuracy": [row] * len(row), "tasks": result["tasks"],
+                        "pretraining": [result["pretraining_zero_shot"]]})  # fmt: skip
+
+
+def schedule_line(training: dict[str, Any]) -> str:
+    """What every run of a page shares: the embedded default's weights, schedule and synthetic sets, as the sweep
+    runs them. The weights are named by their manifest's SHA-256, so that a rebuild starts a page of its own."""
+    config = base_config()
+    training, synthetic = config["training"] | training, config["synthetic"]
+    manifest = find_manifest(run_configs.BASE_CONFIG.parent / config["model"]["pretrained"])
+    weights = f"tiny world weights {sha256_file(manifest)[:12]}" if manifest else "weights without a manifest"
+    return (f"`configs/tinyworld.yaml` ({weights}), {training['iterations']} iterations per task, batch "
+            f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in "
+            f"{synthetic['steps']} DPM-Solver++ steps")  # fmt: skip
+
+
+def settings_line(record: PageRecord) -> str:
+    changed = "".join(f"; {name}: {weights}" for name, weights in record.weights.items() if weights)
+    return f"Every run: {record.schedule}{changed}."
+
+
+def results_page(table: Table, split: str, out: Path, settings: str = "") -> str:
+    lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", "", settings, ""]
+    for order, methods in sorted(table.items()):
+        lines += [f"## Order {order}: {' → '.join(ORDERS[order])}", ""]
+        lines += ["| method | seeds | " + " | ".join(FIGURES) + " |", "|---|---:" + "|---:" * len(FIGURES) + "|"]
+        for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
+            cells = [_mean_sd(methods[method][key].values()) for key in FIGURES]
+            lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+        lines += ["", *bar_lines(methods), "", *transfer_lines(methods), ""]
+        chart = out / f"results-order{order}.png"
+        bar_chart(chart, methods, order)
+        lines += [f"![order {order}]({chart.name})", ""]
+    lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs). learnt = mean accuracy on "
+                 "each task right after training it; pretraining = zero-shot accuracy on held-out world images, mean "
+                 "over concept families, after the last task (before any training for the zero-shot row); Transfer "
+                 "on a task = mean accuracy on it of the models trained before it.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def transfer_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """Transfer task by task, mean over seeds: on which unseen tasks a method loses what the pre-trained model had."""
+    tasks = [key.removeprefix(TASK_TRANSFER) for key in methods[ZERO_SHOT] if key.startswith(TASK_TRANSFER)]
+    lines = ["| Transfer on | " + " | ".join(tasks) + " |", "|---" + "|---:" * len(tasks) + "|"]
+    for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
+        values = [np.mean(list(methods[method][TASK_TRANSFER + task].values())) for task in tasks]
+        lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | " + " | ".join(f"{v:.1f}" for v in values)
+                     + " |")  # fmt: skip
+    return lines
+
+
+def bar_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """The aim, checked on seed-paired differences: GIFT − FT on Transfer (≥ 5) and Avg (≥ 3), and GIFT − each
+    baseline that replays no data on Avg (> 0)."""
+    if "gift" not in methods:
+        return []
+    lines = ["| aim | GIFT − method | met |", "|---|---:|:---:|"]
+    checks = [("ft", "Transfer", 5.0), ("ft", "Avg", 3.0)] + [(m, "Avg", 0.0) for m in NO_REPLAY]
+    for method, key, bar in checks:
+        if method not in methods:
+            continue
+        gift, other = methods["gift"][key], methods[method][key]
+        differences = [gift[seed] - other[seed] for seed in sorted(gift.keys() & other.keys())]
+        if differences:
+            gain = float(np.mean(differences))
+            met = "yes" if (gain >= bar if bar else gain > 0) else "no"
+            aim = f"≥ {bar:g}" if bar else "> 0"
+            lines.append(f"| {key} over {LABELS[method]} {aim} | {_mean_sd(differences)} | {met} |")
+    return lines
+
+
+def _mean_sd(values: Iterable[float]) -> str:
+    values = list(values)
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
+
+
+def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int) -> None:
+    """Mean ± deviation per method and figure, the pre-trained model's own figure as a dashed line over each group."""
+    keys = ("Transfer", "Avg", "Last", "learnt", "pretraining")
+    trained = [m for m in methods if m != ZERO_SHOT]
+    fig, ax = plt.subplots(figsize=(12, 4.2))
+    width = 0.8 / len(trained)
+    for i, method in enumerate(trained):
+        values = [list(methods[method][k].values()) for k in keys]
+        errors = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
+        ax.bar(np.arange(len(keys)) + i * width, [np.mean(v) for v in values], width, yerr=errors,
+               label=LABELS[method], capsize=2)  # fmt: skip
+    if ZERO_SHOT in methods:
+        for k, key in enumerate(keys):
+            level = np.mean(list(methods[ZERO_SHOT][key].values()))
+            ax.hlines(level, k - width, k + 0.8, colors="black", linestyles="dashed", linewidth=1,
+                      label="zero-shot (no training)" if k == 0 else None)  # fmt: skip
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"order {order}")
+    ax.legend(fontsize=7, ncol=3)
+    save_figure(fig, path)

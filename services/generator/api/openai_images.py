@@ -1,0 +1,221 @@
+"""``POST /v1/images/generations``: OpenAI's images API in front of the job queue, for tools that already speak it.
+
+A request becomes one job (the queue, batching and cache of ``POST /v1/jobs``); the route waits for it at most
+GIFT_IMAGES_WAIT_SECONDS and answers in OpenAI's shape. Its errors are OpenAI's too (``{"error": {...}}``, a 400
+where this API says 422), since that is what OpenAI's clients read; an OpenAI field this service cannot honour is a
+400 naming it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
+from redis import exceptions as redis_errors
+
+from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text
+from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
+from services.generator.api.jobs import JobError
+from services.generator.api.routes import ERRORS, IdempotencyKey
+
+
+def _as_in_jobs(name: str) -> FieldInfo:
+    """The rules and default of a JobRequest field, so that both routes accept the same values."""
+    return JobRequest.model_fields[name]
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's request (``n`` up to 10, as there), plus this service's parameters of POST /v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Text = Field(min_length=1)
+    model: Text | None = Field(default=None, description="a name from GET /v1/models; unset: GIFT_DEFAULT_MODEL")
+    n: Integer = Field(default=1, ge=1, le=10, description="images of the prompt, with seeds seed, seed + 1, ...")
+    size: str | None = Field(default=None, description="'WxH' (multiples of 8, 8 to 2048), or 'auto': native")
+    response_format: Literal["url", "b64_json"] = "url"
+    quality: Literal["auto", "standard"] | None = Field(default=None, description="only the default quality")
+    style: None = Field(default=None, description="not supported: any value is a 400")
+    output_format: Literal["png"] | None = Field(default=None, description="only PNG")
+    user: str | None = Field(default=None, description="an end-user id, a hint to OpenAI; accepted and ignored")
+    seed: Annotated[Seed, _as_in_jobs("seed")]
+    num_inference_steps: Annotated[Integer, _as_in_jobs("num_inference_steps")]
+    guidance_scale: Annotated[Number, _as_in_jobs("guidance_scale")]
+    negative_prompt: Annotated[Text | None, _as_in_jobs("negative_prompt")]
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _no_style(cls, style: Any) -> None:
+        if style is not None:
+            raise ValueError("this service has no styles; leave style out")
+        return None
+
+    @field_validator("size")
+    @classmethod
+    def _size_is_width_x_height(cls, size: str | None) -> str | None:
+        if size is None or size == "auto":
+            return size
+        width, x, height = size.partition("x")
+        if not (x and width.isdigit() and height.isdigit() and all(_side_ok(int(s)) for s in (width, height))):
+            raise ValueError("expected 'WxH' with W and H multiples of 8 from 8 to 2048 (e.g. '512x512'), or 'auto'")
+        return size
+
+    def job(self) -> JobRequest:
+        """The job that makes these images: ``n`` copies of the prompt, seeds ``seed + i``."""
+        width, height = map(int, self.size.split("x")) if self.size and self.size != "auto" else (None, None)
+        return JobRequest(
+            prompts=[self.prompt] * self.n,
+            model=self.model,
+            seed=self.seed,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            height=height,
+            width=width,
+            negative_prompt=self.negative_prompt,
+        )
+
+
+def _side_ok(pixels: int) -> bool:
+    return 8 <= pixels <= 2048 and pixels % 8 == 0
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str | None = Field(default=None, description="the PNG, base64 (response_format b64_json)")
+    url: str | None = Field(default=None, description="GET /v1/images/{sha256} of the PNG (response_format url)")
+    revised_prompt: str | None = Field(default=None, description="never set: prompts are used as given")
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(description="unix seconds when the images were ready")
+    data: list[GeneratedImage]
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, which its clients parse."""
+
+    error: OpenAIError
+
+
+# This API's status -> OpenAI's error type and code for it.
+_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    409: ("invalid_request_error", "conflict"),
+    410: ("invalid_request_error", "image_evicted"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", "generation_failed"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "timeout"),
+}
+# The fields of a job's limit errors (API.md: "field first") as this route calls them.
+_PARAMS = {"prompts": "prompt", "height": "size", "width": "size"}
+
+
+def _error_response(status: int, message: str, param: str | None, headers: dict[str, str] | None) -> JSONResponse:
+    status = 400 if status == 422 else status
+    kind, code = _KINDS.get(status, ("invalid_request_error", None))
+    body = OpenAIErrorBody(error=OpenAIError(message=message, type=kind, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+class OpenAIErrorRoute(APIRoute):
+    """Turns every error of the route into OpenAI's shape (the app's handlers keep {"detail"} for the others)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as error:
+                issue = error.errors()[0]
+                loc = [str(part) for part in issue["loc"][1:]] or [str(issue["loc"][0])]
+                return _error_response(400, f"{'.'.join(loc)}: {issue['msg']}", loc[0], None)
+            except JobError as error:
+                field = error.detail.partition(":")[0].partition(".")[0].partition(",")[0]
+                return _error_response(error.status_code, error.detail, _PARAMS.get(field, field), error.headers)
+            except HTTPException as error:
+                return _error_response(error.status_code, str(error.detail), None, error.headers)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError):
+                retry_after = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}
+                return _error_response(
+                    503, "the job queue (Redis) is unavailable or full; retry later", None, retry_after
+                )
+
+        return handle
+
+
+def _openai_error(description: str, headers: dict[str, str] | None = None) -> dict:
+    specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
+    return {"model": OpenAIErrorBody, "description": description, **({"headers": specs} if specs else {})}
+
+
+images = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrorRoute)
+
+
+@images.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses={
+        400: _openai_error("a field breaks a rule, is one this service cannot honour, or exceeds a server limit"),
+        401: _openai_error("GIFT_API_KEYS is set and the request lacks a valid key", {"WWW-Authenticate": "Bearer"}),
+        409: _openai_error("the job was cancelled meanwhile, or its idempotency key's job just expired"),
+        410: _openai_error("an image was evicted before it could be read; send the request again"),
+        413: ERRORS[413],
+        429: _openai_error("the tenant has too many unfinished jobs", {"Retry-After": "seconds to wait"}),
+        500: _openai_error("the job failed (a pipeline call raised)"),
+        503: _openai_error("Redis is unreachable or full", {"Retry-After": "seconds to wait"}),
+        504: _openai_error("the job did not finish within GIFT_IMAGES_WAIT_SECONDS; it goes on"),
+        "default": _openai_error("every error but a 413 is in OpenAI's shape (and none is a 422)"),
+    },
+)
+async def generate_images(
+    body: ImageGenerationRequest,
+    request: Request,
+    jobs: JobsDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ImagesResponse:
+    job = await jobs.submit(body.job(), tenant, idempotency_key)
+    done = await jobs.wait(job.id, tenant, settings.images_wait_seconds)
+    if done is None or not done.status.terminal:
+        raise JobError(
+            504,
+            f"job {job.id} did not finish within {settings.images_wait_seconds:g} s (GIFT_IMAGES_WAIT_SECONDS); it "
+            f"goes on: GET /v1/jobs/{job.id}, or send this request again once it is done (its images are cached)",
+        )
+    if done.status is JobState.failed:
+        raise JobError(500, f"job {job.id} failed: {done.error}")
+    if done.status is JobState.cancelled:
+        raise JobError(409, f"job {job.id} was cancelled before it finished")
+    data = [await _image(done, index, body.response_format, request, jobs, tenant) for index in range(done.total)]
+    return ImagesResponse(created=int(time.time()), data=data)
+
+
+async def _image(
+    job: JobStatus, index: int, response_format: str, request: Request, jobs: JobsDep, tenant: str
+) -> GeneratedImage:
+    sha256 = job.images[index].sha256
+    if response_format == "url":
+        return GeneratedImage(url=str(request.url_for("get_image", sha256=sha256)))
+    blob = await jobs.image(sha256, tenant)
+    if blob is None:
+        raise JobError(410, f"image {index} ({sha256}) of job {job.id} was evicted before it was read; send again")
+    return GeneratedImage(b64_json=base64.b64encode(blob).decode())

@@ -1,0 +1,49 @@
+"""The worker's runtime choices: per-model batch sizes, the scheduler swap, and a fingerprint per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gift_common.errors import UserError
+from services.generator.worker.batcher import Backlog, Shape, Task
+from services.generator.worker.main import ModelSpec, parse_model_spec
+from services.generator.worker.synthesis import RuntimeOptions, fingerprint, generate, load_model
+from services.rehearsal.standins import SD15_NAME
+
+
+def test_a_model_spec_may_carry_its_batch_size() -> None:
+    assert parse_model_spec("sd=/m/sd") == ModelSpec("sd", Path("/m/sd"), None)
+    assert parse_model_spec("sd=/m/a@b/sd@32") == ModelSpec("sd", Path("/m/a@b/sd"), 32)
+    assert parse_model_spec("sd=/m/a@b/sd") == ModelSpec("sd", Path("/m/a@b/sd"), None)
+    for bad in ("sd", "sd=", "sd=/m@", "sd=/m@0", "sd=/m@x", "=/m@4"):
+        with pytest.raises(UserError, match="NAME=DIR@BATCH"):
+            parse_model_spec(bad)
+
+
+def test_a_batch_takes_its_models_own_size() -> None:
+    backlog = Backlog()
+    for model in ("big", "small"):
+        shape = Shape(model, 2, 7.5, 8, 8)
+        backlog.add_chunk([Task(model, "e", i, "p", None, i, shape, f"{model}{i}") for i in range(10)])
+    assert [len(backlog.next_batch(4, {"big": 2})) for _ in range(3)] == [2, 4, 2]
+
+
+def test_dpm_solver_replaces_the_directorys_scheduler_and_changes_the_fingerprint(
+    tiny_standins: dict[str, Path],
+) -> None:
+    directory = tiny_standins[SD15_NAME]
+    cpu = torch.device("cpu")
+    swapped = load_model("sd", directory, cpu, batch_size=3)
+    native = load_model("sd", directory, cpu, RuntimeOptions(scheduler="directory"))
+    assert type(swapped.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert swapped.pipeline.scheduler.config.algorithm_type == "dpmsolver++"
+    assert type(native.pipeline.scheduler).__name__ == "PNDMScheduler"
+    assert swapped.stand_in and swapped.batch_size == 3 and swapped.variant["attention"] == "sdpa"
+    assert len({swapped.fingerprint, native.fingerprint, fingerprint(directory)}) == 3
+    assert load_model("sd", directory, cpu).fingerprint == swapped.fingerprint  # deterministic: the cache still hits
+    args = dict(prompts=["a cat"], negative_prompts=[None], seeds=[0], num_inference_steps=3, guidance_scale=5.0)
+    size = dict(height=swapped.height, width=swapped.width)
+    assert generate(swapped, **args, **size) != generate(native, **args, **size)  # why the variant is in the key
