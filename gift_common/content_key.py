@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from gift_common.schemas import JobRequest
+
 
 def image_key(
     *,
@@ -37,3 +39,18 @@ def image_key(
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def request_image_key(request: JobRequest, index: int, model_fingerprint: str, native_size: tuple[int, int]) -> str:
+    """The key of image ``index`` of a job, the same for the API's lookup and the worker's: a size the request
+    leaves open is the model's native (height, width)."""
+    return image_key(
+        model_fingerprint=model_fingerprint,
+        prompt=request.prompts[index],
+        negative_prompt=request.negative_prompt,
+        seed=request.seed_of(index),
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        height=request.height or native_size[0],
+        width=request.width or native_size[1],
+    )

@@ -46,6 +46,20 @@ def _standins(args: argparse.Namespace) -> None:
         print(f"{name}: {path} (stand-in: random weights)")
 
 
+def _fixtures(args: argparse.Namespace) -> None:
+    from services.rehearsal.fixtures import write_fixtures
+
+    print(f"MTIL datasets (tiny copies, drawn pixels): root {write_fixtures(args.out, args.per_class)}")
+
+
+def _rehearse(args: argparse.Namespace) -> None:
+    from services.rehearsal.run import Sizes, run_rehearsal
+
+    sizes = {key: getattr(args, key) for key in ("iterations", "pairs", "steps", "image_size") if getattr(args, key)}
+    run_rehearsal(args.out, args.order, Sizes(**sizes))
+    print((args.out / "rehearsal.md").read_text())
+
+
 def _positive(text: str) -> int:
     value = int(text) if text.strip().isdigit() else 0
     if value < 1:
@@ -101,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
     )
     standins.set_defaults(func=_standins)
+
+    fixtures = rehearsal.add_parser("fixtures", help="tiny copies of the eleven MTIL datasets in torchvision's layouts")
+    fixtures.add_argument("--out", type=Path, required=True, help="the root of every MTIL task")
+    fixtures.add_argument("--per-class", type=_positive, default=2, help="images per class and split")
+    fixtures.set_defaults(func=_fixtures)
+
+    run = rehearsal.add_parser("run", help="an MTIL order end to end on stand-ins, a kill -9 and --resume included")
+    run.add_argument("--out", type=Path, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
+    run.add_argument("--order", type=int, choices=(1, 2), default=1, help="configs/mtil_order{1,2}.yaml")
+    # Unset sizes keep the rehearsal's defaults (services/rehearsal/run.py: Sizes).
+    run.add_argument("--iterations", type=_positive, help="training steps per task")
+    run.add_argument("--pairs", type=_positive, help="synthetic pairs per task")
+    run.add_argument("--steps", type=_positive, help="the generator's sampler steps")
+    run.add_argument("--image-size", type=_positive, help="synthetic images' side in pixels (a multiple of 8)")
+    run.set_defaults(func=_rehearse)
     return parser
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from enum import IntEnum
 
 from gift_common import redis_keys
 from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
@@ -46,7 +47,7 @@ end
 # Record finished images of one job; finish the job when the last one is in.
 # KEYS: job, images, active, tenant_active, work, order, webhooks.
 # ARGV: job id, now, ttl, end channel, progress channel, then (index, record, cached).
-# Returns {state, done, total}: state -1 = the job is no longer live (dropped), 1 = running, 2 = just finished.
+# Returns {outcome, done, total}, the outcome a RecordOutcome.
 RECORD_IMAGES = (
     _END_JOB_FUNCTION
     + """
@@ -71,6 +72,15 @@ end_job(ARGV[1], 'succeeded', ARGV[2], ARGV[3], ARGV[4])
 return {2, done, total}
 """
 )
+
+
+class RecordOutcome(IntEnum):
+    """What RECORD_IMAGES did with a job (the numbers its Lua returns)."""
+
+    dropped = -1  # the job was no longer live (cancelled or failed): nothing recorded
+    running = 1  # recorded; images are left
+    finished = 2  # recorded the last image: the job just succeeded
+
 
 # End a live job early (cancelled or failed): its remaining work is deleted so no worker reads it again.
 # Allowed over maxmemory (it frees the job's work), so a cancel works while Redis is full.

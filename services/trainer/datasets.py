@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torchvision.datasets as tv
@@ -42,20 +44,82 @@ SPLIT_SEED = 0  # the held-out split of datasets without an official one is the 
 VAL_SEED = 1  # so is the val part of train, drawn independently of the held-out split
 DEFAULT_VAL_FRACTION = 0.1
 
-# MTIL name -> (torchvision class, its keyword for the train / test split, where it looks under root)
-TORCHVISION: dict[str, tuple[type[Dataset], tuple[dict[str, Any], dict[str, Any]] | None, str]] = {
-    "Aircraft": (tv.FGVCAircraft, ({"split": "trainval"}, {"split": "test"}), "fgvc-aircraft-2013b/"),
-    "Caltech101": (tv.Caltech101, None, "caltech101/101_ObjectCategories/"),
-    "CIFAR100": (tv.CIFAR100, ({"train": True}, {"train": False}), "cifar-100-python/"),
-    "DTD": (tv.DTD, ({"split": "train"}, {"split": "test"}), "dtd/dtd/images/"),
-    "EuroSAT": (tv.EuroSAT, None, "eurosat/2750/"),
-    "Flowers": (tv.Flowers102, ({"split": "train"}, {"split": "test"}), "flowers-102/jpg/"),
-    "Food": (tv.Food101, ({"split": "train"}, {"split": "test"}), "food-101/images/"),
-    "MNIST": (tv.MNIST, ({"train": True}, {"train": False}), "MNIST/raw/"),
-    "OxfordPet": (tv.OxfordIIITPet, ({"split": "trainval"}, {"split": "test"}), "oxford-iiit-pet/images/"),
-    "StanfordCars": (tv.StanfordCars, ({"split": "train"}, {"split": "test"}), "stanford_cars/"),
-    "SUN397": (tv.SUN397, None, "SUN397/"),
-}
+
+class Cifar100Files(tv.CIFAR100):
+    """CIFAR-100 whose files are checked by reading them, not against the MD5s of the published pickles.
+
+    The MD5s reject any other copy of the same data (tiny test copies, pickles re-saved by another tool) with
+    "not found or corrupted"; a file that is not a CIFAR pickle still fails, while read, with an error naming it.
+    """
+
+    train_list: ClassVar = [["train", None]]
+    test_list: ClassVar = [["test", None]]
+    meta: ClassVar = {**tv.CIFAR100.meta, "md5": None}
+
+
+class Flowers102Files(tv.Flowers102):
+    """Flowers102 whose `.mat` files are checked by reading them, not against MD5s (as `Cifar100Files`)."""
+
+    _file_dict: ClassVar = {key: (name, None) for key, (name, _) in tv.Flowers102._file_dict.items()}
+
+
+@dataclass(frozen=True)
+class Torchvision:
+    """How an MTIL dataset is read: its torchvision class, the keywords of its train and test split (None: it has
+    no official split) and the files and folders (ending in /) each split reads under root."""
+
+    cls: type[Dataset]
+    splits: tuple[dict[str, Any], dict[str, Any]] | None
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...] | None = None  # None: the same as train's
+
+    def files(self, train: bool) -> tuple[str, ...]:
+        return self.train_files if train or self.test_files is None else self.test_files
+
+
+def _each_split(*files: str, words: tuple[str, str] = ("train", "test")) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The files of the train and the test split, `{}` in a name standing for the split's word."""
+    return tuple(tuple(name.format(word) for name in files) for word in words)  # type: ignore[return-value]
+
+
+_MNIST_FILES = tuple(
+    f"MNIST/raw/{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")
+)
+_CARS = "stanford_cars/"
+TORCHVISION: dict[str, Torchvision] = {
+    "Aircraft": Torchvision(tv.FGVCAircraft, ({"split": "trainval"}, {"split": "test"}), *_each_split(
+        "fgvc-aircraft-2013b/data/variants.txt", "fgvc-aircraft-2013b/data/images/",
+        "fgvc-aircraft-2013b/data/images_variant_{}.txt", words=("trainval", "test"))),
+    "Caltech101": Torchvision(tv.Caltech101, None, ("caltech101/101_ObjectCategories/",)),
+    "CIFAR100": Torchvision(Cifar100Files, ({"train": True}, {"train": False}), *_each_split(
+        "cifar-100-python/{}", "cifar-100-python/meta")),
+    "DTD": Torchvision(tv.DTD, ({"split": "train"}, {"split": "test"}), *_each_split(
+        "dtd/dtd/images/", "dtd/dtd/labels/{}1.txt")),
+    "EuroSAT": Torchvision(tv.EuroSAT, None, ("eurosat/2750/",)),
+    "Flowers": Torchvision(Flowers102Files, ({"split": "train"}, {"split": "test"}), (
+        "flowers-102/jpg/", "flowers-102/imagelabels.mat", "flowers-102/setid.mat")),
+    "Food": Torchvision(tv.Food101, ({"split": "train"}, {"split": "test"}), *_each_split(
+        "food-101/images/", "food-101/meta/{}.json")),
+    "MNIST": Torchvision(tv.MNIST, ({"train": True}, {"train": False}), _MNIST_FILES),
+    "OxfordPet": Torchvision(tv.OxfordIIITPet, ({"split": "trainval"}, {"split": "test"}), *_each_split(
+        "oxford-iiit-pet/images/", "oxford-iiit-pet/annotations/{}.txt", words=("trainval", "test"))),
+    "StanfordCars": Torchvision(tv.StanfordCars, ({"split": "train"}, {"split": "test"}),
+        (f"{_CARS}devkit/cars_meta.mat", f"{_CARS}devkit/cars_train_annos.mat", f"{_CARS}cars_train/"),
+        (f"{_CARS}devkit/cars_meta.mat", f"{_CARS}cars_test_annos_withlabels.mat", f"{_CARS}cars_test/")),
+    "SUN397": Torchvision(tv.SUN397, None, ("SUN397/ClassName.txt",)),
+}  # fmt: skip
+# What torchvision raises for files it cannot parse: a truncated pickle, a .mat or idx file of another layout, a list
+# line without its fields or naming an unknown class (MNIST's reader asserts on an idx header).
+_UNREADABLE = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    EOFError,
+    AssertionError,
+    pickle.UnpicklingError,
+)
 
 
 @cache
@@ -231,15 +295,38 @@ def val_split(train: Dataset, val_fraction: float, val: bool) -> Subset:
 
 
 def _torchvision(root: Path, spec: MtilOptions, train: bool, transform: Transform) -> Dataset:
-    cls, splits, layout = TORCHVISION[spec.type]
+    """The split through torchvision's class, after checking that the files it reads are where it reads them."""
+    source = TORCHVISION[spec.type]
+    files = source.files(train)
+    for name in files:
+        path = root / name
+        if not (path.is_dir() if name.endswith("/") else path.is_file()):
+            raise UserError(
+                f"{path} is missing: torchvision's {source.cls.__name__} reads {', '.join(files)} under {root}, "
+                "as its download leaves them extracted (nothing is downloaded)"
+            )
     try:
-        dataset = cls(str(root), transform=transform, **({} if splits is None else splits[0 if train else 1]))
-    except RuntimeError as error:
+        dataset = source.cls(
+            str(root), transform=transform, **({} if source.splits is None else source.splits[0 if train else 1])
+        )
+    except _UNREADABLE as error:
+        where = getattr(error, "filename", None) or f"{root}: {', '.join(files)}"
         raise UserError(
-            f"torchvision's {cls.__name__} finds no data under {root} ({error}); put the "
-            f"dataset there as its download would, i.e. {root / layout}... (nothing is downloaded)"
+            f"torchvision's {source.cls.__name__} cannot read {where} ({type(error).__name__}: {error}); "
+            "are these files the dataset's own, as its download leaves them extracted?"
         ) from None
-    return dataset if splits is not None else held_out_split(dataset, spec.test_fraction, train)
+    if missing := _first_missing_image(dataset):
+        raise UserError(f"{missing} is missing: torchvision's {source.cls.__name__} lists it in {root}: {files[-1]}")
+    return dataset if source.splits is not None else held_out_split(dataset, spec.test_fraction, train)
+
+
+def _first_missing_image(dataset: Dataset) -> Path | None:
+    """An image a split's list names but the disk lacks (a partial extraction), found now rather than as a
+    FileNotFoundError in a data loader hours into training. torchvision keeps the paths under private names."""
+    listed = getattr(dataset, "_image_files", None) or getattr(dataset, "_images", None)
+    if listed is None:
+        listed = [path for path, _ in getattr(dataset, "_samples", ())]
+    return next((Path(path) for path in listed if not os.path.isfile(path)), None)
 
 
 def held_out_split(dataset: Dataset, test_fraction: float, train: bool) -> Subset:

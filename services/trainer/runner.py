@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -298,9 +299,24 @@ def outcome_settings(config: RunConfig) -> dict[str, Any]:
 
 
 def changed_settings(saved: dict[str, Any], config: RunConfig) -> list[str]:
-    """The top-level sections whose outcome settings differ between a saved run's and `config`."""
+    """The top-level sections whose outcome settings differ between a saved run's and `config`.
+
+    A setting added to the trainer after the checkpoint was written counts as its default there: the saved run
+    computed what that default computes (e.g. `training.precision`, fp32), so it can still be resumed.
+    """
     current = outcome_settings(config)
-    return sorted(key for key in current if current[key] != saved.get(key))
+    return sorted(key for key in current if current[key] != _with_new_defaults(key, saved.get(key), current[key]))
+
+
+def _with_new_defaults(section: str, saved: Any, current: Any) -> Any:
+    field_type = RunConfig.model_fields[section].annotation
+    if not (isinstance(saved, dict) and isinstance(current, dict) and set(current) - set(saved)):
+        return saved
+    try:  # a section with required keys (model) has no defaults to fill in
+        defaults = json.loads(field_type().model_dump_json()) if isinstance(field_type, type) else {}
+    except ValidationError:
+        return saved
+    return {**{key: value for key, value in defaults.items() if key in current and key not in saved}, **saved}
 
 
 def say(message: str) -> None:

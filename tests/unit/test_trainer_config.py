@@ -193,3 +193,11 @@ def test_a_resumed_run_may_move_or_change_its_operational_settings_but_not_what_
     assert changed_settings(saved, parse_config(moved, base=tmp_path)) == []
     other = {**MINIMAL, "training": {"lr": 0.5}, "seed": 3}
     assert changed_settings(saved, parse_config(other, base=tmp_path)) == ["seed", "training"]
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_when_that_setting_is_at_its_default(tmp_path: Path) -> None:
+    saved = outcome_settings(parse_config(MINIMAL, base=tmp_path))
+    del saved["training"]["precision"]  # a checkpoint written before training.precision existed
+    assert changed_settings(saved, parse_config(MINIMAL, base=tmp_path)) == []
+    bf16 = {**MINIMAL, "training": {"precision": "bf16"}}
+    assert changed_settings(saved, parse_config(bf16, base=tmp_path)) == ["training"]

@@ -93,7 +93,7 @@ def test_a_missing_root_names_the_task_and_the_path(tmp_path: Path, type_: str) 
 
 
 def test_a_root_without_the_data_says_where_torchvision_looks(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=f"finds no data under {tmp_path}.*{tmp_path / 'food-101'}.*nothing is down"):
+    with pytest.raises(UserError, match=f"{tmp_path / 'food-101' / 'images'} is missing.*nothing is downloaded"):
         datasets.load_split(task("Food", tmp_path), datasets.classnames(task("Food", tmp_path)), "train", transform)
 
 

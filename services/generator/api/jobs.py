@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from gift_common import redis_keys
-from gift_common.content_key import image_key
+from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 from services.generator import stats, store
@@ -160,19 +160,8 @@ class JobService:
         """Indices whose image is already stored, with its SHA-256; the cache's TTLs are refreshed."""
         if model is None:
             return {}
-        keys = [
-            image_key(
-                model_fingerprint=model.fingerprint,
-                prompt=prompt,
-                negative_prompt=request.negative_prompt,
-                seed=request.seed_of(i),
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                height=request.height or model.info.height,
-                width=request.width or model.info.width,
-            )
-            for i, prompt in enumerate(request.prompts)
-        ]
+        native = (model.info.height, model.info.width)
+        keys = [request_image_key(request, i, model.fingerprint, native) for i in range(len(request.prompts))]
         found: list[str | None] = []
         for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
             found += await self._lookup(keys=lookup_keys, args=args)

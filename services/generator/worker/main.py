@@ -24,12 +24,13 @@ from redis import Redis
 from redis import exceptions as redis_errors
 
 from gift_common import redis_keys
-from gift_common.content_key import image_key
+from gift_common.content_key import request_image_key
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.settings import Settings, get_settings
 from services.devices import resolve_device
 from services.generator.blobs import open_blob_store, sweep
+from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
@@ -193,16 +194,7 @@ class Worker:
             request.height or model.height,
             request.width or model.width,
         )
-        key = image_key(
-            model_fingerprint=model.fingerprint,
-            prompt=request.prompts[index],
-            negative_prompt=request.negative_prompt,
-            seed=request.seed_of(index),
-            num_inference_steps=shape.num_inference_steps,
-            guidance_scale=shape.guidance_scale,
-            height=shape.height,
-            width=shape.width,
-        )
+        key = request_image_key(request, index, model.fingerprint, (model.height, model.width))
         prompt, negative = request.prompts[index], request.negative_prompt
         owner = request.cache_owner(job.tenant)
         return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner,
@@ -271,11 +263,11 @@ class Worker:
             if job is None:
                 continue
             result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
-            if result.state == -1:
+            if result.outcome == RecordOutcome.dropped:
                 self._forget(job_id)
                 continue
             self.queue.ack(job_id, [task.entry_id for task, _, _ in items if self.backlog.complete(task)])
-            if result.state == 2:
+            if result.outcome == RecordOutcome.finished:
                 self.jobs.pop(job_id, None)
 
 

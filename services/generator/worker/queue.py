@@ -42,7 +42,7 @@ class JobInfo:
 
 @dataclass(frozen=True)
 class Recorded:
-    state: int  # store.RECORD_IMAGES: -1 job no longer live, 1 running, 2 just finished
+    outcome: store.RecordOutcome
     done: int
     total: int
 
@@ -187,11 +187,11 @@ class WorkerQueue:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
             args += [index, record, int(cached)]
         keys = store.job_keys(job.job_id, job.model, job.tenant)
-        state, done, total = self._record(keys=keys, args=args)
-        if state == 2:
+        outcome, done, total = self._record(keys=keys, args=args)
+        if outcome == store.RecordOutcome.finished:
             self._observe_end(job, "jobs_succeeded")
             log.info("job %s succeeded: %d images in %.1f s", job.job_id, total, time.time() - job.created_at)
-        return Recorded(state, done, total)
+        return Recorded(store.RecordOutcome(outcome), done, total)
 
     def ack(self, job_id: str, entry_ids: list[str]) -> None:
         if entry_ids:

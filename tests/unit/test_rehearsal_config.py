@@ -1,0 +1,39 @@
+"""The rehearsal runs the MTIL configs as they are, pointed at the fixtures and the stand-ins, only sizes changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.rehearsal.run import REPO, Sizes, rehearsal_config
+from services.trainer.config import parse_config
+
+PATHS = {("output_dir",), ("model", "pretrained"), ("synthetic", "generator_url"), ("synthetic", "cache_dir")}
+SIZES = {("training", "iterations"), ("training", "warmup"), ("training", "batch_size"), ("training", "num_workers"),
+         ("synthetic", "size"), ("synthetic", "steps"), ("synthetic", "height"), ("synthetic", "width"),
+         ("evaluation", "batch_size"), ("evaluation", "num_workers"), ("progress",)}  # fmt: skip
+
+
+def changed(before: object, after: object, at: tuple = ()) -> set[tuple]:
+    """The key paths whose values differ (list positions count as keys)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return {path for key in before.keys() | after.keys()
+                for path in changed(before.get(key), after.get(key), (*at, key))}  # fmt: skip
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return {path for i, pair in enumerate(zip(before, after, strict=True)) for path in changed(*pair, (*at, i))}
+    return set() if before == after else {at}
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_only_paths_and_sizes_change(tmp_path: Path, order: int) -> None:
+    original = yaml.safe_load((REPO / "configs" / f"mtil_order{order}.yaml").read_text())
+    vit = tmp_path / "models" / "ViT-B-16-quickgelu" / "open_clip_pytorch_model.bin"
+    config = rehearsal_config(order, tmp_path, vit, "http://127.0.0.1:1", Sizes())
+    roots = {("tasks", i, "dataset", "root") for i in range(len(original["tasks"]))}
+    assert changed(original, config) <= PATHS | SIZES | roots
+    assert all(task["dataset"]["root"] == str(tmp_path / "data" / "mtil") for task in config["tasks"])
+    checked = parse_config(config, base=tmp_path, source="rehearsal")
+    assert [task.dataset.type for task in checked.tasks] == [task["dataset"]["type"] for task in original["tasks"]]
+    assert checked.model.architecture == "ViT-B-16-quickgelu" and checked.synthetic.model == "sd15"
