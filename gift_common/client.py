@@ -31,7 +31,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
-from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
+from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -332,6 +332,85 @@ def _parse(adapter: TypeAdapter[T], response: httpx.Response) -> T:
         ) from error
 
 
+# --- the event stream -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of ``GET /v1/jobs/{id}/events``. ``data`` is a dict (``progress``: status, done, total, cached),
+    an ImageInfo (``image``) or the final JobStatus without its images (``end``)."""
+
+    name: str
+    id: str | None
+    data: Any
+
+
+_EVENT_DATA: dict[str, TypeAdapter[Any]] = {
+    "progress": TypeAdapter(dict[str, Any]),
+    "image": TypeAdapter(ImageInfo),
+    "end": _JOB_STATUS,
+}
+
+
+class _EventStream:
+    """What both clients do with an event stream, without I/O: the request, parsing lines, when to reconnect.
+
+    A stream cut off before its ``end`` event is reopened with ``Last-Event-ID`` (so no image comes twice), with the
+    client's retries and backoff; an event received resets the count.
+    """
+
+    def __init__(self, ops: _Protocol, job_id: str, last_event_id: str | None) -> None:
+        self.ops, self.url, self.last_id = ops, f"{ops.base_url}/v1/jobs/{job_id}/events", last_event_id
+        self.failures, self.finished = 0, False
+        self._name: str = "message"
+        self._id: str | None = None
+        self._data: list[str] = []
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": "text/event-stream", **({"Last-Event-ID": self.last_id} if self.last_id else {})}
+
+    def opened(self, response: httpx.Response) -> bool:
+        """True to read the body; False when the server ends the stream (204) or is unavailable (then reconnect).
+        An error's body must have been read."""
+        if response.status_code == 204:
+            self.finished = True
+            return False
+        if response.status_code in RETRY_STATUSES:
+            return False
+        _checked(response, "GET", self.url)
+        return True
+
+    def retry_delay(self, cause: str, retry_after: str | None = None) -> float:
+        """Seconds to wait before reconnecting; raises GeneratorUnavailable when the retries are spent."""
+        if self.failures >= self.ops.retries:
+            raise GeneratorUnavailable(self.url, cause, self.failures + 1)
+        self.failures += 1
+        return retry_delay(self.failures - 1, self.ops.backoff, retry_after)
+
+    def feed(self, line: str) -> JobEvent | None:
+        """One line of the body; an event when the line ends one (SSE: fields, then a blank line)."""
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self._name = value
+            elif field == "data":
+                self._data.append(value)
+            elif field == "id":
+                self._id = value
+            return None  # a comment (": keep-alive") or a field
+        if not self._data:
+            return None
+        name, event_id, data = self._name, self._id, "\n".join(self._data)
+        self._name, self._id, self._data = "message", None, []
+        if event_id is not None:
+            self.last_id = event_id
+        self.failures = 0
+        self.finished = name == "end"
+        adapter = _EVENT_DATA.get(name)
+        return JobEvent(name, event_id, adapter.validate_json(data) if adapter else json.loads(data))
+
+
 # --- the two clients --------------------------------------------------------------------------------------------
 
 
@@ -393,6 +472,27 @@ class GeneratorClient(_ClientBase):
 
     def cancel(self, job_id: str) -> JobStatus:
         return self._run(self._ops.cancel(job_id))
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """The job's events as they happen (``progress``, ``image``, ``end``), until its ``end``; a broken stream
+        is resumed where it stopped. ``last_event_id`` resumes after an event of an earlier stream."""
+        stream = _EventStream(self._ops, job_id, last_event_id)
+        while not stream.finished:
+            try:
+                with self._http.stream("GET", stream.url, headers=stream.headers()) as response:
+                    if not response.is_success:
+                        response.read()  # the error's detail
+                    if stream.opened(response):
+                        for line in response.iter_lines():
+                            if (event := stream.feed(line)) is not None:
+                                yield event
+                        cause, retry_after = "the stream ended before the job did", None
+                    else:
+                        cause, retry_after = f"{response.status_code}", response.headers.get("Retry-After")
+            except httpx.TransportError as error:
+                cause, retry_after = f"{type(error).__name__}: {error}", None
+            if not stream.finished:
+                self._sleep(stream.retry_delay(cause, retry_after))
 
     def models(self) -> list[ModelInfo]:
         return self._run(self._ops.models())
@@ -481,6 +581,25 @@ class AsyncGeneratorClient(_ClientBase):
 
     async def cancel(self, job_id: str) -> JobStatus:
         return await self._run(self._ops.cancel(job_id))
+
+    async def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[JobEvent]:
+        stream = _EventStream(self._ops, job_id, last_event_id)
+        while not stream.finished:
+            try:
+                async with self._http.stream("GET", stream.url, headers=stream.headers()) as response:
+                    if not response.is_success:
+                        await response.aread()
+                    if stream.opened(response):
+                        async for line in response.aiter_lines():
+                            if (event := stream.feed(line)) is not None:
+                                yield event
+                        cause, retry_after = "the stream ended before the job did", None
+                    else:
+                        cause, retry_after = f"{response.status_code}", response.headers.get("Retry-After")
+            except httpx.TransportError as error:
+                cause, retry_after = f"{type(error).__name__}: {error}", None
+            if not stream.finished:
+                await self._sleep(stream.retry_delay(cause, retry_after))
 
     async def models(self) -> list[ModelInfo]:
         return await self._run(self._ops.models())

@@ -10,13 +10,22 @@ MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint,
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
 JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
+JOB_PROGRESS = f"{PREFIX}:job-progress"  # pub/sub channel: a job id, published when images of it are recorded
 GROUP = "workers"  # the consumer group of every job's work stream
+WEBHOOKS = f"{PREFIX}:webhooks"  # stream: (job, attempt) of each webhook to send, read by the API processes
+WEBHOOK_RETRIES = f"{PREFIX}:webhooks:retry"  # zset: "job:attempt" -> when it is due (unix seconds)
+WEBHOOK_GROUP = "senders"  # the consumer group of the webhooks stream
 BLOB_SWEEP = f"{PREFIX}:blob-sweep"  # string with a TTL: held by the one worker that sweeps expired bytes now
 
 
 def active(model: str) -> str:
     """Zset: job id -> creation time, the model's jobs that still have work queued (what workers read)."""
     return f"{PREFIX}:active:{model}"
+
+
+def turns(model: str) -> str:
+    """Hash: tenant -> turns taken, which rotates a tenant's jobs of equal priority when workers read work."""
+    return f"{PREFIX}:turns:{model}"
 
 
 def job(job_id: str) -> str:
@@ -27,6 +36,11 @@ def job(job_id: str) -> str:
 def job_images(job_id: str) -> str:
     """Hash: image index -> the finished image's record (JSON). Written once per index (HSETNX)."""
     return f"{PREFIX}:job:{job_id}:images"
+
+
+def job_order(job_id: str) -> str:
+    """List: image indices in the order they were recorded, so an event stream can resume after the n-th."""
+    return f"{PREFIX}:job:{job_id}:order"
 
 
 def job_work(job_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +19,14 @@ def _utf8(text: str) -> str:
     return text
 
 
+def _http_url(url: str) -> str:
+    """A webhook goes to an http or https URL with a host; anything else would fail only when the job ends."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
 def _not_bool(value: Any) -> Any:
     """Lax mode reads ``true`` as 1; a boolean in a number field is a client's mistake, so refuse it."""
     if isinstance(value, bool):
@@ -26,6 +35,7 @@ def _not_bool(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
+HttpUrl = Annotated[Text, AfterValidator(_http_url), Field(max_length=2048)]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 Number = Annotated[float, BeforeValidator(_not_bool)]
 Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
@@ -68,6 +78,12 @@ class JobRequest(BaseModel):
     width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     negative_prompt: Text | None = None
     cache_scope: CacheScope | None = None
+    priority: Integer | None = Field(
+        default=None, ge=-10, le=10, description="within its tenant, higher goes first; none is 0"
+    )
+    callback_url: HttpUrl | None = Field(
+        default=None, description="POSTed the final status, signed, when the job ends (API.md, Webhooks)"
+    )
 
     @field_validator("prompts")
     @classmethod

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gift_common.schemas import CacheScope
@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="how long POST /v1/images/generations waits for its job"
     )
     retry_after_seconds: int = 2
+    webhook_secrets: str | None = Field(
+        default=None, description="comma-separated tenant:secret pairs that sign webhooks; unlisted tenants get none"
+    )
+    webhook_attempts: int = Field(default=5, ge=1, le=20, description="most POSTs of one webhook")
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0, description="wait before the 2nd POST; doubles after")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="longest wait for a webhook's answer")
+    events_keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="longest silence of an event stream before a comment line keeps it open"
+    )
 
     # --- queue and storage ------------------------------------------------------------------------
     chunk_size: int = Field(default=8, ge=1, description="images per stream entry")
@@ -69,26 +78,33 @@ class Settings(BaseSettings):
     generator_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "webhook_secrets")
     @classmethod
-    def _keys_well_formed(cls, value: str | None) -> str | None:
+    def _pairs_well_formed(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value:
-            parse_api_keys(value)
+            parse_tenant_pairs(value, f"GIFT_{(info.field_name or '').upper()}")
         return value
 
     def tenants_by_key(self) -> dict[str, str]:
         """Map each bearer key to its tenant; empty when auth is off."""
-        return parse_api_keys(self.api_keys) if self.api_keys else {}
+        pairs = parse_tenant_pairs(self.api_keys, "GIFT_API_KEYS") if self.api_keys else []
+        return {key: tenant for tenant, key in pairs}
+
+    def webhook_secret_of(self, tenant: str) -> str | None:
+        """The secret that signs the tenant's webhooks; None when the tenant has none (then it may not ask for one)."""
+        pairs = parse_tenant_pairs(self.webhook_secrets, "GIFT_WEBHOOK_SECRETS") if self.webhook_secrets else []
+        return dict(pairs).get(tenant)
 
 
-def parse_api_keys(value: str) -> dict[str, str]:
-    keys: dict[str, str] = {}
+def parse_tenant_pairs(value: str, variable: str) -> list[tuple[str, str]]:
+    """``tenant:value,...`` as (tenant, value) pairs; a malformed entry is an error naming the variable."""
+    pairs = []
     for pair in filter(None, (p.strip() for p in value.split(","))):
-        tenant, sep, key = pair.partition(":")
-        if not sep or not tenant or not key:
-            raise ValueError(f"GIFT_API_KEYS entry {pair!r} is not of the form tenant:key")
-        keys[key] = tenant
-    return keys
+        tenant, sep, secret = pair.partition(":")
+        if not sep or not tenant or not secret:
+            raise ValueError(f"{variable} entry {pair!r} is not of the form tenant:value")
+        pairs.append((tenant, secret))
+    return pairs
 
 
 @lru_cache

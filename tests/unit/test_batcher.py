@@ -23,10 +23,10 @@ def test_jobs_alternate_and_the_opening_job_rotates():
     backlog = Backlog()
     backlog.add_chunk(tasks("a", 10))
     backlog.add_chunk(tasks("b", 10))
-    first = backlog.next_batch(4)
-    second = backlog.next_batch(4)
-    assert [t.job_id for t in first] == ["a", "b", "a", "b"]
-    assert [t.job_id for t in second] == ["b", "a", "b", "a"]
+    first = backlog.next_batch(3)
+    second = backlog.next_batch(3)
+    assert [t.job_id for t in first] == ["a", "b", "a"]
+    assert [t.job_id for t in second] == ["b", "a", "b"]
 
 
 def test_shapes_are_never_mixed_in_one_batch():
@@ -77,3 +77,28 @@ def test_dropped_chunks_leave_the_backlog_whole_and_are_returned_to_release():
     assert backlog.drop_chunks(batch) == {"a": ["1-0"], "b": ["3-0"]}
     assert backlog.held() == {"a": ["2-0"]}
     assert backlog.next_batch(16) == tasks("a", 2, entry="2-0", start=4)
+
+
+def _of(tenant: str, job: str, n: int, priority: int = 0) -> list[Task]:
+    return [
+        Task(job, "1-0", i, f"p{i}", None, i, SMALL, f"{job}-{i}", tenant=tenant, priority=priority) for i in range(n)
+    ]
+
+
+def test_tenants_take_turns_before_jobs_so_many_jobs_get_no_more_than_one():
+    backlog = Backlog()
+    for j in range(60):
+        backlog.add_chunk(_of("many", f"m{j}", 8))
+    backlog.add_chunk(_of("one", "lone", 8))
+    batch = backlog.next_batch(16)
+    assert [t.job_id for t in batch].count("lone") == 8, "half of each batch goes to the tenant with one job"
+    assert len({t.job_id for t in batch if t.tenant == "many"}) == 8, "the other half rotates over the many jobs"
+
+
+def test_a_tenants_higher_priority_job_goes_first_and_other_tenants_keep_their_turns():
+    backlog = Backlog()
+    backlog.add_chunk(_of("a", "low", 8))
+    backlog.add_chunk(_of("a", "high", 8, priority=5))
+    backlog.add_chunk(_of("b", "other", 8, priority=-3))
+    batch = backlog.next_batch(8)
+    assert [t.job_id for t in batch] == ["high", "other"] * 4

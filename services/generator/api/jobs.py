@@ -94,7 +94,7 @@ class JobService:
     async def submit(self, request: JobRequest, tenant: str, idempotency_key: str | None = None) -> JobStatus:
         """Accept a job; with an ``idempotency_key`` the tenant already used for a job that still exists, return that
         job instead (a client's retry after a lost answer), or refuse a different request under the same key."""
-        self._check_limits(request)
+        self._check_limits(request, tenant)
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         defaults = {
             "model": request.model or self.settings.default_model,
@@ -124,7 +124,7 @@ class JobService:
         )  # fmt: skip
         return store.status_from({**fields, "done": str(len(hits))}, records)
 
-    def _check_limits(self, request: JobRequest) -> None:
+    def _check_limits(self, request: JobRequest, tenant: str) -> None:
         limit = self.settings.max_prompts_per_job
         if len(request.prompts) > limit:
             raise JobError(422, f"prompts: {len(request.prompts)} prompts; this server accepts at most {limit}")
@@ -133,6 +133,8 @@ class JobService:
                 raise JobError(422, f"prompts.{i}: {len(prompt)} characters; at most {self.settings.max_prompt_chars}")
         if request.negative_prompt and len(request.negative_prompt) > self.settings.max_prompt_chars:
             raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
+        if request.callback_url and self.settings.webhook_secret_of(tenant) is None:
+            raise JobError(422, f"callback_url: tenant {tenant!r} has no webhook secret (GIFT_WEBHOOK_SECRETS)")
 
     def _check_cost(self, request: JobRequest, model: RegisteredModel | None) -> None:
         """Refuse images whose pipeline call would hold a worker too long: cost is pixels times denoising steps.
@@ -201,6 +203,8 @@ class JobService:
             redis_keys.tenant_active(tenant),
             redis_keys.STATS,
             redis_keys.idempotency(tenant, idempotency[0]) if idempotency else redis_keys.job(job_id),
+            redis_keys.job_order(job_id),
+            redis_keys.WEBHOOKS,
         ]
         chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
         limit = self.settings.max_queued_jobs_per_tenant

@@ -23,6 +23,8 @@ from services.generator.api.jobs import JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
+from services.generator.api.stream import streams
+from services.generator.api.webhooks import WebhookSender
 from services.generator.blobs import open_blob_store
 
 log = logging.getLogger("gift.api")
@@ -51,10 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener = asyncio.create_task(events.listen(redis))
         app.state.settings = settings
         app.state.jobs = JobService(redis, blobs, settings, events, blob_store)
+        webhooks = asyncio.create_task(WebhookSender(app.state.jobs).run())
         auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
         log.info("generator API ready: redis=%s images=%s auth=%s", settings.redis_url, settings.blob_store, auth)
         yield
         listener.cancel()
+        webhooks.cancel()
         await redis.aclose()
         await blobs.aclose()
 
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(v1)
     app.include_router(images)
+    app.include_router(streams)
     app.include_router(ops)
     app.add_exception_handler(JobError, _job_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

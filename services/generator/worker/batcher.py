@@ -1,8 +1,10 @@
 """Which images go into the next pipeline call: packing and fairness, with no I/O.
 
 Images of several jobs share a call when they agree on everything the call takes as one value (model, steps,
-guidance, size); prompts, negative prompts and seeds are per image. Jobs take turns, one image each, so a
-4,000-image job cannot starve an 8-image one, and the job that opens a batch rotates from batch to batch.
+guidance, size); prompts, negative prompts and seeds are per image. Tenants take turns, one image each, and
+within a tenant its jobs of the highest priority take turns: so a tenant's sixty jobs get no more than another
+tenant's one, and a 4,000-image job cannot starve an 8-image one. Turns go to the least recently served, so the
+tenant and the job that open a batch rotate from batch to batch.
 A chunk (one stream entry) is complete, and may be acknowledged, when every image of it is recorded.
 """
 
@@ -37,13 +39,17 @@ class Task:
     shape: Shape
     key: str  # the content key (gift_common.content_key.image_key)
     owner: str | None = None  # the tenant of a tenant-scoped cache (JobRequest.cache_owner), None when shared
+    tenant: str = ""
+    priority: int = 0  # JobRequest.priority: within a tenant, higher goes first
 
 
 class Backlog:
-    """Tasks read from the queue and not yet recorded, grouped by job in turn order."""
+    """Tasks read from the queue and not yet recorded, grouped by job; jobs and tenants in least recently served
+    order."""
 
     def __init__(self) -> None:
         self._queues: OrderedDict[str, deque[Task]] = OrderedDict()
+        self._tenants: OrderedDict[str, None] = OrderedDict()
         self._open: dict[tuple[str, str], set[int]] = {}
 
     def __len__(self) -> int:
@@ -52,30 +58,55 @@ class Backlog:
     def add_chunk(self, tasks: list[Task]) -> None:
         for task in tasks:
             self._queues.setdefault(task.job_id, deque()).append(task)
+            self._tenants.setdefault(task.tenant)
             self._open.setdefault((task.job_id, task.entry_id), set()).add(task.index)
 
     def next_batch(self, limit: int, per_model: Mapping[str, int] | None = None) -> list[Task]:
-        """Up to ``limit`` tasks of one shape (``per_model[model]`` where given), taken round-robin across jobs;
-        they leave the backlog."""
-        if not self._queues:
+        """Up to ``limit`` tasks of one shape (``per_model[model]`` where given), taken in turns across tenants, then
+        jobs; they leave the backlog."""
+        tenants = self._tenant_turns()
+        opening = self._next_job(tenants[0], None) if tenants else None
+        if opening is None:
             return []
-        first = next(iter(self._queues))
-        shape = self._queues[first][0].shape
+        shape = self._queues[opening][0].shape
         limit = (per_model or {}).get(shape.model, limit)
-        turn = [job for job, queue in self._queues.items() if queue[0].shape == shape]
-        self._queues.move_to_end(first)  # the next batch opens with the next job
         batch: list[Task] = []
-        while len(batch) < limit and turn:
-            for job in list(turn):
+        while len(batch) < limit and tenants:
+            for tenant in list(tenants):
+                job = self._next_job(tenant, shape)
+                if job is None:
+                    tenants.remove(tenant)
+                    continue
                 queue = self._queues[job]
                 batch.append(queue.popleft())
-                if not queue or queue[0].shape != shape:
-                    turn.remove(job)
-                if not queue:
+                if queue:
+                    self._queues.move_to_end(job)
+                else:
                     del self._queues[job]
+                self._tenants.move_to_end(tenant)
                 if len(batch) == limit:
                     break
         return batch
+
+    def _tenant_turns(self) -> list[str]:
+        """Tenants with tasks, least recently served first."""
+        waiting = {queue[0].tenant for queue in self._queues.values()}
+        for tenant in [tenant for tenant in self._tenants if tenant not in waiting]:
+            del self._tenants[tenant]
+        return list(self._tenants)
+
+    def _next_job(self, tenant: str, shape: Shape | None) -> str | None:
+        """The tenant's job whose turn it is: the highest priority, the least recently served among equals."""
+        best: Task | None = None
+        for queue in self._queues.values():
+            head = queue[0]
+            if (
+                head.tenant == tenant
+                and shape in (None, head.shape)
+                and (best is None or head.priority > best.priority)
+            ):
+                best = head
+        return best.job_id if best else None
 
     def complete(self, task: Task) -> bool:
         """Mark a task recorded; True when its chunk has no image left, so the entry may be acknowledged."""
@@ -93,6 +124,7 @@ class Backlog:
         for task in reversed(tasks):
             if (task.job_id, task.entry_id) in self._open:
                 self._queues.setdefault(task.job_id, deque()).appendleft(task)
+                self._tenants.setdefault(task.tenant)
 
     def drop_chunks(self, tasks: list[Task]) -> dict[str, list[str]]:
         """Forget the chunks of ``tasks`` with all their images; returns their entry ids by job, to release."""

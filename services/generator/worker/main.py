@@ -197,7 +197,8 @@ class Worker:
         key = request_image_key(request, index, model.fingerprint, (model.height, model.width))
         prompt, negative = request.prompts[index], request.negative_prompt
         owner = request.cache_owner(job.tenant)
-        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner)
+        return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner,
+                    tenant=job.tenant, priority=request.priority or 0)  # fmt: skip
 
     def _cached(self, batch: list[Task]) -> list[str | None]:
         """The stored SHA-256 of each task's image, or None, each looked up in its own job's cache scope."""

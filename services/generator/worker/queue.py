@@ -92,7 +92,8 @@ class WorkerQueue:
     def read_new(self, model: str, max_chunks: int) -> list[Chunk]:
         cursor = self._cursor.get(model, 0)
         args = [redis_keys.PREFIX, redis_keys.GROUP, self.consumer, max_chunks, cursor]
-        self._cursor[model], entries = self._read(keys=[redis_keys.active(model)], args=args)
+        keys = [redis_keys.active(model), redis_keys.turns(model)]
+        self._cursor[model], entries = self._read(keys=keys, args=args)
         return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
 
     def reclaim(self, model: str, held: dict[str, list[str]]) -> list[Chunk]:
@@ -175,7 +176,13 @@ class WorkerQueue:
 
     def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
         """Record (index, sha256, cached) of one job; finishes the job when its last image is in."""
-        args: list[str | int] = [job.job_id, store.now_iso(), self.settings.job_ttl_seconds, redis_keys.JOB_ENDED]
+        args: list[str | int] = [
+            job.job_id,
+            store.now_iso(),
+            self.settings.job_ttl_seconds,
+            redis_keys.JOB_ENDED,
+            redis_keys.JOB_PROGRESS,
+        ]
         for index, sha, cached in images:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
             args += [index, record, int(cached)]
