@@ -115,7 +115,7 @@ def test_a_stack_on_a_blob_store_keeps_only_empty_keys_in_redis(backend, make_st
     assert [keys.get(redis_keys.png(image.sha256)) for image in job.images] == [b"", b""], "bytes left Redis"
     store = open_blob_store(url, env.get("GIFT_S3_ENDPOINT_URL"))
     assert [store.get(BlobName(image.sha256)) for image in job.images] == pngs, "the store holds what was served"
-    with tarfile.open(fileobj=io.BytesIO(client.archive(job.id))) as tar:
+    with client.archive(job.id) as chunks, tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
         assert tar.extractfile("000001.png").read() == pngs[1]
 
     keys.delete(redis_keys.png(job.images[0].sha256))  # the image expires
