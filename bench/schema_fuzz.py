@@ -40,7 +40,8 @@ def main() -> None:
     har = home / "requests.har"
     with LocalStack(home / "stack", env=env) as stack:
         stack.start(workers=1)
-        command = [shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis")), "run",
+        found = shutil.which("schemathesis") or Path(sys.executable).with_name("schemathesis")
+        command = [str(Path(found).absolute()), "run",  # absolute: it runs in another folder
                    f"{stack.api_url}/openapi.json", "--header", "Authorization: Bearer alice-key",
                    "--max-examples", str(args.max_examples), "--seed", str(args.seed), "--checks", "all",
                    "--continue-on-failure", "--request-timeout", "60", "--report", "har",
