@@ -37,6 +37,28 @@ def test_mtil_class_names_and_templates_ship_with_the_package() -> None:
     for name, size in sizes.items():
         assert len(metadata[name]["classnames"]) == len(set(metadata[name]["classnames"])) == size, name
         assert all(template.count("{}") == 1 for template in metadata[name]["templates"]), name
+
+
+def test_mtil_evaluates_with_every_template_of_the_benchmark() -> None:
+    """ZSCL's and GIFT_CL's template lists (their counts), each first template the one that trains."""
+    counts = {"Aircraft": 2, "Caltech101": 34, "CIFAR100": 18, "DTD": 8, "EuroSAT": 3, "Flowers": 1, "Food": 1,
+              "MNIST": 1, "OxfordPet": 1, "StanfordCars": 9, "SUN397": 2}  # fmt: skip
+    firsts = {"EuroSAT": "a centered satellite photo of {}.", "MNIST": 'a photo of the number: "{}".',
+              "StanfordCars": "a photo of a {}, a type of car.", "DTD": "a photo of a {} texture."}  # fmt: skip
+    metadata = datasets.mtil_metadata()
+    for name, count in counts.items():
+        templates = metadata[name]["templates"]
+        assert len(templates) == len(set(templates)) == count, name
+        assert templates[0] == firsts.get(name, templates[0]), name
+
+
+def test_mtil_class_names_are_the_benchmark_s() -> None:
+    """The names ZSCL and GIFT_CL train and evaluate with where CLIP's own lists spell them otherwise."""
+    metadata = datasets.mtil_metadata()
+    assert metadata["MNIST"]["classnames"][:2] == ["0 - zero", "1 - one"]  # torchvision's MNIST classes
+    assert "apartment building/outdoor" in metadata["SUN397"]["classnames"]  # torchvision's, '_' read as ' '
+    flowers = metadata["Flowers"]["classnames"]
+    assert (flowers[15], flowers[59], flowers[92]) == ("globe-flower", "pink-yellow dahlia", "ball moss")
     assert len(synthetic.imagenet_classnames()) == 1000 and synthetic.imagenet_classnames()[:2] == ["tench", "goldfish"]
 
 
