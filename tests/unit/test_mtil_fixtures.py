@@ -64,6 +64,14 @@ def test_every_split_loads_with_the_metadata_classes_in_label_order(root: Path, 
         assert [as_metadata_name(name, c) for c in classes] == names
 
 
+def test_aircraft_trains_on_the_train_list_not_trainval(root: Path) -> None:
+    """MTIL's Aircraft task trains on the archive's train list, half of trainval, as ZSCL and GIFT_CL do."""
+    data = root / "fgvc-aircraft-2013b" / "data"
+    listed = {split: len((data / f"images_variant_{split}.txt").read_text().splitlines()) for split in ("train", "val")}
+    listed["trainval"] = listed["train"] + listed["val"]
+    assert len(load("Aircraft", root, "train")) == listed["train"] < listed["trainval"]
+
+
 def test_train_leaves_out_its_val_part_when_asked(root: Path) -> None:
     spec = task("DTD", root)
     names = datasets.classnames(spec)
