@@ -4,8 +4,8 @@ A run config's `dataset: {type: NAME, ...}` names a source of `SOURCES`: the ele
 torchvision, ImageFolder trees and CSV lists from local files are built in; plugins add theirs (`gift.datasets`,
 see services/trainer/plugins.py). Nothing downloads: a missing or incomplete root is a UserError naming the task,
 the dataset and the path. Every dataset yields (image tensor, label) with labels indexing the task's class names,
-which ship for the MTIL datasets in `data/mtil.json` (in torchvision's label order) together with the prompt
-template the GIFT authors used.
+which ship for the MTIL datasets in `data/mtil.json` (in torchvision's label order) together with the benchmark's
+prompt templates (docs/mtil-protocol.md).
 
 Splits are train, val and test. Sources with val splits of their own serve them; elsewhere val is a fixed part of
 train (`val_fraction`), left out of training only when a run evaluates on val, so that settings are chosen on val
