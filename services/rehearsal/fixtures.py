@@ -81,16 +81,18 @@ def _savemat(path: Path, content: dict) -> None:
 
 
 def _aircraft(root: Path, n: int) -> None:
+    """The archive's train, val and test lists, and trainval (train and val): MTIL trains on train alone."""
     data = root / "fgvc-aircraft-2013b" / "data"
     variants = torchvision_names("Aircraft")
     _lines(data / "variants.txt", variants)
-    for split, offset in (("trainval", 0), ("test", n)):
-        entries = []
-        for label, variant in enumerate(variants):
-            for k in range(n):
-                image_id = f"{1000000 + label * 2 * n + offset + k}"
-                _jpeg(data / "images" / f"{image_id}.jpg", label)
-                entries.append(f"{image_id} {variant}")
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label, variant in enumerate(variants):
+        for k in range(3 * n):
+            image_id = f"{1000000 + label * 3 * n + k}"
+            _jpeg(data / "images" / f"{image_id}.jpg", label)
+            lists[("train", "val", "test")[k // n]].append(f"{image_id} {variant}")
+    lists["trainval"] = lists["train"] + lists["val"]
+    for split, entries in lists.items():
         _lines(data / f"images_variant_{split}.txt", entries)
 
 

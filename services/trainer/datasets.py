@@ -4,8 +4,8 @@ A run config's `dataset: {type: NAME, ...}` names a source of `SOURCES`: the ele
 torchvision, ImageFolder trees and CSV lists from local files are built in; plugins add theirs (`gift.datasets`,
 see services/trainer/plugins.py). Nothing downloads: a missing or incomplete root is a UserError naming the task,
 the dataset and the path. Every dataset yields (image tensor, label) with labels indexing the task's class names,
-which ship for the MTIL datasets in `data/mtil.json` (in torchvision's label order) together with the prompt
-template the GIFT authors used.
+which ship for the MTIL datasets in `data/mtil.json` (in torchvision's label order) together with the benchmark's
+prompt templates (docs/mtil-protocol.md).
 
 Splits are train, val and test. Sources with val splits of their own serve them; elsewhere val is a fixed part of
 train (`val_fraction`), left out of training only when a run evaluates on val, so that settings are chosen on val
@@ -29,7 +29,7 @@ import torch
 import torchvision.datasets as tv
 from PIL import Image
 from pydantic import Field
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, random_split
 
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from services.trainer.config import TaskConfig
 
 DATA_DIR = Path(__file__).parent / "data"
-SPLIT_SEED = 0  # the held-out split of datasets without an official one is the same for every run
-VAL_SEED = 1  # so is the val part of train, drawn independently of the held-out split
+SPLIT_SEED = 42  # the MTIL split of datasets without an official one: ZSCL's and the GIFT authors' (mtil-protocol.md)
+VAL_SEED = 1  # the val part of train is the same for every run too, drawn independently of the held-out split
 DEFAULT_VAL_FRACTION = 0.1
 
 
@@ -87,9 +87,9 @@ _MNIST_FILES = tuple(
 )
 _CARS = "stanford_cars/"
 TORCHVISION: dict[str, Torchvision] = {
-    "Aircraft": Torchvision(tv.FGVCAircraft, ({"split": "trainval"}, {"split": "test"}), *_each_split(
+    "Aircraft": Torchvision(tv.FGVCAircraft, ({"split": "train"}, {"split": "test"}), *_each_split(
         "fgvc-aircraft-2013b/data/variants.txt", "fgvc-aircraft-2013b/data/images/",
-        "fgvc-aircraft-2013b/data/images_variant_{}.txt", words=("trainval", "test"))),
+        "fgvc-aircraft-2013b/data/images_variant_{}.txt")),
     "Caltech101": Torchvision(tv.Caltech101, None, ("caltech101/101_ObjectCategories/",)),
     "CIFAR100": Torchvision(Cifar100Files, ({"train": True}, {"train": False}), *_each_split(
         "cifar-100-python/{}", "cifar-100-python/meta")),
@@ -330,10 +330,15 @@ def _first_missing_image(dataset: Dataset) -> Path | None:
 
 
 def held_out_split(dataset: Dataset, test_fraction: float, train: bool) -> Subset:
-    """A fixed random split for datasets torchvision does not split (Caltech101, EuroSAT, SUN397)."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-    n_test = round(len(order) * test_fraction)
-    subset = Subset(dataset, order[n_test:] if train else order[:n_test])
+    """A fixed random split for datasets torchvision does not split (Caltech101, EuroSAT, SUN397).
+
+    The MTIL split itself at the default 0.2: `random_split` into int(0.8 n) train and the rest test, seeded 42,
+    as ZSCL and the GIFT authors split, so that test accuracies compare with theirs.
+    """
+    n_train = int((1 - test_fraction) * len(dataset))
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    parts = random_split(dataset, [n_train, len(dataset) - n_train], generator=generator)
+    subset = parts[0 if train else 1]
     subset.classes = _dataset_classes(dataset)  # type: ignore[attr-defined]
     return subset
 

@@ -13,11 +13,7 @@ from services.rehearsal.fixtures import label_of, torchvision_names, write_fixtu
 from services.trainer import datasets
 from services.trainer.config import MTIL_DATASETS, TaskConfig
 
-FLOWERS_IN_CLIP = {
-    "pink-yellow dahlia?": "pink and yellow dahlia",
-    "ball moss": "air plant",
-    "globe-flower": "globe flower",
-}
+FLOWERS_IN_MTIL = {"pink-yellow dahlia?": "pink-yellow dahlia"}  # torchvision's list, one name spelt otherwise
 OFFICIAL_SPLITS = {name for name, source in datasets.TORCHVISION.items() if source.splits is not None}
 
 
@@ -38,15 +34,11 @@ def load(name: str, root: Path, split: str) -> list[tuple[int, int]]:
 
 
 def as_metadata_name(name: str, torchvision_name: str) -> str:
-    """torchvision's class name written as the MTIL metadata writes it, where the two differ only in spelling."""
-    if name in ("Caltech101", "EuroSAT"):  # folder names, replaced by CLIP's descriptions: checked by position
+    """torchvision's class name as MTIL writes it (ZSCL's and the GIFT authors' rule: '_' read as ' ')."""
+    if name in ("Caltech101", "EuroSAT"):  # folder names, replaced by the authors' descriptions: checked by position
         return torchvision_name
-    if name == "MNIST":
-        return torchvision_name.split(" - ")[0]
-    if name == "SUN397":  # "apartment_building/outdoor"
-        return torchvision_name.replace("_", " ").replace("/", " ")
-    if name == "Flowers":  # torchvision's own list of names, CLIP spells three otherwise
-        return FLOWERS_IN_CLIP.get(torchvision_name, torchvision_name.lower())
+    if name == "Flowers":  # the authors' own list: torchvision's, lower case
+        return FLOWERS_IN_MTIL.get(torchvision_name, torchvision_name.lower())
     return torchvision_name.replace("_", " ")
 
 
@@ -70,6 +62,14 @@ def test_every_split_loads_with_the_metadata_classes_in_label_order(root: Path, 
         assert list(classes) == sorted(expected)
     else:
         assert [as_metadata_name(name, c) for c in classes] == names
+
+
+def test_aircraft_trains_on_the_train_list_not_trainval(root: Path) -> None:
+    """MTIL's Aircraft task trains on the archive's train list, half of trainval, as ZSCL and GIFT_CL do."""
+    data = root / "fgvc-aircraft-2013b" / "data"
+    listed = {split: len((data / f"images_variant_{split}.txt").read_text().splitlines()) for split in ("train", "val")}
+    listed["trainval"] = listed["train"] + listed["val"]
+    assert len(load("Aircraft", root, "train")) == listed["train"] < listed["trainval"]
 
 
 def test_train_leaves_out_its_val_part_when_asked(root: Path) -> None:

@@ -155,6 +155,8 @@ def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[st
     schedules = {task.label: config.schedule(task) for task in config.tasks}
     assert {s["iterations"] for s in schedules.values()} == {1000}
     assert {s["batch_size"] for s in schedules.values()} == {64}
+    assert {s["warmup"] for s in schedules.values()} == {100}  # ZSCL's and GIFT_CL's warmup_length
+    assert (config.training.weight_decay, tuple(config.training.betas)) == (0.0, (0.9, 0.999))
     assert {label for label, s in schedules.items() if s["lr"] == 5e-5} == {"Aircraft", "MNIST"}
     assert {s["lr"] for s in schedules.values()} == {1e-5, 5e-5}
 

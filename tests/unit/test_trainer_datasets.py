@@ -37,6 +37,28 @@ def test_mtil_class_names_and_templates_ship_with_the_package() -> None:
     for name, size in sizes.items():
         assert len(metadata[name]["classnames"]) == len(set(metadata[name]["classnames"])) == size, name
         assert all(template.count("{}") == 1 for template in metadata[name]["templates"]), name
+
+
+def test_mtil_evaluates_with_every_template_of_the_benchmark() -> None:
+    """ZSCL's and GIFT_CL's template lists (their counts), each first template the one that trains."""
+    counts = {"Aircraft": 2, "Caltech101": 34, "CIFAR100": 18, "DTD": 8, "EuroSAT": 3, "Flowers": 1, "Food": 1,
+              "MNIST": 1, "OxfordPet": 1, "StanfordCars": 9, "SUN397": 2}  # fmt: skip
+    firsts = {"EuroSAT": "a centered satellite photo of {}.", "MNIST": 'a photo of the number: "{}".',
+              "StanfordCars": "a photo of a {}, a type of car.", "DTD": "a photo of a {} texture."}  # fmt: skip
+    metadata = datasets.mtil_metadata()
+    for name, count in counts.items():
+        templates = metadata[name]["templates"]
+        assert len(templates) == len(set(templates)) == count, name
+        assert templates[0] == firsts.get(name, templates[0]), name
+
+
+def test_mtil_class_names_are_the_benchmark_s() -> None:
+    """The names ZSCL and GIFT_CL train and evaluate with where CLIP's own lists spell them otherwise."""
+    metadata = datasets.mtil_metadata()
+    assert metadata["MNIST"]["classnames"][:2] == ["0 - zero", "1 - one"]  # torchvision's MNIST classes
+    assert "apartment building/outdoor" in metadata["SUN397"]["classnames"]  # torchvision's, '_' read as ' '
+    flowers = metadata["Flowers"]["classnames"]
+    assert (flowers[15], flowers[59], flowers[92]) == ("globe-flower", "pink-yellow dahlia", "ball moss")
     assert len(synthetic.imagenet_classnames()) == 1000 and synthetic.imagenet_classnames()[:2] == ["tench", "goldfish"]
 
 
@@ -97,19 +119,24 @@ def test_a_root_without_the_data_says_where_torchvision_looks(tmp_path: Path) ->
         datasets.load_split(task("Food", tmp_path), datasets.classnames(task("Food", tmp_path)), "train", transform)
 
 
-def test_datasets_without_an_official_split_get_a_fixed_held_out_part(tmp_path: Path) -> None:
-    """EuroSAT is an ImageFolder under eurosat/2750 for torchvision: a small fake one is enough."""
-    for i, folder in enumerate(["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-                                "PermanentCrop", "Residential", "River", "SeaLake"]):  # fmt: skip
-        for j in range(5):
-            save_image(tmp_path / "eurosat" / "2750" / folder / f"{j}.jpg", (20 * i, 10 * j, 0))
+@pytest.mark.parametrize("images", [50, 51])
+def test_datasets_without_an_official_split_get_the_mtil_held_out_part(tmp_path: Path, images: int) -> None:
+    """EuroSAT is an ImageFolder under eurosat/2750 for torchvision: a small fake one is enough. The split is
+    ZSCL's and GIFT_CL's: int(0.8 n) images train, the rest test, by `random_split` seeded 42."""
+    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
+               "Residential", "River", "SeaLake"]  # fmt: skip
+    for k in range(images):
+        i, j = divmod(k, 5) if k < 50 else (0, k - 45)
+        save_image(tmp_path / "eurosat" / "2750" / folders[i] / f"{j}.jpg", (20 * i, 10 * j, 0))
     spec = task("EuroSAT", tmp_path, test_fraction=0.2)
     names = datasets.classnames(spec)
     assert names[0] == "annual crop land"
     train, test = (datasets.load_split(spec, names, split, transform) for split in ("train", "test"))
     again = datasets.load_split(spec, names, "test", transform)
-    assert (len(train), len(test)) == (40, 10)
+    assert (len(train), len(test)) == (40, images - 40)
     assert set(train.indices).isdisjoint(test.indices) and test.indices == again.indices
+    theirs = torch.utils.data.random_split(range(images), [40, images - 40], torch.Generator().manual_seed(42))
+    assert (train.indices, test.indices) == (list(theirs[0]), list(theirs[1]))
 
 
 def test_concepts_from_a_file(tmp_path: Path) -> None:
