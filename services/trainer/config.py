@@ -169,12 +169,21 @@ class EvaluationConfig(Strict):
     """Which split the matrix is measured on (choose settings on val, report on test), and the pre-training probe."""
 
     split: Literal["test", "val"] = "test"
+    templates: Literal["all", "first"] = Field(
+        default="all",
+        description="all: the mean over every template of the task, as MTIL evaluates; first: the training template "
+        "alone, a cheaper classifier for rehearsals whose accuracies are not the benchmark's",
+    )
     pretraining_probe: str = Field(
         default="none", description="a registered probe of what the model keeps of pre-training, or none"
     )
     probe_size: int = Field(default=2000, ge=1, description="held-out world images the probe draws")
     batch_size: int = Field(default=256, ge=1)
     num_workers: int = Field(default=4, ge=0)
+
+    def evaluated_templates(self, templates: list[Template]) -> list[Template]:
+        """The templates a task's classifier averages over; training always uses the first."""
+        return templates if self.templates == "all" else templates[:1]
 
     @field_validator("pretraining_probe")
     @classmethod

@@ -157,7 +157,9 @@ class Runner:
     # --- data and tasks -------------------------------------------------------------------------------------
 
     def _load_task(self, task: TaskConfig) -> TaskData:
-        names, templates, split = datasets.classnames(task), datasets.templates(task), self.config.evaluation.split
+        evaluation = self.config.evaluation
+        names, split = datasets.classnames(task), evaluation.split
+        templates = evaluation.evaluated_templates(datasets.templates(task))
         train = datasets.load_split(task, names, "train", self.train_transform, hold_out_val=split == "val")
         evaluated = datasets.load_split(task, names, split, self.eval_transform)
         batch_size = self.config.schedule(task)["batch_size"]

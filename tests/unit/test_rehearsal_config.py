@@ -13,7 +13,8 @@ from services.trainer.config import parse_config
 PATHS = {("output_dir",), ("model", "pretrained"), ("synthetic", "generator_url"), ("synthetic", "cache_dir")}
 SIZES = {("training", "iterations"), ("training", "warmup"), ("training", "batch_size"), ("training", "num_workers"),
          ("synthetic", "size"), ("synthetic", "steps"), ("synthetic", "height"), ("synthetic", "width"),
-         ("evaluation", "batch_size"), ("evaluation", "num_workers"), ("progress",)}  # fmt: skip
+         ("evaluation", "batch_size"), ("evaluation", "num_workers"), ("evaluation", "templates"),
+         ("progress",)}  # fmt: skip
 
 
 def changed(before: object, after: object, at: tuple = ()) -> set[tuple]:

@@ -9,7 +9,7 @@ import yaml
 
 from gift_common.errors import UserError
 from services.cli import main as cli_main
-from services.trainer.config import MTIL_DATASETS, load_config, parse_config
+from services.trainer.config import MTIL_DATASETS, EvaluationConfig, load_config, parse_config
 from services.trainer.main import run_training
 from services.trainer.runner import changed_settings, outcome_settings
 
@@ -159,6 +159,13 @@ def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[st
     assert (config.training.weight_decay, tuple(config.training.betas)) == (0.0, (0.9, 0.999))
     assert {label for label, s in schedules.items() if s["lr"] == 5e-5} == {"Aircraft", "MNIST"}
     assert {s["lr"] for s in schedules.values()} == {1e-5, 5e-5}
+    assert config.evaluation.templates == "all"  # the benchmark's classifier: the mean over every template
+
+
+def test_a_first_template_evaluation_keeps_only_the_training_template() -> None:
+    templates = ["a photo of a {}.", "a drawing of a {}.", "itap of a {}."]
+    assert EvaluationConfig().evaluated_templates(templates) == templates
+    assert EvaluationConfig(templates="first").evaluated_templates(templates) == ["a photo of a {}."]
 
 
 @pytest.mark.tinyworld
