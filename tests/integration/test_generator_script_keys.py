@@ -12,6 +12,7 @@ import hashlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import Settings
@@ -193,3 +195,61 @@ def test_every_script_touches_only_the_keys_it_declares(server: RedisServer) -> 
         if key not in call.keys
     }
     assert not undeclared, f"keys a script touched without declaring them: {sorted(undeclared)}"
+
+
+# --- the checks that keep a script right when what its caller read has changed since -------------------------
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> redis.Redis:
+    return redis.Redis(port=server.port, decode_responses=True)
+
+
+def _job_with_work(admin: redis.Redis, job_id: str, tenant: str) -> None:
+    admin.hset(redis_keys.job(job_id), mapping={"tenant": tenant, "priority": 0, "total": 1})
+    admin.xgroup_create(redis_keys.job_work(job_id), redis_keys.GROUP, id="0", mkstream=True)
+    admin.xadd(redis_keys.job_work(job_id), {"indices": "0"})
+    admin.zadd(redis_keys.active(MODEL), {job_id: time.time()})
+
+
+def test_read_round_strict_reads_nothing_when_a_job_became_active_since(admin: redis.Redis) -> None:
+    _job_with_work(admin, "seen", "alice")
+    _job_with_work(admin, "new", "bob")
+    read = admin.register_script(store.READ_ROUND)
+    assert read(*store.read_round_args(MODEL, ["seen"], "w", 10, 0, strict=True)) is None
+    assert admin.xpending(redis_keys.job_work("seen"), redis_keys.GROUP)["pending"] == 0
+    _, chunks = read(*store.read_round_args(MODEL, ["seen"], "w", 10, 0, strict=False))
+    assert [job for job, _, _ in chunks] == ["seen"]
+
+
+def test_admit_job_answers_stale_when_the_idempotency_record_changed_since(admin: redis.Redis) -> None:
+    record = redis_keys.idempotency("alice", "k")
+    admin.hset(record, mapping={"job": "other", "fingerprint": "f"})
+    admin.hset(redis_keys.job("other"), "status", "queued")
+    job = redis_keys.job("new")
+    keys = [job, *(f"{job}:{part}" for part in ("images", "work", "active", "tenant", "stats")), record]
+    keys += [f"{job}:order", redis_keys.WEBHOOKS, job]  # the caller read no job in the record
+    args = ["new", 10, 60, 0, '{"status": "queued"}', "{}", '["0"]', "{}", redis_keys.GROUP, "f", ""]
+    assert admin.eval(store.ADMIT_JOB, len(keys), *keys, *args) == [0, store.AdmitOutcome.stale]
+    assert admin.keys(f"{job}*") == []
+
+
+def test_cache_lookup_counts_an_entry_rewritten_since_the_read_as_a_miss(admin: redis.Redis) -> None:
+    entries = store.lookup_batches(["kept", "rewritten"])[0]
+    for entry, sha in zip(entries, ["a", "b"], strict=True):
+        admin.set(entry, sha, ex=5)
+        admin.set(redis_keys.png(sha), b"png", ex=5)
+    shas = admin.mget(entries)
+    admin.set(entries[1], "c", ex=5)
+    keys, args = store.lookup_args(entries, shas, 600)
+    found = admin.eval(store.CACHE_LOOKUP, len(keys), *keys, *args)
+    assert store.lookup_hits(shas, found) == ["a", None]
+    assert admin.ttl(redis_keys.png("a")) > 5 and admin.ttl(redis_keys.png("b")) <= 5
+
+
+def test_end_job_refuses_an_idempotency_record_that_is_not_the_jobs(admin: redis.Redis) -> None:
+    admin.hset(redis_keys.job("j"), mapping={"status": "queued", "idempotency_key": redis_keys.idempotency("t", "k")})
+    keys = store.job_keys("j", MODEL, "t", None)
+    with pytest.raises(redis.ResponseError, match="is not the idempotency record"):
+        admin.eval(store.END_JOB, len(keys), *keys, "j", "cancelled", "", "now", 60, redis_keys.JOB_ENDED)
+    assert admin.hget(redis_keys.job("j"), "status") == "queued"
