@@ -1,10 +1,15 @@
-"""Every Redis key the generator uses, in one place so that API and workers cannot drift apart."""
+"""Every Redis key the generator uses, in one place so that API and workers cannot drift apart.
+
+Every name starts with the hash tag ``{gift}``: a Redis Cluster hashes only the tag, so all keys of a deployment
+share one slot, as the job model's scripts need (one reads many jobs at once). Before this tag the prefix was
+``gift``; docs/ARCHITECTURE.md says how a deployment moves over.
+"""
 
 from __future__ import annotations
 
 import hashlib
 
-PREFIX = "gift"
+PREFIX = "{gift}"
 
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)

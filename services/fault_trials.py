@@ -18,6 +18,7 @@ import httpx
 import redis
 from PIL import Image
 
+from gift_common import redis_keys
 from gift_common.client import (
     GeneratorClient,
     GeneratorHTTPError,
@@ -214,7 +215,7 @@ def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread:
     """``threads`` clients submit at once to a model no worker serves, so nothing finishes during the burst: at
     most ``limit`` may be accepted. The stack's API must run with GIFT_MAX_QUEUED_JOBS_PER_TENANT=limit."""
     admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    admin.hset("gift:models", IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
+    admin.hset(redis_keys.MODELS, IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
     burst, lock, accepted = Burst(limit), threading.Lock(), []
     start = threading.Barrier(threads)
 
@@ -239,7 +240,7 @@ def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread:
         worker.start()
     for worker in workers:
         worker.join()
-    burst.unfinished_after = sum(admin.scard(key) for key in admin.scan_iter("gift:tenant:*:active"))
+    burst.unfinished_after = sum(admin.scard(key) for key in admin.scan_iter(redis_keys.tenant_active("*")))
     for job_id in accepted:
         httpx.delete(f"{stack.api_url}/v1/jobs/{job_id}")
     return burst

@@ -12,6 +12,7 @@ import pytest
 import redis
 from PIL import Image
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from services.stack import LocalStack
 
@@ -95,7 +96,7 @@ def pixels(png: bytes) -> np.ndarray:
 def drop_cache(redis_url: str) -> None:
     """Forget which images exist, so that the next job really runs the pipeline."""
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter("gift:cache:*"):
+    for key in client.scan_iter(redis_keys.cache("*")):
         client.delete(key)
 
 

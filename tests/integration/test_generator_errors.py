@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import redis
 
+from gift_common import redis_keys
 from services.auth_walk import BAD_CREDENTIALS, walk
 from services.stack import Process, free_port, wait_until
 
@@ -36,7 +37,7 @@ def api(stack, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
     entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
-    redis.Redis.from_url(stack.redis_url).hset("gift:models", IDLE_MODEL, json.dumps(entry))
+    redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS, IDLE_MODEL, json.dumps(entry))
     yield url
     process.stop()
 
@@ -225,7 +226,7 @@ def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):
     queued = httpx.post(f"{api}/v1/jobs", json={"prompts": ["x"], "model": IDLE_MODEL}, headers=BOB)
     done = httpx.post(f"{api}/v1/jobs", json={"prompts": ["openapi 410"], "num_inference_steps": 2}, headers=ALICE)
     finished = httpx.get(f"{api}/v1/jobs/{done.json()['id']}?wait=30", headers=ALICE, timeout=40).json()
-    redis.Redis.from_url(stack.redis_url).delete(f"gift:png:{finished['images'][0]['sha256']}")
+    redis.Redis.from_url(stack.redis_url).delete(redis_keys.png(finished["images"][0]["sha256"]))
     unknown, bad_body = "f" * 32, {**ALICE, "Content-Type": "application/json"}
     answers = [
         ("POST", "/v1/jobs", queued),

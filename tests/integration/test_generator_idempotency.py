@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import httpx
 import pytest
 import redis
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
 
@@ -29,7 +28,7 @@ class LoseFirstAnswer(httpx.BaseTransport):
 
 
 def _jobs(redis_client: redis.Redis) -> set[str]:
-    return {key for key in redis_client.scan_iter("gift:job:*") if key.count(":") == 2}
+    return {key for key in redis_client.scan_iter(redis_keys.job("*")) if key.count(":") == 2}
 
 
 def test_a_submit_whose_first_answer_is_lost_makes_one_job(stack, redis_client):
@@ -38,7 +37,7 @@ def test_a_submit_whose_first_answer_is_lost_makes_one_job(stack, redis_client):
         job = client.submit(JobRequest(prompts=["idempotent: a lost answer"], num_inference_steps=2))
     (lost,) = transport.lost
     assert job.id == lost["id"], "the retry made a second job instead of returning the first"
-    assert _jobs(redis_client) - before == {f"gift:job:{job.id}"}
+    assert _jobs(redis_client) - before == {redis_keys.job(job.id)}
 
 
 def test_the_same_key_returns_the_first_job_and_refuses_another_request(stack, redis_client):
@@ -57,17 +56,17 @@ def test_the_same_key_returns_the_first_job_and_refuses_another_request(stack, r
 def test_the_key_expires_with_its_job(stack, redis_client):
     body = {"prompts": ["idempotent: expiry"], "num_inference_steps": 2}
     job = httpx.post(f"{stack.api_url}/v1/jobs", json=body, headers={"Idempotency-Key": "expiry"}).json()
-    stored = f"gift:tenant:local:idempotency:{hashlib.sha256(b'expiry').hexdigest()}"
+    stored = redis_keys.idempotency("local", "expiry")
     assert redis_client.hget(stored, "job") == job["id"]
     done = httpx.get(f"{stack.api_url}/v1/jobs/{job['id']}?wait=30&images=false", timeout=40).json()
     assert done["status"] == "succeeded", done
-    assert 0 < redis_client.ttl(stored) <= redis_client.ttl(f"gift:job:{job['id']}") + 1
+    assert 0 < redis_client.ttl(stored) <= redis_client.ttl(redis_keys.job(job["id"])) + 1
 
 
 def test_the_key_of_a_cancelled_job_expires_with_it(stack, redis_client):
     body = {"prompts": [f"idempotent: cancelled {i}" for i in range(64)], "num_inference_steps": 20}
     job = httpx.post(f"{stack.api_url}/v1/jobs", json=body, headers={"Idempotency-Key": "cancelled"}).json()
-    stored = f"gift:tenant:local:idempotency:{hashlib.sha256(b'cancelled').hexdigest()}"
+    stored = redis_keys.idempotency("local", "cancelled")
     assert redis_client.ttl(stored) == -1, "a live job's key does not expire"
     assert httpx.delete(f"{stack.api_url}/v1/jobs/{job['id']}").json()["status"] == "cancelled"
     assert redis_client.ttl(stored) > 0

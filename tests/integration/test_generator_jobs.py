@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.content_key import image_key
 from gift_common.schemas import JobRequest, JobState
@@ -146,7 +147,7 @@ def test_operations_endpoints(stack):
 
 def test_cache_lookup_of_a_large_job_keeps_every_index(client: GeneratorClient, stack):
     """More prompts than one lookup script takes: hits found in later batches land on their own indices."""
-    registered = json.loads(redis.Redis.from_url(stack.redis_url).hget("gift:models", "tinyworld"))
+    registered = json.loads(redis.Redis.from_url(stack.redis_url).hget(redis_keys.MODELS, "tinyworld"))
     prompts = [f"pre-cached prompt {i}" for i in range(700)]
     store = redis.Redis.from_url(stack.redis_url)
     expected = {}
@@ -156,8 +157,8 @@ def test_cache_lookup_of_a_large_job_keeps_every_index(client: GeneratorClient, 
         key = image_key(model_fingerprint=registered["fingerprint"], prompt=prompt, negative_prompt=None, seed=i,
                         num_inference_steps=1, guidance_scale=7.5, height=32, width=32)  # fmt: skip
         sha = hashlib.sha256(prompt.encode()).hexdigest()
-        store.set(f"gift:png:{sha}", prompt.encode(), ex=600)
-        store.set(f"gift:cache:{key}", sha, ex=600)
+        store.set(redis_keys.png(sha), prompt.encode(), ex=600)
+        store.set(redis_keys.cache(key), sha, ex=600)
         expected[i] = sha
     job = client.submit(JobRequest(prompts=prompts, num_inference_steps=1))
     assert job.cached == len(expected) == job.done

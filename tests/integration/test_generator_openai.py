@@ -14,6 +14,7 @@ import pytest
 import redis
 from PIL import Image
 
+from gift_common import redis_keys
 from services.stack import LocalStack
 
 from .conftest import FAST_ENV
@@ -61,11 +62,11 @@ def test_url_images_point_at_the_image_route(client, stack):
 
 def test_a_retry_with_the_same_idempotency_key_makes_no_second_job(client, stack):
     jobs = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    before = set(jobs.scan_iter("gift:job:*"))
+    before = set(jobs.scan_iter(redis_keys.job("*")))
     key = {"Idempotency-Key": "openai-retry"}
     answers = [client.images.generate(prompt="a retried dot", extra_body=FAST, extra_headers=key) for _ in range(2)]
     assert answers[0].data == answers[1].data
-    assert len({key for key in set(jobs.scan_iter("gift:job:*")) - before if key.count(":") == 2}) == 1
+    assert len({key for key in set(jobs.scan_iter(redis_keys.job("*"))) - before if key.count(":") == 2}) == 1
 
 
 def test_idempotency_keys_are_scoped_to_the_tenant(stack):

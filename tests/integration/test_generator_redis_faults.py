@@ -9,6 +9,7 @@ import signal
 import pytest
 import redis
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
 from services.fault_trials import maxmemory_trial, quota_burst, redis_kill_trials
@@ -58,13 +59,13 @@ def test_a_worker_takes_back_its_own_chunk_that_it_never_received(make_stack):
     that never got it (its heartbeat does not keep it fresh), so after the claim timeout the worker takes it."""
     stack = make_stack(workers=1)
     admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    (consumer,) = admin.zrange("gift:workers", 0, -1)
+    (consumer,) = admin.zrange(redis_keys.WORKERS, 0, -1)
     worker = stack.workers[0]
     client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
     os.kill(worker.pid, signal.SIGSTOP)  # so that only the read below delivers the job's chunk
     try:
         job = client.submit(JobRequest(prompts=[f"lost reply {i}" for i in range(8)], num_inference_steps=2))
-        delivered = admin.xreadgroup("workers", consumer, {f"gift:job:{job.id}:work": ">"}, count=100)
+        delivered = admin.xreadgroup("workers", consumer, {redis_keys.job_work(job.id): ">"}, count=100)
         assert delivered, "the job's chunk is now pending under the worker"
     finally:
         os.kill(worker.pid, signal.SIGCONT)

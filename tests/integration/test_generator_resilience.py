@@ -9,6 +9,7 @@ import httpx
 import pytest
 import redis
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest, JobState
 from services.fault_trials import worker_kill_trials
@@ -38,7 +39,7 @@ def test_worker_killed_mid_job_is_taken_over(make_stack):
     assert [image.seed for image in finished.images] == [500 + i for i in range(48)]
     metrics = httpx.get(f"{stack.api_url}/metrics").text
     assert "gift_chunks_reclaimed_total 0.0" not in metrics, "the dead worker's pending chunks were taken over"
-    pending = redis.Redis.from_url(stack.redis_url).exists(f"gift:job:{job.id}:work")
+    pending = redis.Redis.from_url(stack.redis_url).exists(redis_keys.job_work(job.id))
     assert pending == 0, "a finished job leaves no work behind"
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("gift.api")
 
 KEY_BATCH = 512  # Redis round trips are batched by this many keys
 MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model registrations may be
-ADMIT_REPLAY = 2  # ADMIT_JOB's answer when the idempotency key names an existing job
+ADMIT_TRIES = 3  # how often a submission reads its idempotency record again when it changed meanwhile
 
 
 class JobError(Exception):
@@ -60,6 +60,7 @@ class JobService:
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
         self._admit = redis.register_script(store.ADMIT_JOB)
         self._read = redis.register_script(store.READ_JOB)
+        self._queued = redis.register_script(store.QUEUED_IMAGES)
 
     # --- models -----------------------------------------------------------------------------------
 
@@ -163,8 +164,10 @@ class JobService:
         native = (model.info.height, model.info.width)
         keys = [request_image_key(request, i, model.fingerprint, native) for i in range(len(request.prompts))]
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
-            found += await self._lookup(keys=lookup_keys, args=args)
+        for batch in store.lookup_batches(keys, owner):
+            shas = await self.redis.mget(batch)
+            lookup_keys, args = store.lookup_args(batch, shas, self.settings.image_ttl_seconds, owner)
+            found += store.lookup_hits(shas, await self._lookup(keys=lookup_keys, args=args) if lookup_keys else [])
         return {i: sha for i, sha in enumerate(found) if sha}
 
     async def _create(
@@ -195,6 +198,7 @@ class JobService:
         if not misses:
             increments["jobs_succeeded"] = 1
         counters = dict(stats.counter_increment(name, n)[1:] for name, n in increments.items())
+        record = redis_keys.idempotency(tenant, idempotency[0]) if idempotency else redis_keys.job(job_id)
         keys = [
             redis_keys.job(job_id),
             redis_keys.job_images(job_id),
@@ -202,7 +206,7 @@ class JobService:
             redis_keys.active(request.model),
             redis_keys.tenant_active(tenant),
             redis_keys.STATS,
-            redis_keys.idempotency(tenant, idempotency[0]) if idempotency else redis_keys.job(job_id),
+            record,
             redis_keys.job_order(job_id),
             redis_keys.WEBHOOKS,
         ]
@@ -216,10 +220,18 @@ class JobService:
             *(json.dumps(part, ensure_ascii=False) for part in (fields, records, chunks, counters)),
             redis_keys.GROUP,
             idempotency[1] if idempotency else "",
-            redis_keys.job(""),
         ]
-        queued, accepted, *first = await self._admit(keys=keys, args=args)
-        if accepted == ADMIT_REPLAY:
+        for _ in range(ADMIT_TRIES):
+            named = await self.redis.hget(record, "job") if idempotency else None
+            answer = await self._admit(keys=[*keys, redis_keys.job(named or job_id)], args=[*args, named or ""])
+            if answer[1] != store.AdmitOutcome.stale:
+                break
+        else:
+            raise JobError(
+                409, "Idempotency-Key: its record kept changing while this request was admitted; send it again"
+            )
+        queued, accepted, *first = answer
+        if accepted == store.AdmitOutcome.replay:
             first_id, first_fingerprint = first
             if idempotency and first_fingerprint != idempotency[1]:
                 raise JobError(
@@ -274,8 +286,7 @@ class JobService:
             return None
         if status.status in (JobState.succeeded, JobState.failed):
             raise JobError(409, f"job {job_id} already {status.status.value}; only unfinished jobs can be cancelled")
-        fields = await self.redis.hmget(redis_keys.job(job_id), ["model", "tenant"])
-        keys = store.job_keys(job_id, fields[0], fields[1])
+        keys = store.job_keys(job_id, *await self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS))
         args = [
             job_id,
             JobState.cancelled.value,
@@ -334,8 +345,8 @@ class JobService:
         names = {*await self.redis.hkeys(redis_keys.MODELS), self.settings.default_model}
         queued_jobs, queued_images = {}, 0
         for name in names:
-            active = redis_keys.active(name)
-            queued_jobs[name], images = await self.redis.eval(_QUEUED_IMAGES, 1, active, redis_keys.PREFIX)
+            keys, args = store.queued_images_args(name, await self.redis.zrange(redis_keys.active(name), 0, -1))
+            queued_jobs[name], images = await self._queued(keys=keys, args=args)
             queued_images += images
         return {
             "stats": await self.redis.hgetall(redis_keys.STATS),
@@ -348,15 +359,3 @@ class JobService:
 def _as_dict(flat: list[str]) -> dict[str, str]:
     """A hash as a script returns it (name, value, name, value, ...)."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-# KEYS: a model's active zset. ARGV: key prefix. Returns {jobs, images not yet made}.
-_QUEUED_IMAGES = """
-local jobs = redis.call('ZRANGE', KEYS[1], 0, -1)
-local images = 0
-for _, id in ipairs(jobs) do
-  local total = tonumber(redis.call('HGET', ARGV[1] .. ':job:' .. id, 'total') or '0')
-  images = images + total - redis.call('HLEN', ARGV[1] .. ':job:' .. id .. ':images')
-end
-return {#jobs, images}
-"""

@@ -22,6 +22,7 @@ from services.generator import stats, store
 from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.worker")
+READ_TRIES = 3  # how often a read of new work starts again when a job became active meanwhile
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class JobInfo:
     model: str
     request: JobRequest
     created_at: float
+    idempotency_key: str | None
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,16 @@ class WorkerQueue:
     # --- reading work -------------------------------------------------------------------------------
 
     def read_new(self, model: str, max_chunks: int) -> list[Chunk]:
+        """A round of READ_ROUND over the model's active jobs, read first to name their keys. A job that became
+        active in between makes the round start again, READ_TRIES times at most; the last try leaves such a job
+        to the next round."""
         cursor = self._cursor.get(model, 0)
-        args = [redis_keys.PREFIX, redis_keys.GROUP, self.consumer, max_chunks, cursor]
-        keys = [redis_keys.active(model), redis_keys.turns(model)]
-        self._cursor[model], entries = self._read(keys=keys, args=args)
+        for tries_left in reversed(range(READ_TRIES)):
+            jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
+            keys, args = store.read_round_args(model, jobs, self.consumer, max_chunks, cursor, strict=tries_left > 0)
+            if (answer := self._read(keys=keys, args=args)) is not None:
+                break
+        self._cursor[model], entries = answer
         return [Chunk(job, entry, store.decode_indices(indices)) for job, entry, indices in entries]
 
     def reclaim(self, model: str, held: dict[str, list[str]]) -> list[Chunk]:
@@ -132,13 +140,13 @@ class WorkerQueue:
         return [Chunk(job_id, entry, store.decode_indices(fields["indices"])) for entry, fields in claimed if fields]
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        tenant, model, request, created_at, state = self.redis.hmget(
-            redis_keys.job(job_id), ["tenant", "model", "request", "created_at", "status"]
+        tenant, model, request, created_at, state, idempotency_key = self.redis.hmget(
+            redis_keys.job(job_id), ["tenant", "model", "request", "created_at", "status", "idempotency_key"]
         )
         if request is None or state not in store.LIVE_STATES:
             return None
         created = store.parse_time(created_at)
-        return JobInfo(job_id, tenant, model, JobRequest.model_validate_json(request), created)
+        return JobInfo(job_id, tenant, model, JobRequest.model_validate_json(request), created, idempotency_key)
 
     def live(self, job_ids: set[str]) -> set[str]:
         ids = sorted(job_ids)
@@ -153,8 +161,10 @@ class WorkerQueue:
     def cached(self, keys: list[str], owner: str | None) -> list[str | None]:
         """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
         found: list[str | None] = []
-        for lookup_keys, args in store.lookup_args(keys, self.settings.image_ttl_seconds, owner):
-            found += self._lookup(keys=lookup_keys, args=args)
+        for batch in store.lookup_batches(keys, owner):
+            shas = self.redis.mget(batch)
+            lookup_keys, args = store.lookup_args(batch, shas, self.settings.image_ttl_seconds, owner)
+            found += store.lookup_hits(shas, self._lookup(keys=lookup_keys, args=args) if lookup_keys else [])
         return found
 
     def store_pngs(self, blobs: Redis, items: list[tuple[str | None, str, str, bytes]]) -> None:
@@ -186,7 +196,7 @@ class WorkerQueue:
         for index, sha, cached in images:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
             args += [index, record, int(cached)]
-        keys = store.job_keys(job.job_id, job.model, job.tenant)
+        keys = store.job_keys(job.job_id, job.model, job.tenant, job.idempotency_key)
         outcome, done, total = self._record(keys=keys, args=args)
         if outcome == store.RecordOutcome.finished:
             self._observe_end(job, "jobs_succeeded")
@@ -202,10 +212,10 @@ class WorkerQueue:
                 pipe.execute()
 
     def fail_job(self, job_id: str, error: str) -> None:
-        model, tenant = self.redis.hmget(redis_keys.job(job_id), ["model", "tenant"])
+        model, tenant, idempotency_key = self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS)
         if model is None:
             return
-        keys = store.job_keys(job_id, model, tenant)
+        keys = store.job_keys(job_id, model, tenant, idempotency_key)
         args = [
             job_id,
             JobState.failed.value,
