@@ -136,9 +136,13 @@ def smoke(tags: dict[str, str], out: Path) -> dict[str, object]:
 
 
 def imports(tag: str, modules: str) -> bool:
-    """Whether ``import modules`` succeeds in the image."""
-    command = ["docker", "run", "--rm", tag, "python", "-c", f"import {modules}"]
-    return subprocess.run(command, capture_output=True).returncode == 0
+    """Whether ``import modules`` succeeds in the image; a failure other than a missing module is an error."""
+    result = subprocess.run(
+        ["docker", "run", "--rm", tag, "python", "-c", f"import {modules}"], capture_output=True, text=True
+    )
+    if result.returncode and "ModuleNotFoundError" not in result.stderr:
+        raise RuntimeError(f"{tag}: import {modules} failed otherwise: {result.stderr.strip()[-2000:]}")
+    return result.returncode == 0
 
 
 def main() -> None:
