@@ -1,4 +1,5 @@
-"""docker-compose.yml must agree with the code: no Docker engine runs here, so the file is checked by parsing."""
+"""docker-compose.yml and the Dockerfiles must agree with the code: the suite runs without a Docker engine, so they
+are checked by parsing (bench/image_sizes.py builds and runs the images)."""
 
 import re
 import shlex
@@ -99,3 +100,14 @@ def test_generator_images_install_their_role_from_the_lock(service, role):
 
 def test_api_image_leaves_out_the_tiny_world():
     assert "plugins" not in _stage("generator-api")
+
+
+@pytest.mark.parametrize("dockerfile", ["services/generator/Dockerfile", "services/trainer/Dockerfile"])
+def test_images_start_from_the_official_python_base_unless_told(dockerfile):
+    """BASE_IMAGE serves machines that cannot pull it (docs/images.md); by default every stage is python:3.11-slim."""
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, flags=re.MULTILINE)
+    stages: list[str] = []
+    for source, *alias in (line.split()[1:] for line in text.splitlines() if line.startswith("FROM ")):
+        assert source == "${BASE_IMAGE}" or source in stages, f"{dockerfile}: FROM {source}"
+        stages += alias[-1:]
