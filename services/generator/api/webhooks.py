@@ -64,6 +64,28 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+async def post(http: httpx.AsyncClient, webhook: Webhook) -> str | None:
+    """POST the job's final status, signed now; None when delivered, else why not.
+
+    Any failure is a failed attempt, not only the client's HTTP errors: a URL it refuses (``InvalidURL``) would
+    otherwise end the delivery's task and leave its entry to be taken over and fail again every ``claim_idle``.
+    """
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(webhook.secret, timestamp, webhook.body),
+        TIMESTAMP_HEADER: str(timestamp),
+    }
+    try:
+        response = await http.post(webhook.url, content=webhook.body, headers=headers)
+    except Exception as error:  # whatever it is, it is this attempt's error
+        return f"{type(error).__name__}: {error}"
+    if response.is_success:
+        log.info("webhook of job %s delivered to %s", webhook.job, webhook.url)
+        return None
+    return f"answered {response.status_code}"
+
+
 class WebhookSender:
     """The background task of one API process that sends the webhooks of every job."""
 
@@ -120,7 +142,7 @@ class WebhookSender:
     async def _deliver(self, http: httpx.AsyncClient, entry_id: str, job_id: str, attempt: int) -> None:
         try:
             webhook = await self._webhook_of(job_id)
-            error = await self._post(http, webhook) if webhook else None
+            error = await post(http, webhook) if webhook else None
             if webhook is None or error is None:
                 await self._finish(entry_id)
             elif attempt >= self.settings.webhook_attempts:
@@ -146,23 +168,6 @@ class WebhookSender:
             return None
         assert tenant is not None
         return Webhook(job_id, tenant, request.callback_url, status.model_dump_json().encode(), secret)
-
-    async def _post(self, http: httpx.AsyncClient, webhook: Webhook) -> str | None:
-        """POST the job's final status, signed now; None when delivered, else why not."""
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(webhook.secret, timestamp, webhook.body),
-            TIMESTAMP_HEADER: str(timestamp),
-        }
-        try:
-            response = await http.post(webhook.url, content=webhook.body, headers=headers)
-        except httpx.HTTPError as error:
-            return f"{type(error).__name__}: {error}"
-        if response.is_success:
-            log.info("webhook of job %s delivered to %s", webhook.job, webhook.url)
-            return None
-        return f"answered {response.status_code}"
 
     async def _finish(
         self, entry_id: str, retry: tuple[str, float] | None = None, given_up: dict[str, str | int] | None = None
