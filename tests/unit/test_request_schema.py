@@ -1,4 +1,4 @@
-"""The JSON schema of a JobRequest (as /openapi.json serves it) refuses what the validator refuses."""
+"""The JSON schemas of /openapi.json refuse what the API refuses: prompts, callback URLs, null headers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from gift_common.schemas import JobRequest
+from services.generator.api.main import create_app
 
 
 @pytest.mark.parametrize("prompt", ["", " ", "\t\n", "\x1c", "\x85", "\u3000", "a", " a ", "\ufeff", "é"])
@@ -40,3 +41,18 @@ def test_the_schema_and_the_validator_agree_on_callback_urls_that_the_client_can
     assert schema_valid == accepted, (url, accepted)
     if accepted:
         httpx.URL(url)  # raises on a URL the webhook's client could not POST to
+
+
+def test_no_header_of_the_openapi_may_be_null():
+    """A header is sent or left out: a schema that allows null has clients send the text "null"."""
+    spec = create_app().openapi()
+    headers = [
+        (path, parameter["name"], parameter["schema"])
+        for path, operations in spec["paths"].items()
+        for operation in operations.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "header"
+    ]
+    assert {name for _, name, _ in headers} == {"Idempotency-Key", "last-event-id"}
+    for path, name, schema in headers:
+        assert schema["type"] == "string" and "anyOf" not in schema, (path, name, schema)
