@@ -23,8 +23,10 @@ from tinyworld.pipeline import default_model_dir
 from services.stack import LocalStack
 
 KEYS = "alice:alice-key,bob:bob-key"
-# Small limits so that generated jobs stay cheap on a CPU; each is a stated server limit answered with a 422.
-LIMITS = {"GIFT_MAX_PROMPTS_PER_JOB": "4", "GIFT_MAX_IMAGE_COST": str(64 * 64 * 4)}
+# Small limits so that generated jobs stay cheap on a CPU; each is a stated server limit answered with a 422. The
+# image cost admits a job of default parameters on the tiny model (32 x 32 pixels, 25 steps): a lower one refused
+# most generated jobs, so few were made and the stateful phase found few jobs to read, cancel and archive.
+LIMITS = {"GIFT_MAX_PROMPTS_PER_JOB": "4", "GIFT_MAX_IMAGE_COST": str(32 * 32 * 25)}
 
 
 def main() -> None:
