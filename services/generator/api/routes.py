@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated
 
@@ -69,9 +70,10 @@ class ConcreteFirstRoute(APIRoute):
         return match, child_scope
 
 
-def concrete_paths(app: FastAPI) -> set[str]:
-    """The paths of /openapi.json without parameters (the schema is built once and kept by the app)."""
-    return {path for path in app.openapi()["paths"] if not compile_path(path)[2]}
+@functools.cache
+def concrete_paths(app: FastAPI) -> frozenset[str]:
+    """The paths of /openapi.json without parameters, read once per app (not on each request it routes)."""
+    return frozenset(path for path in app.openapi()["paths"] if not compile_path(path)[2])
 
 
 V1_ERRORS = (401, 422, 503)  # a key, a path or query parameter, Redis
