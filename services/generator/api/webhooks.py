@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis import exceptions as redis_errors
@@ -51,7 +51,7 @@ class Webhook:
     tenant: str
     url: str
     body: bytes
-    secret: str
+    secret: str = field(repr=False)  # never in a log line
 
     def given_up(self, attempts: int, error: str) -> dict[str, str | int]:
         """The record of its give-up: what an operator needs to tell the tenant which receiver failed, and how."""
