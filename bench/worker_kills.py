@@ -4,7 +4,7 @@ Real processes: a private redis-server, the API and --workers workers on the tin
 random moment, a random live worker is killed and a fresh one started in its place; then every job must end with
 every image exactly once, and every image's bytes must match their SHA-256 and decode as a PNG.
 The last line printed is one JSON object.
-Run: .venv/bin/python bench/worker_kills.py --kills 6 --jobs 6 --images 16
+Run: .venv/bin/python bench/worker_kills.py --kills 6 --jobs 6 --images 64
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ GROUP = "workers"  # the consumer group of every job's work stream
 WEBHOOKS = f"{PREFIX}:webhooks"  # stream: (job, attempt) of each webhook to send, read by the API processes
 WEBHOOK_RETRIES = f"{PREFIX}:webhooks:retry"  # zset: "job:attempt" -> when it is due (unix seconds)
 WEBHOOK_GROUP = "senders"  # the consumer group of the webhooks stream
+WEBHOOKS_GIVEN_UP = f"{PREFIX}:webhooks:given-up"  # stream, capped: each webhook given up, its job and last error
 BLOB_SWEEP = f"{PREFIX}:blob-sweep"  # string with a TTL: held by the one worker that sweeps expired bytes now
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -19,11 +19,22 @@ def _utf8(text: str) -> str:
     return text
 
 
+# A webhook's URL: http or https, an ASCII host (a name or IPv4 address), an optional port up to 65535, then
+# anything without spaces or ASCII control characters; the same text in the JSON schema and the validator (written
+# without \s, \d or \w, which JSON Schema's regular expressions read otherwise than Python's), so that every URL the
+# schema allows is one the API accepts and the webhook's HTTP client can POST to.
+_URL_CHARS = r"A-Za-z0-9._~%!$&'()*+,;="
+_PORT = r"[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
+_HTTP_URL = rf"https?://([{_URL_CHARS}:-]+@)?[{_URL_CHARS}-]+(:({_PORT}))?([/?#][^\x00-\x20\x7f]*)?"
+
+
 def _http_url(url: str) -> str:
-    """A webhook goes to an http or https URL with a host; anything else would fail only when the job ends."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
+    """A webhook goes to a URL its client can POST to; anything else would fail only when the job ends."""
+    if not re.fullmatch(_HTTP_URL, url):
+        raise ValueError(
+            "must be an http:// or https:// URL with an ASCII host name or IPv4 address, a port up to 65535 if any, "
+            "and no spaces or control characters"
+        )
     return url
 
 
@@ -35,7 +46,9 @@ def _not_bool(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
-HttpUrl = Annotated[Text, AfterValidator(_http_url), Field(max_length=2048)]
+HttpUrl = Annotated[
+    Text, AfterValidator(_http_url), Field(max_length=2048, json_schema_extra={"pattern": f"^{_HTTP_URL}$"})
+]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 Number = Annotated[float, BeforeValidator(_not_bool)]
 Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]

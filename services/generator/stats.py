@@ -1,7 +1,8 @@
 """Service-wide counters and histograms, kept in one Redis hash.
 
-Workers run on other hosts than the API, so they add their observations to Redis and the API's ``/metrics``
-renders the totals: one scrape target sees the whole service.
+Workers run on other hosts than the API, and several API processes may send webhooks, so each adds its
+observations to Redis and any API process's ``/metrics`` renders the totals: one scrape target sees the whole
+service.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COUNTERS = {
     "jobs_succeeded": "Jobs that finished with every image",
     "jobs_failed": "Jobs that ended with an error",
     "chunks_reclaimed": "Chunks of work taken over from a worker that stopped answering",
+    "webhooks_given_up": "Webhooks given up after GIFT_WEBHOOK_ATTEMPTS failed POSTs",
 }
 HISTOGRAMS = {
     "batch_size": ("Images per pipeline call", (1, 2, 4, 8, 16, 32, 64, 128)),

@@ -216,8 +216,11 @@ def test_405_lists_every_method_of_the_path(api):
     assert response.status_code == 405
     assert {"GET", "DELETE"} <= set(response.headers["Allow"].split(", ")), response.headers["Allow"]
     assert httpx.put(f"{api}/v1/jobs", headers=ALICE).headers["Allow"] == "POST"
-    generations = httpx.request("OPTIONS", f"{api}/v1/images/generations", headers=ALICE)
-    assert generations.headers["Allow"] == "POST", "the literal route, not /v1/images/{sha256}"
+    for method in ("OPTIONS", "GET"):  # GET: the concrete path is routed before /v1/images/{sha256}, not a 422
+        generations = httpx.request(method, f"{api}/v1/images/generations", headers=ALICE)
+        assert generations.status_code == 405, (method, generations.text)
+        assert generations.headers["Allow"] == "POST", "the literal route, not /v1/images/{sha256}"
+    assert httpx.get(f"{api}/v1/images/generation", headers=ALICE).status_code == 422, "other forms: the pattern"
 
 
 def test_openapi_describes_every_answer_of_every_kind(api, stack, tmp_path):

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+import redis
 
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobState
@@ -111,4 +112,17 @@ def test_a_webhook_is_signed_retried_with_backoff_and_bounded(
     wait_for(lambda: len(receiver.to("/cancelled")) == 1, 60, "the webhook of a cancelled job")
     assert json.loads(receiver.to("/cancelled")[0][2])["status"] == "cancelled"
     assert len(receiver.to("/broken")) == 4, "no POST beyond GIFT_WEBHOOK_ATTEMPTS"
+    _assert_the_give_up_is_recorded(stack, broken, receiver.url("/broken"))
     alice.close()
+
+
+def _assert_the_give_up_is_recorded(stack: LocalStack, job_id: str, url: str) -> None:
+    """Only the webhook that ran out of attempts is in the given-up stream and counted on /metrics."""
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    wait_for(lambda: client.xlen("gift:webhooks:given-up") > 0, 30, "the give-up recorded after the last POST")
+    given_up = client.xrange("gift:webhooks:given-up")
+    assert [fields for _, fields in given_up] == [
+        {"job": job_id, "tenant": "alice", "callback_url": url, "attempts": "4", "error": "answered 500"}
+    ]
+    metrics = httpx.get(f"{stack.api_url}/metrics").text.splitlines()
+    assert "gift_webhooks_given_up_total 1.0" in metrics, [line for line in metrics if "webhooks" in line]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -80,7 +81,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
+    _headers_never_null(app)
     return app
+
+
+def _headers_never_null(app: FastAPI) -> None:
+    """An optional header is sent or left out; it is never JSON ``null``, as the framework's schema of one says (so a
+    client or fuzzer reading /openapi.json sends the text ``null``, which Last-Event-ID's pattern refuses)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # the framework builds it once and keeps it: this edit runs on that one copy
+        for operation in (op for path in schema["paths"].values() for op in path.values()):
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "header" and "anyOf" in parameter["schema"]:
+                    options = [o for o in parameter["schema"].pop("anyOf") if o != {"type": "null"}]
+                    (only,) = options
+                    parameter["schema"].update(only)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _job_error(_request: Request, error: Exception) -> JSONResponse:

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 from redis import exceptions as redis_errors
+from starlette.exceptions import HTTPException
 
 from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
@@ -149,7 +150,7 @@ class OpenAIErrorRoute(APIRoute):
             except JobError as error:
                 field = error.detail.partition(":")[0].partition(".")[0].partition(",")[0]
                 return _error_response(error.status_code, error.detail, _PARAMS.get(field, field), error.headers)
-            except HTTPException as error:
+            except HTTPException as error:  # the framework's base class: a body it cannot parse raises that one
                 return _error_response(error.status_code, str(error.detail), None, error.headers)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError):
                 retry_after = {"Retry-After": str(request.app.state.settings.retry_after_seconds)}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.routing import Match, compile_path
+from starlette.types import Scope
 
 from gift_common import redis_keys
 from gift_common.schemas import ErrorBody, InvalidRequestBody, JobRequest, JobState, JobStatus, ModelInfo
@@ -51,8 +55,29 @@ def _errors(*statuses: int) -> dict[int | str, dict]:
     return {status: ERRORS[status] for status in sorted({413, *statuses})}
 
 
+class ConcreteFirstRoute(APIRoute):
+    """A route with path parameters that yields a concrete path of the OpenAPI to that path's own routes.
+
+    OpenAPI matches a concrete path before a template that also matches it; the router takes the first route that
+    matches path and method, so without this GET /v1/images/generations would be GET /v1/images/{sha256}'s (a 422
+    for the pattern) instead of the 405 of a wrong method on POST /v1/images/generations.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE and self.param_convertors and scope["path"] in concrete_paths(scope["app"]):
+            return Match.NONE, {}
+        return match, child_scope
+
+
+@functools.cache
+def concrete_paths(app: FastAPI) -> frozenset[str]:
+    """The paths of /openapi.json without parameters, read once per app (not on each request it routes)."""
+    return frozenset(path for path in app.openapi()["paths"] if not compile_path(path)[2])
+
+
 V1_ERRORS = (401, 422, 503)  # a key, a path or query parameter, Redis
-v1 = APIRouter(prefix="/v1", tags=["jobs"])
+v1 = APIRouter(prefix="/v1", tags=["jobs"], route_class=ConcreteFirstRoute)
 ops = APIRouter(tags=["operations"])
 
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /v1/jobs returned")]

@@ -21,12 +21,12 @@ from services.generator import store
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.events import wait_for_event
 from services.generator.api.jobs import JobService
-from services.generator.api.routes import V1_ERRORS, JobId, _errors, _not_found
+from services.generator.api.routes import V1_ERRORS, ConcreteFirstRoute, JobId, _errors, _not_found
 
 END_ID = "end"  # the id of the last event: a reconnect after it is told to stop (204)
 MEDIA_TYPE = "text/event-stream"
 
-streams = APIRouter(prefix="/v1", tags=["jobs"])
+streams = APIRouter(prefix="/v1", tags=["jobs"], route_class=ConcreteFirstRoute)
 
 
 @streams.get(

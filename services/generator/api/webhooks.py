@@ -15,11 +15,13 @@ import hmac
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import httpx
 from redis import exceptions as redis_errors
 
 from gift_common import redis_keys
+from services.generator import stats
 from services.generator.api.jobs import JobService
 
 log = logging.getLogger("gift.api")
@@ -27,6 +29,7 @@ SIGNATURE_HEADER = "X-Gift-Signature"
 TIMESTAMP_HEADER = "X-Gift-Timestamp"
 IN_FLIGHT = 16  # most POSTs one process has open at once
 READ_BLOCK_MS = 1000  # how long one read waits for new entries (also how often due retries are moved)
+GIVEN_UP_KEPT = 10_000  # about how many of the latest give-ups the given-up stream keeps for operators
 
 # Move retries that are due back into the stream. KEYS: retries zset, webhooks stream. ARGV: now.
 _MOVE_DUE = """
@@ -40,10 +43,47 @@ return #due
 """
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """One job's webhook: whose, where it goes, the body and the secret that signs it."""
+
+    job: str
+    tenant: str
+    url: str
+    body: bytes
+    secret: str = field(repr=False)  # never in a log line
+
+    def given_up(self, attempts: int, error: str) -> dict[str, str | int]:
+        """The record of its give-up: what an operator needs to tell the tenant which receiver failed, and how."""
+        return {"job": self.job, "tenant": self.tenant, "callback_url": self.url, "attempts": attempts, "error": error}
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """The signature header's value: an HMAC-SHA256 of ``<timestamp>.<body>``, so a replay cannot change the time."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
+
+
+async def post(http: httpx.AsyncClient, webhook: Webhook) -> str | None:
+    """POST the job's final status, signed now; None when delivered, else why not.
+
+    Any failure is a failed attempt, not only the client's HTTP errors: a URL it refuses (``InvalidURL``) would
+    otherwise end the delivery's task and leave its entry to be taken over and fail again every ``claim_idle``.
+    """
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(webhook.secret, timestamp, webhook.body),
+        TIMESTAMP_HEADER: str(timestamp),
+    }
+    try:
+        response = await http.post(webhook.url, content=webhook.body, headers=headers)
+    except Exception as error:  # whatever it is, it is this attempt's error
+        return f"{type(error).__name__}: {error}"
+    if response.is_success:
+        log.info("webhook of job %s delivered to %s", webhook.job, webhook.url)
+        return None
+    return f"answered {response.status_code}"
 
 
 class WebhookSender:
@@ -101,22 +141,24 @@ class WebhookSender:
 
     async def _deliver(self, http: httpx.AsyncClient, entry_id: str, job_id: str, attempt: int) -> None:
         try:
-            outcome = await self._post(http, job_id)
-            if outcome is None or attempt >= self.settings.webhook_attempts:
-                if outcome is not None:
-                    log.error("webhook of job %s given up after %d attempts: %s", job_id, attempt, outcome)
+            webhook = await self._webhook_of(job_id)
+            error = await post(http, webhook) if webhook else None
+            if webhook is None or error is None:
                 await self._finish(entry_id)
+            elif attempt >= self.settings.webhook_attempts:
+                log.error("webhook of job %s given up after %d attempts: %s", job_id, attempt, error)
+                await self._finish(entry_id, given_up=webhook.given_up(attempt, error))
             else:
                 delay = self.settings.webhook_backoff_seconds * 2 ** (attempt - 1)
-                log.warning("webhook of job %s, attempt %d: %s; next in %.1f s", job_id, attempt, outcome, delay)
+                log.warning("webhook of job %s, attempt %d: %s; next in %.1f s", job_id, attempt, error, delay)
                 await self._finish(entry_id, retry=(f"{job_id}:{attempt + 1}", time.time() + delay))
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError, OSError):
             pass  # left pending: taken over again after claim_idle
         finally:
             self._slots.release()
 
-    async def _post(self, http: httpx.AsyncClient, job_id: str) -> str | None:
-        """POST the job's final status; None when done with it (delivered, or nothing left to send), else why not."""
+    async def _webhook_of(self, job_id: str) -> Webhook | None:
+        """What to POST for the job; None when there is nothing left to send (it expired, or lost its secret)."""
         tenant = await self.redis.hget(redis_keys.job(job_id), "tenant")
         status = await self.jobs.status(job_id, tenant) if tenant else None
         request = await self.jobs.request_of(job_id) if status else None
@@ -124,27 +166,19 @@ class WebhookSender:
         if status is None or request is None or request.callback_url is None or secret is None:
             log.warning("webhook of job %s dropped: the job expired or its tenant has no secret any more", job_id)
             return None
-        body = status.model_dump_json().encode()
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret, timestamp, body),
-            TIMESTAMP_HEADER: str(timestamp),
-        }
-        try:
-            response = await http.post(request.callback_url, content=body, headers=headers)
-        except httpx.HTTPError as error:
-            return f"{type(error).__name__}: {error}"
-        if response.is_success:
-            log.info("webhook of job %s delivered to %s", job_id, request.callback_url)
-            return None
-        return f"answered {response.status_code}"
+        assert tenant is not None
+        return Webhook(job_id, tenant, request.callback_url, status.model_dump_json().encode(), secret)
 
-    async def _finish(self, entry_id: str, retry: tuple[str, float] | None = None) -> None:
-        """Acknowledge the entry and, for a retry, schedule the next attempt, in one transaction."""
+    async def _finish(
+        self, entry_id: str, retry: tuple[str, float] | None = None, given_up: dict[str, str | int] | None = None
+    ) -> None:
+        """Acknowledge the entry and, in the same transaction, schedule its next attempt or record its give-up."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if retry:
                 pipe.zadd(redis_keys.WEBHOOK_RETRIES, {retry[0]: retry[1]})
+            if given_up:
+                pipe.xadd(redis_keys.WEBHOOKS_GIVEN_UP, given_up, maxlen=GIVEN_UP_KEPT, approximate=True)
+                pipe.hincrby(*stats.counter_increment("webhooks_given_up"))
             pipe.xack(redis_keys.WEBHOOKS, redis_keys.WEBHOOK_GROUP, entry_id)
             pipe.xdel(redis_keys.WEBHOOKS, entry_id)
             await pipe.execute()
