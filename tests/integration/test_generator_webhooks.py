@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobState
 from services.stack import LocalStack
@@ -119,8 +120,8 @@ def test_a_webhook_is_signed_retried_with_backoff_and_bounded(
 def _assert_the_give_up_is_recorded(stack: LocalStack, job_id: str, url: str) -> None:
     """Only the webhook that ran out of attempts is in the given-up stream and counted on /metrics."""
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    wait_for(lambda: client.xlen("gift:webhooks:given-up") > 0, 30, "the give-up recorded after the last POST")
-    given_up = client.xrange("gift:webhooks:given-up")
+    wait_for(lambda: client.xlen(redis_keys.WEBHOOKS_GIVEN_UP) > 0, 30, "the give-up recorded after the last POST")
+    given_up = client.xrange(redis_keys.WEBHOOKS_GIVEN_UP)
     assert [fields for _, fields in given_up] == [
         {"job": job_id, "tenant": "alice", "callback_url": url, "attempts": "4", "error": "answered 500"}
     ]
