@@ -42,6 +42,11 @@ def texts(reply: Iterable[object]) -> list[str]:
     return [text(item) for item in reply]
 
 
+def optional_texts(reply: Iterable[object]) -> list[str | None]:
+    """A list reply of text with None for each missing key or field (MGET, HMGET)."""
+    return [optional_text(item) for item in reply]
+
+
 def text_hash(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """A hash reply (HGETALL, a stream entry's fields) of text."""
     return {text(name): text(value) for name, value in reply.items()}

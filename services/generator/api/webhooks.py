@@ -20,6 +20,7 @@ import httpx
 from redis import exceptions as redis_errors
 
 from gift_common import redis_keys
+from services.generator import replies
 from services.generator.api.jobs import JobService
 
 log = logging.getLogger("gift.api")
@@ -87,17 +88,17 @@ class WebhookSender:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _take(self) -> list[tuple[str, dict[str, str]]]:
+    async def _take(self) -> list[replies.Entry]:
         """Entries another process left unfinished for long, else new ones (waiting up to READ_BLOCK_MS)."""
         _, claimed, _ = await self.redis.xautoclaim(
             redis_keys.WEBHOOKS, redis_keys.WEBHOOK_GROUP, self.consumer, self.claim_idle_ms, count=IN_FLIGHT
         )
         if claimed:
-            return [(entry_id, fields) for entry_id, fields in claimed if fields]
+            return replies.entries(claimed)
         read = await self.redis.xreadgroup(
             redis_keys.WEBHOOK_GROUP, self.consumer, {redis_keys.WEBHOOKS: ">"}, count=IN_FLIGHT, block=READ_BLOCK_MS
         )
-        return [entry for _, entries in read for entry in entries]
+        return replies.group_read(read)
 
     async def _deliver(self, http: httpx.AsyncClient, entry_id: str, job_id: str, attempt: int) -> None:
         try:
@@ -117,7 +118,7 @@ class WebhookSender:
 
     async def _post(self, http: httpx.AsyncClient, job_id: str) -> str | None:
         """POST the job's final status; None when done with it (delivered, or nothing left to send), else why not."""
-        tenant = await self.redis.hget(redis_keys.job(job_id), "tenant")
+        tenant = replies.optional_text(await self.redis.hget(redis_keys.job(job_id), "tenant"))
         status = await self.jobs.status(job_id, tenant) if tenant else None
         request = await self.jobs.request_of(job_id) if status else None
         secret = self.settings.webhook_secret_of(tenant) if tenant else None
