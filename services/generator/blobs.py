@@ -142,7 +142,8 @@ class S3Store:
 
     def get(self, name: BlobName) -> bytes | None:
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            data: bytes = self._s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()  # boto3: untyped
+            return data
         except self._missing:
             return None
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Mapping
+from typing import TypedDict
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gift_common import redis_keys
@@ -48,13 +50,22 @@ def histogram_increments(name: str, value: float) -> list[tuple[str, str, float]
     ]
 
 
+class Snapshot(TypedDict):
+    """One read of everything /metrics reports (``JobService.metrics_snapshot``): SnapshotCollector's arguments."""
+
+    stats: dict[str, str]
+    queued_jobs: dict[str, int]
+    queued_images: int
+    workers: int
+
+
 class SnapshotCollector(Collector):
     """Prometheus families from one read of the stats hash and the queue."""
 
     def __init__(self, stats: Mapping[str, str], queued_jobs: Mapping[str, int], queued_images: int, workers: int):
         self.stats, self.queued_jobs, self.queued_images, self.workers = stats, queued_jobs, queued_images, workers
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         for name, help_text in COUNTERS.items():
             yield CounterMetricFamily(f"gift_{name}", help_text, value=float(self.stats.get(name, 0)))
         for name, (help_text, bounds) in HISTOGRAMS.items():

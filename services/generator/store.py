@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import TypedDict
 
 from gift_common import redis_keys
 from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
@@ -371,11 +372,20 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
     }
 
 
+class ImageRecord(TypedDict):
+    """A finished image as the ``job_images`` hash stores it (JSON)."""
+
+    index: int
+    prompt: str
+    seed: int
+    sha256: str
+
+
 def image_record(index: int, prompt: str, seed: int, sha256: str) -> str:
-    return json.dumps({"index": index, "prompt": prompt, "seed": seed, "sha256": sha256})
+    return json.dumps(ImageRecord(index=index, prompt=prompt, seed=seed, sha256=sha256))
 
 
-def image_info(record: dict) -> ImageInfo:
+def image_info(record: ImageRecord) -> ImageInfo:
     """The public form of a stored image record (see image_record)."""
     return ImageInfo(**record, url=f"/v1/images/{record['sha256']}")
 

@@ -20,11 +20,13 @@ _bearer = HTTPBearer(auto_error=False, description="a key from GIFT_API_KEYS")
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # set by api/main.py's lifespan; app.state is untyped
+    return settings
 
 
 async def get_jobs(request: Request) -> JobService:
-    return request.app.state.jobs
+    jobs: JobService = request.app.state.jobs
+    return jobs
 
 
 async def get_tenant(

@@ -22,7 +22,7 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
-from services.generator import stats, store
+from services.generator import replies, stats, store
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
 
@@ -72,7 +72,7 @@ class JobService:
         return self._models
 
     async def _read_models(self) -> dict[str, RegisteredModel]:
-        raw = await self.redis.hgetall(redis_keys.MODELS)
+        raw = replies.text_hash(await self.redis.hgetall(redis_keys.MODELS))
         models = {}
         for name, value in raw.items():
             entry = json.loads(value)
@@ -165,7 +165,7 @@ class JobService:
         keys = [request_image_key(request, i, model.fingerprint, native) for i in range(len(request.prompts))]
         found: list[str | None] = []
         for batch in store.lookup_batches(keys, owner):
-            shas = await self.redis.mget(batch)
+            shas = replies.optional_texts(await self.redis.mget(batch))
             lookup_keys, args = store.lookup_args(batch, shas, self.settings.image_ttl_seconds, owner)
             found += store.lookup_hits(shas, await self._lookup(keys=lookup_keys, args=args) if lookup_keys else [])
         return {i: sha for i, sha in enumerate(found) if sha}
@@ -212,7 +212,7 @@ class JobService:
         ]
         chunks = [store.encode_indices(chunk) for chunk in store.chunks(misses, self.settings.chunk_size)]
         limit = self.settings.max_queued_jobs_per_tenant
-        args = [
+        args: list[str | int | float] = [
             job_id,
             limit,
             self.settings.job_ttl_seconds,
@@ -222,7 +222,7 @@ class JobService:
             idempotency[1] if idempotency else "",
         ]
         for _ in range(ADMIT_TRIES):
-            named = await self.redis.hget(record, "job") if idempotency else None
+            named = replies.optional_text(await self.redis.hget(record, "job")) if idempotency else None
             answer = await self._admit(keys=[*keys, redis_keys.job(named or job_id)], args=[*args, named or ""])
             if answer[1] != store.AdmitOutcome.stale:
                 break
@@ -286,8 +286,11 @@ class JobService:
             return None
         if status.status in (JobState.succeeded, JobState.failed):
             raise JobError(409, f"job {job_id} already {status.status.value}; only unfinished jobs can be cancelled")
-        keys = store.job_keys(job_id, *await self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS))
-        args = [
+        model, job_tenant, idempotency_key = await self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS)
+        keys = store.job_keys(
+            job_id, replies.text(model), replies.text(job_tenant), replies.optional_text(idempotency_key)
+        )
+        args: list[str | int] = [
             job_id,
             JobState.cancelled.value,
             "",
@@ -303,7 +306,7 @@ class JobService:
     async def image(self, sha256: str, tenant: str) -> bytes | None:
         """The tenant's own image (cache scope ``tenant``), else the deployment's shared one; never another's own."""
         for owner in (tenant, None):
-            value = await self.blobs.get(redis_keys.png(sha256, owner))
+            value = replies.data(await self.blobs.get(redis_keys.png(sha256, owner)))
             if (data := await self._bytes(value, BlobName(sha256, owner))) is not None:
                 return data
         return None
@@ -320,7 +323,7 @@ class JobService:
             batch = status.images[start : start + 64]
             values = await self.blobs.mget([redis_keys.png(image.sha256, owner) for image in batch])
             for image, value in zip(batch, values, strict=True):
-                blob = await self._bytes(value, BlobName(image.sha256, owner))
+                blob = await self._bytes(replies.data(value), BlobName(image.sha256, owner))
                 if blob is None:
                     raise JobError(410, f"image {image.index} ({image.sha256}) was evicted from storage")
                 yield image.index, blob
@@ -338,18 +341,20 @@ class JobService:
         return missing
 
     async def request_of(self, job_id: str) -> JobRequest:
-        return JobRequest.model_validate_json(await self.redis.hget(redis_keys.job(job_id), "request"))
+        return JobRequest.model_validate_json(replies.text(await self.redis.hget(redis_keys.job(job_id), "request")))
 
-    async def metrics_snapshot(self, worker_seen_seconds: float) -> dict:
+    async def metrics_snapshot(self, worker_seen_seconds: float) -> stats.Snapshot:
         """One read of everything /metrics reports."""
-        names = {*await self.redis.hkeys(redis_keys.MODELS), self.settings.default_model}
+        names = {*replies.texts(await self.redis.hkeys(redis_keys.MODELS)), self.settings.default_model}
         queued_jobs, queued_images = {}, 0
         for name in names:
-            keys, args = store.queued_images_args(name, await self.redis.zrange(redis_keys.active(name), 0, -1))
+            keys, args = store.queued_images_args(
+                name, replies.texts(await self.redis.zrange(redis_keys.active(name), 0, -1))
+            )
             queued_jobs[name], images = await self._queued(keys=keys, args=args)
             queued_images += images
         return {
-            "stats": await self.redis.hgetall(redis_keys.STATS),
+            "stats": replies.text_hash(await self.redis.hgetall(redis_keys.STATS)),
             "queued_jobs": queued_jobs,
             "queued_images": queued_images,
             "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),

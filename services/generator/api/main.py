@@ -119,7 +119,7 @@ async def _method_not_allowed(request: Request, _error: Exception) -> JSONRespon
     """405 whose Allow lists every method /openapi.json has for the path: the framework lists only the methods of
     the first route it matched (GET /v1/jobs/{id} and DELETE /v1/jobs/{id} are two routes). A literal template
     (/v1/images/generations) is the path's own, before any template with parameters that also matches it."""
-    paths: dict[str, dict] = request.app.openapi()["paths"]
+    paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
     path = request.url.path
     matching = [template for template in paths if compile_path(template)[0].match(path)]
     templates = [path] if path in paths else matching

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -127,7 +127,7 @@ _KINDS: dict[int, tuple[str, str | None]] = {
 _PARAMS = {"prompts": "prompt", "height": "size", "width": "size"}
 
 
-def _error_response(status: int, message: str, param: str | None, headers: dict[str, str] | None) -> JSONResponse:
+def _error_response(status: int, message: str, param: str | None, headers: Mapping[str, str] | None) -> JSONResponse:
     status = 400 if status == 422 else status
     kind, code = _KINDS.get(status, ("invalid_request_error", None))
     body = OpenAIErrorBody(error=OpenAIError(message=message, type=kind, param=param, code=code))
@@ -161,7 +161,7 @@ class OpenAIErrorRoute(APIRoute):
         return handle
 
 
-def _openai_error(description: str, headers: dict[str, str] | None = None) -> dict:
+def _openai_error(description: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
     return {"model": OpenAIErrorBody, "description": description, **({"headers": specs} if specs else {})}
 

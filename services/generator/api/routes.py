@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
@@ -21,7 +21,7 @@ from services.generator.api.middleware import API_REGISTRY
 from services.generator.stats import SnapshotCollector
 
 
-def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | None = None) -> dict:
+def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One OpenAPI response: its body's model, and the headers it carries (name -> what they say)."""
     specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
     return {"model": model, "description": description, **({"headers": specs} if specs else {})}
@@ -50,7 +50,7 @@ ERRORS = {
 }
 
 
-def _errors(*statuses: int) -> dict[int | str, dict]:
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """Every route may get the 413 of an oversized body; every route that reads Redis, its 503."""
     return {status: ERRORS[status] for status in sorted({413, *statuses})}
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
 
 from gift_common import redis_keys
-from gift_common.schemas import JobStatus
+from gift_common.schemas import JobState, JobStatus
 from services.generator import store
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.events import wait_for_event
@@ -62,7 +62,7 @@ async def job_events(
 async def _events(jobs: JobService, job_id: str, tenant: str, sent: int, keepalive: float) -> AsyncIterator[str]:
     """The job's events after the ``sent``-th image; a comment after ``keepalive`` seconds of silence."""
     loop = asyncio.get_running_loop()
-    progress: tuple | None = None
+    progress: tuple[int, int, JobState] | None = None
     quiet_since = loop.time()
     while True:
         async with jobs.events.watch(job_id, progress=True) as changed:
@@ -89,7 +89,7 @@ async def _events(jobs: JobService, job_id: str, tenant: str, sent: int, keepali
             await wait_for_event(changed, keepalive)
 
 
-async def _images(jobs: JobService, job_id: str, sent: int) -> list[dict]:
+async def _images(jobs: JobService, job_id: str, sent: int) -> list[dict[str, Any]]:
     """The image records recorded after the first ``sent``, in the order they were recorded."""
     indices = await jobs.redis.lrange(redis_keys.job_order(job_id), sent, -1)
     if not indices:
@@ -99,11 +99,11 @@ async def _images(jobs: JobService, job_id: str, sent: int) -> list[dict]:
     return [image.model_dump(mode="json") for image in images]
 
 
-def _progress(status: JobStatus) -> dict:
+def _progress(status: JobStatus) -> dict[str, object]:
     return {"status": status.status.value, "done": status.done, "total": status.total, "cached": status.cached}
 
 
-def _event(name: str, data: dict, event_id: str | None = None) -> str:
+def _event(name: str, data: Mapping[str, object], event_id: str | None = None) -> str:
     """One SSE event; JSON never holds a raw newline, so ``data`` is one line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import httpx
 from redis import exceptions as redis_errors
+from redis.typing import EncodableT, FieldT
 
 from gift_common import redis_keys
-from services.generator import stats
+from services.generator import replies, stats
 from services.generator.api.jobs import JobService
 
 log = logging.getLogger("gift.api")
@@ -53,9 +54,15 @@ class Webhook:
     body: bytes
     secret: str = field(repr=False)  # never in a log line
 
-    def given_up(self, attempts: int, error: str) -> dict[str, str | int]:
+    def given_up(self, attempts: int, error: str) -> dict[FieldT, EncodableT]:
         """The record of its give-up: what an operator needs to tell the tenant which receiver failed, and how."""
-        return {"job": self.job, "tenant": self.tenant, "callback_url": self.url, "attempts": attempts, "error": error}
+        return {
+            "job": self.job,
+            "tenant": self.tenant,
+            "callback_url": self.url,
+            "attempts": attempts,
+            "error": error,
+        }
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -127,17 +134,17 @@ class WebhookSender:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _take(self) -> list[tuple[str, dict[str, str]]]:
+    async def _take(self) -> list[replies.Entry]:
         """Entries another process left unfinished for long, else new ones (waiting up to READ_BLOCK_MS)."""
         _, claimed, _ = await self.redis.xautoclaim(
             redis_keys.WEBHOOKS, redis_keys.WEBHOOK_GROUP, self.consumer, self.claim_idle_ms, count=IN_FLIGHT
         )
         if claimed:
-            return [(entry_id, fields) for entry_id, fields in claimed if fields]
+            return replies.entries(claimed)
         read = await self.redis.xreadgroup(
             redis_keys.WEBHOOK_GROUP, self.consumer, {redis_keys.WEBHOOKS: ">"}, count=IN_FLIGHT, block=READ_BLOCK_MS
         )
-        return [entry for _, entries in read for entry in entries]
+        return replies.group_read(read)
 
     async def _deliver(self, http: httpx.AsyncClient, entry_id: str, job_id: str, attempt: int) -> None:
         try:
@@ -159,7 +166,7 @@ class WebhookSender:
 
     async def _webhook_of(self, job_id: str) -> Webhook | None:
         """What to POST for the job; None when there is nothing left to send (it expired, or lost its secret)."""
-        tenant = await self.redis.hget(redis_keys.job(job_id), "tenant")
+        tenant = replies.optional_text(await self.redis.hget(redis_keys.job(job_id), "tenant"))
         status = await self.jobs.status(job_id, tenant) if tenant else None
         request = await self.jobs.request_of(job_id) if status else None
         secret = self.settings.webhook_secret_of(tenant) if tenant else None
@@ -170,7 +177,7 @@ class WebhookSender:
         return Webhook(job_id, tenant, request.callback_url, status.model_dump_json().encode(), secret)
 
     async def _finish(
-        self, entry_id: str, retry: tuple[str, float] | None = None, given_up: dict[str, str | int] | None = None
+        self, entry_id: str, retry: tuple[str, float] | None = None, given_up: dict[FieldT, EncodableT] | None = None
     ) -> None:
         """Acknowledge the entry and, in the same transaction, schedule its next attempt or record its give-up."""
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -245,7 +246,7 @@ class Worker:
             log.exception("pipeline call of %d images failed", len(tasks))
             message = f"image generation failed: {error}"
             for job_id in job_ids:
-                self._until_redis_answers(lambda j=job_id: self.queue.fail_job(j, message))
+                self._until_redis_answers(partial(self.queue.fail_job, job_id, message))
             return []
         finally:
             self._call = None

@@ -18,7 +18,7 @@ from redis import exceptions as redis_errors
 from gift_common import redis_keys
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import Settings
-from services.generator import stats, store
+from services.generator import replies, stats, store
 from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.worker")
@@ -72,7 +72,8 @@ class WorkerQueue:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(redis_keys.WORKERS, {self.consumer: time.time()})
             for job_id, entries in held.items():
-                pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)
+                # ignore: redis-py wants message_ids as an invariant List[StreamIdT], which a list[str] is not
+                pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)  # type: ignore[arg-type]
             pipe.execute(raise_on_error=False)
 
     def release(self, held: dict[str, list[str]]) -> None:
@@ -81,7 +82,8 @@ class WorkerQueue:
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id, entries in held.items():
                 work = redis_keys.job_work(job_id)
-                pipe.xclaim(work, redis_keys.GROUP, self.consumer, 0, entries, idle=idle_ms, justid=True)
+                # ignore: as in heartbeat
+                pipe.xclaim(work, redis_keys.GROUP, self.consumer, 0, entries, idle=idle_ms, justid=True)  # type: ignore[arg-type]
             pipe.execute(raise_on_error=False)
         if held:
             log.info("released %d held chunk(s) to other workers", sum(map(len, held.values())))
@@ -97,7 +99,7 @@ class WorkerQueue:
         to the next round."""
         cursor = self._cursor.get(model, 0)
         for tries_left in reversed(range(READ_TRIES)):
-            jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
+            jobs = replies.texts(self.redis.zrange(redis_keys.active(model), 0, -1))
             keys, args = store.read_round_args(model, jobs, self.consumer, max_chunks, cursor, strict=tries_left > 0)
             if (answer := self._read(keys=keys, args=args)) is not None:
                 break
@@ -111,11 +113,11 @@ class WorkerQueue:
         cut off, a batch that failed). This worker's own chunks count too, except those it ``held``.
         """
         idle_ms = int(self.settings.claim_timeout_seconds * 1000)
-        jobs = self.redis.zrange(redis_keys.active(model), 0, -1)
+        jobs = replies.texts(self.redis.zrange(redis_keys.active(model), 0, -1))
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in jobs:
                 pipe.xpending_range(redis_keys.job_work(job_id), redis_keys.GROUP, "-", "+", 100, idle=idle_ms)
-            pendings = pipe.execute(raise_on_error=False)
+            pendings: list[list[replies.Pending] | Exception] = pipe.execute(raise_on_error=False)
         taken: list[Chunk] = []
         for job_id, pending in zip(jobs, pendings, strict=True):
             if isinstance(pending, Exception):  # the job ended meanwhile
@@ -130,14 +132,16 @@ class WorkerQueue:
             self.redis.hincrby(*stats.counter_increment("chunks_reclaimed", len(taken)))
         return taken
 
-    def _claim(self, job_id: str, stale: list[dict], idle_ms: int) -> list[Chunk]:
+    def _claim(self, job_id: str, stale: list[replies.Pending], idle_ms: int) -> list[Chunk]:
         try:
             ids = [p["message_id"] for p in stale]
-            claimed = self.redis.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, idle_ms, ids)
+            # ignore: as in heartbeat
+            claimed = self.redis.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, idle_ms, ids)  # type: ignore[arg-type]
         except redis_errors.ResponseError:  # the job ended meanwhile
             return []
         log.info("job %s: took over %d chunk(s) from %s", job_id, len(claimed), sorted({p["consumer"] for p in stale}))
-        return [Chunk(job_id, entry, store.decode_indices(fields["indices"])) for entry, fields in claimed if fields]
+        entries = replies.entries(claimed)
+        return [Chunk(job_id, entry, store.decode_indices(fields["indices"])) for entry, fields in entries]
 
     def job_info(self, job_id: str) -> JobInfo | None:
         tenant, model, request, created_at, state, idempotency_key = self.redis.hmget(
@@ -145,8 +149,15 @@ class WorkerQueue:
         )
         if request is None or state not in store.LIVE_STATES:
             return None
-        created = store.parse_time(created_at)
-        return JobInfo(job_id, tenant, model, JobRequest.model_validate_json(request), created, idempotency_key)
+        created = store.parse_time(replies.text(created_at))
+        return JobInfo(
+            job_id,
+            replies.text(tenant),
+            replies.text(model),
+            JobRequest.model_validate_json(request),
+            created,
+            replies.optional_text(idempotency_key),
+        )
 
     def live(self, job_ids: set[str]) -> set[str]:
         ids = sorted(job_ids)
@@ -162,7 +173,7 @@ class WorkerQueue:
         """The PNG SHA-256 stored for each content key, or None; a hit whose bytes were evicted is a miss."""
         found: list[str | None] = []
         for batch in store.lookup_batches(keys, owner):
-            shas = self.redis.mget(batch)
+            shas = replies.optional_texts(self.redis.mget(batch))
             lookup_keys, args = store.lookup_args(batch, shas, self.settings.image_ttl_seconds, owner)
             found += store.lookup_hits(shas, self._lookup(keys=lookup_keys, args=args) if lookup_keys else [])
         return found
@@ -215,8 +226,8 @@ class WorkerQueue:
         model, tenant, idempotency_key = self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS)
         if model is None:
             return
-        keys = store.job_keys(job_id, model, tenant, idempotency_key)
-        args = [
+        keys = store.job_keys(job_id, replies.text(model), replies.text(tenant), replies.optional_text(idempotency_key))
+        args: list[str | int] = [
             job_id,
             JobState.failed.value,
             error,

@@ -15,9 +15,11 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +28,9 @@ from PIL import Image
 from gift_common.errors import UserError
 from gift_common.manifest import verify as verify_manifest
 from gift_common.stand_in import is_stand_in
+
+if TYPE_CHECKING:  # imported only where a model is loaded; not type-checked (pyproject.toml), so Any to mypy
+    from diffusers import DiffusionPipeline
 
 log = logging.getLogger("gift.worker")
 
@@ -42,7 +47,7 @@ class Interrupted(Exception):
 class LoadedModel:
     name: str
     directory: Path
-    pipeline: object  # a diffusers DiffusionPipeline
+    pipeline: DiffusionPipeline
     fingerprint: str  # the weights' files and the runtime variant (``runtime_variant``)
     height: int
     width: int
@@ -65,7 +70,7 @@ def fingerprint(directory: Path) -> str:
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and ".cache" not in p.parts):
         digest.update(str(path.relative_to(directory)).encode() + b"\0")
         with path.open("rb") as file:
-            for block in iter(lambda f=file: f.read(1 << 20), b""):
+            for block in iter(partial(file.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 
@@ -103,7 +108,7 @@ def load_model(
     return model
 
 
-def configure_runtime(pipeline: object, device: torch.device, options: RuntimeOptions) -> dict[str, object]:
+def configure_runtime(pipeline: DiffusionPipeline, device: torch.device, options: RuntimeOptions) -> dict[str, object]:
     """Apply the scheduler, attention, memory format and compile choices; return them as the runtime variant."""
     from diffusers import DPMSolverMultistepScheduler
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -112,8 +117,7 @@ def configure_runtime(pipeline: object, device: torch.device, options: RuntimeOp
         # DPM-Solver++ (2M) from the directory's noise schedule: what "25 DPM-Solver steps" means.
         config = {**pipeline.scheduler.config, "algorithm_type": "dpmsolver++", "solver_order": 2}
         pipeline.scheduler = DPMSolverMultistepScheduler.from_config(config)
-    networks = [getattr(pipeline, part, None) for part in ("unet", "vae")]
-    networks = [net for net in networks if net is not None]
+    networks = [net for part in ("unet", "vae") if (net := getattr(pipeline, part, None)) is not None]
     for net in networks:
         if hasattr(net, "set_attn_processor"):
             net.set_attn_processor(AttnProcessor2_0())  # the default where SDPA exists; explicit, so it is known
@@ -135,7 +139,7 @@ def configure_runtime(pipeline: object, device: torch.device, options: RuntimeOp
     }
 
 
-def _public(config: dict) -> dict[str, object]:
+def _public(config: Mapping[str, object]) -> dict[str, object]:
     """A config without diffusers' bookkeeping (``_class_name``, ``_diffusers_version``, ...)."""
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
@@ -151,7 +155,7 @@ def warm_up(model: LoadedModel, batch_size: int) -> None:
              num_inference_steps=2, guidance_scale=7.5, height=model.height, width=model.width)  # fmt: skip
 
 
-def native_size(pipeline: object) -> tuple[int, int]:
+def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
     denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
     size = denoiser.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
@@ -194,10 +198,12 @@ def generate(
     return [encode_png(image) for image in images]
 
 
-def _raise_when(interrupted: Callable[[], bool]) -> Callable[..., dict]:
+def _raise_when(interrupted: Callable[[], bool]) -> Callable[..., dict[str, torch.Tensor]]:
     """A diffusers ``callback_on_step_end`` that aborts the call; raising skips the steps left and the decoder."""
 
-    def on_step_end(_pipeline: object, step: int, _timestep: object, tensors: dict) -> dict:
+    def on_step_end(
+        _pipeline: object, step: int, _timestep: object, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         if interrupted():
             raise Interrupted(f"stopped after denoising step {step + 1}")
         return tensors
