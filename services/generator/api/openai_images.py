@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.jobs import JobError
-from services.generator.api.routes import ERRORS, IdempotencyKey
+from services.generator.api.routes import ERRORS, IdempotencyKey, error_doc
 
 
 def _as_in_jobs(name: str) -> FieldInfo:
@@ -162,8 +162,7 @@ class OpenAIErrorRoute(APIRoute):
 
 
 def _openai_error(description: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
-    return {"model": OpenAIErrorBody, "description": description, **({"headers": specs} if specs else {})}
+    return error_doc(description, OpenAIErrorBody, headers)
 
 
 images = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrorRoute)

@@ -21,7 +21,7 @@ from services.generator.api.middleware import API_REGISTRY
 from services.generator.stats import SnapshotCollector
 
 
-def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | None = None) -> dict[str, Any]:
+def error_doc(description: str, model: type = ErrorBody, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One OpenAPI response: its body's model, and the headers it carries (name -> what they say)."""
     specs = {name: {"description": text, "schema": {"type": "string"}} for name, text in (headers or {}).items()}
     return {"model": model, "description": description, **({"headers": specs} if specs else {})}
@@ -29,21 +29,21 @@ def _error(description: str, model: type = ErrorBody, headers: dict[str, str] | 
 
 # Every error status a route can answer, with the body it sends (API.md, Errors), so /openapi.json tells the truth.
 ERRORS = {
-    400: _error("the body is not text: not valid UTF-8"),
-    401: _error("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
-    404: _error("no such job or image (never made, expired, evicted, or another tenant's)"),
-    409: _error(
+    400: error_doc("the body is not text: not valid UTF-8"),
+    401: error_doc("GIFT_API_KEYS is set and the request lacks a valid key", headers={"WWW-Authenticate": "Bearer"}),
+    404: error_doc("no such job or image (never made, expired, evicted, or another tenant's)"),
+    409: error_doc(
         "the job is in the wrong state for this (cancel a finished job; archive an unfinished one; the job of a "
         "submission's Idempotency-Key expired as it was read)"
     ),
-    410: _error("an image of the job was evicted from storage; submitting the job again makes it again"),
-    413: _error("the body is larger than GIFT_MAX_BODY_BYTES"),
-    422: _error("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
-    429: _error(
+    410: error_doc("an image of the job was evicted from storage; submitting the job again makes it again"),
+    413: error_doc("the body is larger than GIFT_MAX_BODY_BYTES"),
+    422: error_doc("a schema rule (a list of issues) or a server limit (one line, field first)", InvalidRequestBody),
+    429: error_doc(
         "the tenant has GIFT_MAX_QUEUED_JOBS_PER_TENANT unfinished jobs",
         headers={"Retry-After": "seconds to wait before submitting again"},
     ),
-    503: _error(
+    503: error_doc(
         "Redis is unreachable or full (or, for /readyz only, no worker was seen lately)",
         headers={"Retry-After": "seconds to wait, when Redis is unreachable or full"},
     ),
