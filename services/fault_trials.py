@@ -207,6 +207,13 @@ class Headroom(FullRedis):
     used_share: list[float] = field(default_factory=list)  # used_memory / maxmemory, at the start and at the end
     heartbeat_age_seconds: float = 0.0  # of the newest worker heartbeat, at the end
     memory_reads: int = 0  # INFO commands the API sent while the trial's requests ran
+    openai_errors: dict[str, int] = field(default_factory=dict)  # the OpenAI route's "type code param=..." -> count
+
+    def count_openai(self, response: httpx.Response) -> None:
+        self.count("openai", response)
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            _tally(self.openai_errors, f"{error['type']} {error['code']} param={error['param']}")
 
 
 def headroom_trial(
@@ -236,7 +243,7 @@ def headroom_trial(
             while time.monotonic() < deadline:
                 figures.count("submit", httpx.post(f"{api}/v1/jobs", json=_body("past the mark", images)))
                 openai = {"prompt": "past the mark", "num_inference_steps": 2}
-                figures.count("openai", httpx.post(f"{api}/v1/images/generations", json=openai))
+                figures.count_openai(httpx.post(f"{api}/v1/images/generations", json=openai))
                 figures.count("status", httpx.get(f"{api}/v1/jobs/{job.id}"))
                 figures.count("readyz", httpx.get(f"{api}/readyz"))
                 time.sleep(0.1)

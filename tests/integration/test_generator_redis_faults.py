@@ -45,6 +45,7 @@ def test_past_the_admission_mark_new_work_waits_and_accepted_work_finishes(make_
     assert all(0.5 <= share < 1 for share in figures.used_share), f"the premise: {figures.used_share}"
     assert set(figures.answers["submit"]) == {"503"} and set(figures.answers["openai"]) == {"503"}, figures.answers
     assert figures.retry_after_missing == 0
+    assert set(figures.openai_errors) == {"server_error service_unavailable param=None"}, figures.openai_errors
     for refusal in figures.refusals:
         assert refusal.startswith(REDIS_FULL) and "stops admitting at 50% of Redis's maxmemory" in refusal, refusal
     assert set(figures.answers["status"]) == {"200"} and set(figures.answers["readyz"]) == {"200"}, figures.answers
