@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="how long POST /v1/images/generations waits for its job"
     )
     retry_after_seconds: int = 2
+    redis_admit_fraction: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="new jobs are refused once Redis's used_memory reaches this share of its maxmemory; 1: never",
+    )
     webhook_secrets: str | None = Field(
         default=None, description="comma-separated tenant:secret pairs that sign webhooks; unlisted tenants get none"
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from gift_common.client import (
     JobTimeout,
 )
 from gift_common.schemas import JobRequest
+from services.generator.api.admission import READ_EVERY_SECONDS
 from services.stack import LocalStack
 
 IDLE_MODEL = "idle-model"  # registered by the trials, served by no worker: its jobs stay unfinished
@@ -146,12 +149,15 @@ class FullRedis:
 
     answers: dict[str, dict[str, int]] = field(default_factory=dict)  # request kind -> HTTP status -> count
     retry_after_missing: int = 0  # 503s without a Retry-After header
+    refusals: dict[str, int] = field(default_factory=dict)  # a 503's message -> count: who refused (mark or Redis)
     outcomes: Outcomes = field(default_factory=Outcomes)
 
     def count(self, kind: str, response: httpx.Response) -> None:
         _tally(self.answers.setdefault(kind, {}), str(response.status_code))
-        if response.status_code == 503 and "Retry-After" not in response.headers:
-            self.retry_after_missing += 1
+        if response.status_code == 503:
+            self.retry_after_missing += "Retry-After" not in response.headers
+            body = response.json()
+            _tally(self.refusals, body["detail"] if "detail" in body else body["error"]["message"])
 
     def server_errors(self) -> int:
         return sum(n for by_status in self.answers.values() for status, n in by_status.items() if status == "500")
@@ -161,7 +167,11 @@ def maxmemory_trial(
     stack: LocalStack, *, jobs: int = 3, images: int = 8, full_seconds: float = 4.0, bound: float = 60.0
 ) -> FullRedis:
     """Fill Redis (maxmemory 1 byte, noeviction) while workers have work in hand, submit, read and cancel during
-    it, then lift the limit: every job accepted must end with every image once, none may be answered 500."""
+    it, then lift the limit: every job accepted must end with every image once, none may be answered 500.
+
+    Redis itself refuses the workers' writes. A submission is refused by the API's admission mark once its reading
+    of Redis's memory is fresh (within a second), by Redis before that or with the mark off
+    (GIFT_REDIS_ADMIT_FRACTION=1): ``refusals`` tells them apart."""
     admin = redis.Redis.from_url(stack.redis_url)
     figures = FullRedis()
     api, ended = stack.api_url, time.monotonic()
@@ -188,6 +198,77 @@ def maxmemory_trial(
         for job_id in [job.id for job in kept] + during:
             figures.outcomes.settle(client, job_id, images, ended, bound)
     return figures
+
+
+@dataclass
+class Headroom(FullRedis):
+    """Answers while Redis's used memory lay between the API's admission mark and its maxmemory."""
+
+    used_share: list[float] = field(default_factory=list)  # used_memory / maxmemory, at the start and at the end
+    heartbeat_age_seconds: float = 0.0  # of the newest worker heartbeat, at the end
+    memory_reads: int = 0  # INFO commands the API sent while the trial's requests ran
+    openai_errors: dict[str, int] = field(default_factory=dict)  # the OpenAI route's "type code param=..." -> count
+
+    def count_openai(self, response: httpx.Response) -> None:
+        self.count("openai", response)
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            _tally(self.openai_errors, f"{error['type']} {error['code']} param={error['param']}")
+
+
+def headroom_trial(
+    stack: LocalStack, fraction: float, *, images: int = 8, seconds: float = 4.0, bound: float = 60.0
+) -> Headroom:
+    """Set Redis's maxmemory so that its used memory lies midway between the mark (``fraction``, the API's
+    GIFT_REDIS_ADMIT_FRACTION) and the limit, with a job queued while the stack's worker is paused; once the API's
+    reading of Redis's memory is due again, resume the worker and for ``seconds`` submit (both routes), read the job
+    and ask /readyz. Under that same limit the job must end with every image once and heartbeats must go on."""
+    admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    figures, api, worker = Headroom(), stack.api_url, stack.workers[0]
+    with GeneratorClient(api, retries=0) as client:
+        # A first job makes the stack's one-off allocations (about 0.6 MB on a fresh Redis), before the limit.
+        client.wait(client.submit(_request("before the limit", images)).id, timeout=bound, progress=False)
+        os.kill(worker.pid, signal.SIGSTOP)  # so that the job's images are recorded under the limit, not before
+        try:
+            job = client.submit(_request("before the mark", images))
+            admin.config_set("maxmemory", int(_used_memory(admin) / ((fraction + 1) / 2)))
+            limited = time.monotonic()
+            time.sleep(READ_EVERY_SECONDS)  # the API's last reading, from before the limit, is stale by now
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        try:
+            figures.used_share.append(_used_share(admin))
+            reads = _info_calls(admin)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                figures.count("submit", httpx.post(f"{api}/v1/jobs", json=_body("past the mark", images)))
+                openai = {"prompt": "past the mark", "num_inference_steps": 2}
+                figures.count_openai(httpx.post(f"{api}/v1/images/generations", json=openai))
+                figures.count("status", httpx.get(f"{api}/v1/jobs/{job.id}"))
+                figures.count("readyz", httpx.get(f"{api}/readyz"))
+                time.sleep(0.1)
+            figures.memory_reads = _info_calls(admin) - reads - 1  # the first count's own INFO is in the second
+            figures.outcomes.settle(client, job.id, images, limited, bound)
+            newest = admin.zrange(redis_keys.WORKERS, -1, -1, withscores=True)
+            figures.heartbeat_age_seconds = round(time.time() - newest[0][1], 2) if newest else float("inf")
+            figures.used_share.append(_used_share(admin))
+        finally:
+            admin.config_set("maxmemory", 0)
+    return figures
+
+
+def _used_memory(admin: redis.Redis) -> int:
+    return int(admin.info("memory")["used_memory"])
+
+
+def _used_share(admin: redis.Redis) -> float:
+    memory = admin.info("memory")
+    return round(memory["used_memory"] / memory["maxmemory"], 3)
+
+
+def _info_calls(admin: redis.Redis) -> int:
+    """INFO commands Redis has run since it started."""
+    return int(admin.info("commandstats").get("cmdstat_info", {}).get("calls", 0))
 
 
 def _request(tag: str, images: int) -> JobRequest:

@@ -12,7 +12,8 @@ import redis
 from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
-from services.fault_trials import maxmemory_trial, quota_burst, redis_kill_trials
+from services.fault_trials import headroom_trial, maxmemory_trial, quota_burst, redis_kill_trials
+from services.generator.api.jobs import REDIS_FULL
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,39 @@ def test_redis_killed_right_after_202s_many_times(make_stack):
     _kill_trials(make_stack, trials=40)
 
 
-def test_full_redis_answers_503_never_500_and_loses_nothing(make_stack):
-    stack = make_stack(workers=1)
+def test_past_the_admission_mark_new_work_waits_and_accepted_work_finishes(make_stack):
+    """Redis between the API's mark (50% here) and its maxmemory: new jobs get Redis-full 503s from both routes,
+    while a job accepted before is recorded, reads answer and a worker's heartbeats keep /readyz at 200."""
+    stack = make_stack(workers=1, GIFT_REDIS_ADMIT_FRACTION="0.5", GIFT_WORKER_SEEN_SECONDS="2")
+    figures = headroom_trial(stack, 0.5, seconds=4.0)
+    assert all(0.5 <= share < 1 for share in figures.used_share), f"the premise: {figures.used_share}"
+    assert set(figures.answers["submit"]) == {"503"} and set(figures.answers["openai"]) == {"503"}, figures.answers
+    assert figures.retry_after_missing == 0
+    assert set(figures.openai_errors) == {"server_error service_unavailable param=None"}, figures.openai_errors
+    for refusal in figures.refusals:
+        assert refusal.startswith(REDIS_FULL) and "stops admitting at 50% of Redis's maxmemory" in refusal, refusal
+    assert set(figures.answers["status"]) == {"200"} and set(figures.answers["readyz"]) == {"200"}, figures.answers
+    assert figures.heartbeat_age_seconds < 2, "the worker's heartbeats were stored under the limit"
+    assert figures.outcomes.all_complete(), f"the job accepted before ends with every image once: {figures.outcomes}"
+    submits = sum(figures.answers["submit"].values())
+    assert 1 <= figures.memory_reads <= 4 + 2 < submits, "the API reads Redis's memory about once a second"
+
+
+def test_without_the_mark_redis_itself_refuses_503_never_500_and_loses_nothing(make_stack):
+    """GIFT_REDIS_ADMIT_FRACTION=1: admitted up to maxmemory, then Redis's own refusal (at 1 byte) is the 503."""
+    stack = make_stack(workers=1, GIFT_REDIS_ADMIT_FRACTION="1")
+    admin = redis.Redis.from_url(stack.redis_url)
+    admin.config_set("maxmemory", int(int(admin.info("memory")["used_memory"]) / 0.75))
+    try:
+        with GeneratorClient(stack.api_url, retries=0) as client:
+            job = client.submit(JobRequest(prompts=["past a mark that is off"], num_inference_steps=2))
+            assert client.wait(job.id, timeout=60, progress=False).images
+    finally:
+        admin.config_set("maxmemory", 0)
     figures = maxmemory_trial(stack)
     assert figures.server_errors() == 0, figures.answers
     assert set(figures.answers["submit"]) == {"503"}, "nothing is accepted while Redis cannot store it"
+    assert set(figures.refusals) == {REDIS_FULL}, "Redis refused, not the mark"
     assert set(figures.answers["status"]) == {"200"} and set(figures.answers["cancel"]) == {"200"}, figures.answers
     assert figures.retry_after_missing == 0
     assert figures.outcomes.all_complete(), f"every job accepted ends with every image once: {figures.outcomes}"

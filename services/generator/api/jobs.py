@@ -23,6 +23,7 @@ from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
 from services.generator import replies, stats, store
+from services.generator.api.admission import AdmissionMark
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
 
@@ -31,6 +32,7 @@ log = logging.getLogger("gift.api")
 KEY_BATCH = 512  # Redis round trips are batched by this many keys
 MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model registrations may be
 ADMIT_TRIES = 3  # how often a submission reads its idempotency record again when it changed meanwhile
+REDIS_FULL = "the job queue (Redis) is full and accepts no new work; retry later"  # a new job's 503 at maxmemory
 
 
 class JobError(Exception):
@@ -57,6 +59,7 @@ class JobService:
         self.blob_store = blob_store
         self._models: dict[str, RegisteredModel] = {}
         self._models_read_at = -MODELS_TTL_SECONDS
+        self.admission = AdmissionMark(redis, settings.redis_admit_fraction)
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
         self._admit = redis.register_script(store.ADMIT_JOB)
         self._read = redis.register_script(store.READ_JOB)
@@ -96,6 +99,7 @@ class JobService:
         """Accept a job; with an ``idempotency_key`` the tenant already used for a job that still exists, return that
         job instead (a client's retry after a lost answer), or refuse a different request under the same key."""
         self._check_limits(request, tenant)
+        await self._check_room()
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         defaults = {
             "model": request.model or self.settings.default_model,
@@ -136,6 +140,16 @@ class JobService:
             raise JobError(422, f"negative_prompt: longer than {self.settings.max_prompt_chars} characters")
         if request.callback_url and self.settings.webhook_secret_of(tenant) is None:
             raise JobError(422, f"callback_url: tenant {tenant!r} has no webhook secret (GIFT_WEBHOOK_SECRETS)")
+
+    async def _check_room(self) -> None:
+        """Refuse new work past the admission mark, as a full Redis would: the memory left is for accepted jobs."""
+        if await self.admission.full():
+            raise JobError(
+                503,
+                f"{REDIS_FULL} (this service stops admitting at {self.admission.percent} of Redis's maxmemory, so "
+                "that accepted jobs can finish)",
+                headers={"Retry-After": str(self.settings.retry_after_seconds)},
+            )
 
     def _check_cost(self, request: JobRequest, model: RegisteredModel | None) -> None:
         """Refuse images whose pipeline call would hold a worker too long: cost is pixels times denoising steps.

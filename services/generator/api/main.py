@@ -20,7 +20,7 @@ from starlette.routing import compile_path
 
 from gift_common.settings import Settings, get_settings
 from services.generator.api.events import JobEvents
-from services.generator.api.jobs import JobError, JobService
+from services.generator.api.jobs import REDIS_FULL, JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
@@ -135,7 +135,7 @@ async def _redis_down(request: Request, error: Exception) -> JSONResponse:
 async def _redis_full(request: Request, error: Exception) -> JSONResponse:
     """Redis refused a write at its maxmemory: nothing of the request was stored (each write is one atomic step)."""
     log.warning("redis full (maxmemory) while serving %s %s: %s", request.method, request.url.path, error)
-    return _unavailable(request, "the job queue (Redis) is full and accepts no new work; retry later")
+    return _unavailable(request, REDIS_FULL)
 
 
 def _unavailable(request: Request, detail: str) -> JSONResponse:

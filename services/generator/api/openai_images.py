@@ -127,6 +127,13 @@ _KINDS: dict[int, tuple[str, str | None]] = {
 _PARAMS = {"prompts": "prompt", "height": "size", "width": "size"}
 
 
+def _param_of(detail: str) -> str | None:
+    """The field a "field first" detail starts with, as this route calls it; None for a detail that names none
+    (a full queue, a tenant's limit): its first words are no field."""
+    field = detail.partition(":")[0].partition(".")[0].partition(",")[0]
+    return None if " " in field else _PARAMS.get(field, field)
+
+
 def _error_response(status: int, message: str, param: str | None, headers: Mapping[str, str] | None) -> JSONResponse:
     status = 400 if status == 422 else status
     kind, code = _KINDS.get(status, ("invalid_request_error", None))
@@ -148,8 +155,7 @@ class OpenAIErrorRoute(APIRoute):
                 loc = [str(part) for part in issue["loc"][1:]] or [str(issue["loc"][0])]
                 return _error_response(400, f"{'.'.join(loc)}: {issue['msg']}", loc[0], None)
             except JobError as error:
-                field = error.detail.partition(":")[0].partition(".")[0].partition(",")[0]
-                return _error_response(error.status_code, error.detail, _PARAMS.get(field, field), error.headers)
+                return _error_response(error.status_code, error.detail, _param_of(error.detail), error.headers)
             except HTTPException as error:  # the framework's base class: a body it cannot parse raises that one
                 return _error_response(error.status_code, str(error.detail), None, error.headers)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError):

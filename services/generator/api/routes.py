@@ -44,7 +44,8 @@ ERRORS = {
         headers={"Retry-After": "seconds to wait before submitting again"},
     ),
     503: error_doc(
-        "Redis is unreachable or full (or, for /readyz only, no worker was seen lately)",
+        "Redis is unreachable or full: at GIFT_REDIS_ADMIT_FRACTION of its maxmemory for new jobs (or, for /readyz "
+        "only, no worker was seen lately)",
         headers={"Retry-After": "seconds to wait, when Redis is unreachable or full"},
     ),
 }
