@@ -254,6 +254,7 @@ def headroom_trial(
             figures.used_share.append(_used_share(admin))
         finally:
             admin.config_set("maxmemory", 0)
+            time.sleep(READ_EVERY_SECONDS)  # the API admits again once its reading of the full Redis is stale
     return figures
 
 
