@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import CLIPTokenizer
 
 from gift_common.clip_tokenizer import write_clip_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module (its tests opt in), restored after it: tiny matrices ran up to 30x slower on two
+    threads of a busy 2-core machine, and one is what the tiny configs ask anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,11 @@ from tinyworld.sd_training import (
 
 TINY = TrainConfig(images=8, batch=4, vae_steps=2, unet_steps=2, warmup=1, threads=1)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def quiet(line: str) -> None:
     pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a busy 2-core machine made these steps 30x slower; one is what the tiny config asks anyway."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

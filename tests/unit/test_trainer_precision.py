@@ -31,13 +31,7 @@ FORWARD_TOLERANCE = 2**-9
 # the squares amplify it; the weighted sum over every parameter brings it back to about 1.2%, measured. 5% bounds it.
 AWC_TOLERANCE = 0.05
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,8 @@ from services.trainer.runner import run
 from services.trainer.streams import in_order
 from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
 
-pytestmark = pytest.mark.tinyworld
+pytestmark = [pytest.mark.tinyworld, pytest.mark.usefixtures("one_torch_thread")]
 SMALL = {"train": 24, "val": 12, "test": 12}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
