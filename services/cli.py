@@ -6,6 +6,7 @@ The API never imports torch, so each command's heavy imports stay inside its own
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ def _rehearse(args: argparse.Namespace) -> None:
     from services.rehearsal.run import Sizes, run_rehearsal
 
     sizes = {key: getattr(args, key) for key in ("iterations", "pairs", "steps", "image_size") if getattr(args, key)}
-    run_rehearsal(args.out, args.order, Sizes(**sizes))
+    run_rehearsal(args.out, args.order, Sizes(**sizes), trainer_threads=args.trainer_threads)
     print((args.out / "rehearsal.md").read_text())
 
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pairs", type=_positive, help="synthetic pairs per task")
     run.add_argument("--steps", type=_positive, help="the generator's sampler steps")
     run.add_argument("--image-size", type=_positive, help="synthetic images' side in pixels (a multiple of 8)")
+    run.add_argument("--trainer-threads", type=_positive, default=os.cpu_count() or 1,
+                     help="the trainer's torch threads (the worker keeps one); default: every core")  # fmt: skip
     run.set_defaults(func=_rehearse)
     return parser
 

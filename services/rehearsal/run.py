@@ -45,8 +45,15 @@ SD15_DIR = "stable-diffusion-v1-5"  # where `gift rehearsal standins` writes the
 VIT_FILE = "ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
 REPORT_EVERY = 30.0  # seconds between rewrites of the report while the trainer runs
 MODEL_NAME = "sd15"  # the name the MTIL configs ask the generator for
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
 FIRST_LINE = "STAND-INS (random weights, tiny drawn datasets): no figure below is a result, only a cost."
+
+
+def threads(count: int) -> dict[str, str]:
+    """The environment that caps a process's torch (and its BLAS) at `count` CPU threads."""
+    return {"OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count), "GIFT_TORCH_THREADS": str(count)}
+
+
+ONE_THREAD = threads(1)
 OUTPUTS = ("metrics.json", "results.md", "accuracy_matrix.png", "losses.png", "losses.jsonl", "config.json")
 
 
@@ -84,12 +91,16 @@ def rehearsal_config(order: int, out: Path, vit: Path, api_url: str, sizes: Size
     return config
 
 
-def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes()) -> dict[str, Any]:
+def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes(), trainer_threads: int = 1) -> dict[str, Any]:
     """Everything the module docstring says; returns rehearsal.json's content, which is rewritten after every stage
-    (with "complete": false until the end), so that a rehearsal stopped early still leaves its figures."""
+    (with "complete": false until the end), so that a rehearsal stopped early still leaves its figures.
+
+    The worker and the stand-in writer keep one thread; the trainer, the long pole once the synthetic sets are made,
+    may have more (`gift rehearsal run` gives it every core)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(out, {"note": FIRST_LINE, "complete": False, "order": order, "sizes": asdict(sizes), "seconds": {}})
+    report = Report(out, {"note": FIRST_LINE, "complete": False, "order": order, "sizes": asdict(sizes),
+                          "trainer_threads": trainer_threads, "seconds": {}})  # fmt: skip
     with report.stage("fixtures"):
         write_fixtures(out / "data" / "mtil", sizes.per_class)
     with report.stage("standins"):  # a process of its own: the writer's memory is not the rehearsal's
@@ -102,14 +113,15 @@ def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes()) -> dict[str
             report.update(png=_png_cost(stack, sizes.png_size))
         config = rehearsal_config(order, out, out / "models" / VIT_FILE, stack.api_url, sizes)
         runs: list[Run] = []
+        trainer_env = threads(trainer_threads)
         try:
             with report.stage("train_until_kill"):
-                runs.append(start_run(f"mtil_order{order}", config, out, env=ONE_THREAD))
+                runs.append(start_run(f"mtil_order{order}", config, out, env=trainer_env))
                 report.update(total_steps=runs[0].total_steps, killed_after_steps=runs[0].total_steps // 2)
                 _watch(runs[0], report, "trainer_before_kill", until_steps=runs[0].total_steps // 2)
                 runs[0].process.kill()
             with report.stage("train_after_resume"):
-                runs.append(start_run(f"mtil_order{order}", config, out, env=ONE_THREAD, resume=True))
+                runs.append(start_run(f"mtil_order{order}", config, out, env=trainer_env, resume=True))
                 _watch(runs[1], report, "trainer_after_resume")
         finally:
             stop_all(runs)  # also on Ctrl-C or a failure: no trainer outlives the rehearsal
@@ -198,7 +210,8 @@ def _outputs(run: Run) -> dict[str, int]:
 
 
 def _markdown(data: dict[str, Any]) -> str:
-    lines = [FIRST_LINE, "", f"MTIL order {data['order']}, sizes {data['sizes']}."]
+    run = f"MTIL order {data['order']}, sizes {data['sizes']}, trainer threads {data['trainer_threads']}."
+    lines = [FIRST_LINE, "", run]
     if not data["complete"]:
         lines.append("**Not complete**: the figures so far.")
     if "total_steps" in data:
