@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,3 +49,23 @@ def test_dpm_solver_replaces_the_directorys_scheduler_and_changes_the_fingerprin
     args = dict(prompts=["a cat"], negative_prompts=[None], seeds=[0], num_inference_steps=3, guidance_scale=5.0)
     size = dict(height=swapped.height, width=swapped.width)
     assert generate(swapped, **args, **size) != generate(native, **args, **size)  # why the variant is in the key
+
+
+@pytest.mark.slow  # inductor compiles C++ for the UNet: minutes on a CPU
+def test_a_compiled_unet_warms_up_at_load_draws_the_same_picture_and_has_its_own_key(
+    tiny_standins: dict[str, Path],
+) -> None:
+    from PIL import Image
+
+    directory = tiny_standins[SD15_NAME]
+    cpu = torch.device("cpu")
+    eager = load_model("sd", directory, cpu)
+    compiled = load_model("sd", directory, cpu, RuntimeOptions(compile_unet=True))  # warm_up compiles here
+    assert isinstance(compiled.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.variant["compile_unet"] and compiled.fingerprint != eager.fingerprint
+    args = dict(prompts=["a cat", "a dog"], negative_prompts=[None, None], seeds=[0, 1], num_inference_steps=3,
+                guidance_scale=5.0, height=eager.height, width=eager.width)  # fmt: skip
+    pictures = [[np.asarray(Image.open(io.BytesIO(png)), dtype=int) for png in generate(model, **args)]
+                for model in (eager, compiled)]  # fmt: skip
+    for picture, twin in zip(*pictures, strict=True):  # fused kernels round differently: a level or two at most
+        assert np.abs(picture - twin).max() <= 2

@@ -156,7 +156,9 @@ def warm_up(model: LoadedModel, batch_size: int) -> None:
 
 
 def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    denoiser = getattr(pipeline, "unet", None)  # not `or`: a compiled module's truth value raises (it proxies len)
+    if denoiser is None:
+        denoiser = pipeline.transformer
     size = denoiser.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     scale = pipeline.vae_scale_factor
