@@ -24,8 +24,7 @@ from pathlib import Path
 
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
-from services.demo import ONE_THREAD
-from services.stack import RedisServer, free_port, wait_until
+from services.stack import ONE_THREAD, RedisServer, free_port, wait_until
 
 # image name: (Dockerfile, target); the trainer's Dockerfile has one stage
 TARGETS = {

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
-from services.demo import ONE_THREAD
-from services.stack import LocalStack
+from services.stack import ONE_THREAD, LocalStack
 from services.trainer.synthetic import SetCache, download_set
 
 

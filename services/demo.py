@@ -31,12 +31,11 @@ from gift_common.errors import UserError
 from gift_common.files import atomic_write
 from services.run_configs import run_config
 from services.runs import Run, start_run, stop_all, wait_for
-from services.stack import LocalStack
+from services.stack import ONE_THREAD, LocalStack
 from services.trainer.reports import accuracy_matrices
 
 METHODS = ("ft", "gift")
 METRIC_KEYS = {"transfer": "Transfer", "avg": "Avg", "last": "Last", "forget": "Forget"}
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GIFT_TORCH_THREADS": "1"}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,15 @@ import redis
 from gift_common.errors import UserError
 
 
+def threads(count: int) -> dict[str, str]:
+    """The environment that caps a process's torch (and its BLAS) at `count` CPU threads: processes sharing a
+    small machine each take one, or they oversubscribe its cores."""
+    return {"OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count), "GIFT_TORCH_THREADS": str(count)}
+
+
+ONE_THREAD = threads(1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,10 +11,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.demo import ONE_THREAD, stop_on_signals
+from services.demo import stop_on_signals
 from services.run_configs import base_config, method_section, run_config
 from services.runs import Run, start_run, stop_all
-from services.stack import LocalStack
+from services.stack import ONE_THREAD, LocalStack
 from services.trainer.config import method_settings
 
 

@@ -38,7 +38,7 @@ from gift_common.files import atomic_write
 from gift_common.schemas import JobRequest
 from services.rehearsal.fixtures import write_fixtures
 from services.runs import Run, start_run, stop_all
-from services.stack import LocalStack, Process
+from services.stack import ONE_THREAD, LocalStack, Process, threads
 
 REPO = Path(__file__).resolve().parents[2]
 SD15_DIR = "stable-diffusion-v1-5"  # where `gift rehearsal standins` writes them
@@ -46,14 +46,6 @@ VIT_FILE = "ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
 REPORT_EVERY = 30.0  # seconds between rewrites of the report while the trainer runs
 MODEL_NAME = "sd15"  # the name the MTIL configs ask the generator for
 FIRST_LINE = "STAND-INS (random weights, tiny drawn datasets): no figure below is a result, only a cost."
-
-
-def threads(count: int) -> dict[str, str]:
-    """The environment that caps a process's torch (and its BLAS) at `count` CPU threads."""
-    return {"OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count), "GIFT_TORCH_THREADS": str(count)}
-
-
-ONE_THREAD = threads(1)
 OUTPUTS = ("metrics.json", "results.md", "accuracy_matrix.png", "losses.png", "losses.jsonl", "config.json")
 
 
