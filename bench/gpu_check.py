@@ -159,10 +159,8 @@ def httpx_models(url: str) -> dict[str, dict]:
 
 def trainer_half(architecture: str, pretrained: Path | None, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """FT and GIFT (cached teacher) in fp32 and bf16: seconds per iteration and peak memory, each on its own."""
-    try:
-        from trainer_step import measure_steps
-    except ImportError:
-        return {"pending": "bench/trainer_step.py has no measure_steps yet (the trainer's precision work)"}
+    from trainer_step import measure_steps  # bench/, the script's own folder
+
     runs: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
         for method in ("ft", "gift"):

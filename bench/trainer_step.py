@@ -75,6 +75,7 @@ def measure_steps(
     *,
     classes: int = 100,
     teacher: str = "cached",
+    grad_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Seconds per iteration (median of `iterations` timed steps after `warmup` untimed ones) and peak memory.
 
@@ -84,6 +85,8 @@ def measure_steps(
     """
     torch.manual_seed(0)
     model = create_model(architecture, pretrained, device=device)
+    if grad_checkpointing:
+        model.set_grad_checkpointing()
     tokenizer = create_tokenizer(architecture)
     image_size = open_clip.get_model_preprocess_cfg(model)["size"]
     image_size = image_size if isinstance(image_size, int) else image_size[0]

@@ -87,6 +87,11 @@ class TrainingConfig(Strict):
     precision: PrecisionName = Field(
         default="fp32", description="forward passes under autocast in bf16 or fp16 (CUDA only); weights stay fp32"
     )
+    grad_checkpointing: bool = Field(
+        default=False,
+        description="recompute each transformer block in the backward pass instead of keeping its activations: "
+        "the task loss encodes every class prompt with gradients (397 for SUN397), so memory grows with the classes",
+    )
 
 
 class TaskConfig(Strict):

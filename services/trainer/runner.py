@@ -44,7 +44,7 @@ OPERATIONAL = {
     "progress": True,
     "checkpoint_every": True,
     "device": True,
-    "training": {"num_workers"},
+    "training": {"num_workers", "grad_checkpointing"},  # the same gradients, recomputed or kept
     "evaluation": {"num_workers"},
     "synthetic": {"generator_url", "timeout", "cache_dir"},
 }
@@ -287,12 +287,15 @@ class Runner:
 def build_model(config: RunConfig, device: torch.device) -> nn.Module:
     """The open_clip model of the config; a missing or unknown file or name is a UserError."""
     try:
-        return create_model(config.model.architecture, config.model.pretrained, device=device)
+        model = create_model(config.model.architecture, config.model.pretrained, device=device)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"model: {error}") from None
     except RuntimeError as error:  # e.g. a weights file of another architecture
         raise UserError(f"model: cannot load {config.model.pretrained} into {config.model.architecture}: "
                         f"{str(error).splitlines()[0]}") from None  # fmt: skip
+    if config.training.grad_checkpointing:  # only ever on: open_clip's HF text tower turns it on for False too
+        model.set_grad_checkpointing()
+    return model
 
 
 def outcome_settings(config: RunConfig) -> dict[str, Any]:

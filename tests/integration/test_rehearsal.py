@@ -13,8 +13,9 @@ from services.rehearsal.run import FIRST_LINE, OUTPUTS, Sizes, run_rehearsal
 pytestmark = pytest.mark.slow
 
 
-def test_mtil_order_one_runs_to_the_end_through_a_kill_and_a_resume(tmp_path: Path) -> None:
-    report = run_rehearsal(tmp_path, order=1, sizes=Sizes(iterations=1, pairs=1, steps=1, png_size=64))
+@pytest.mark.parametrize("order", [1, 2])
+def test_an_mtil_order_runs_to_the_end_through_a_kill_and_a_resume(tmp_path: Path, order: int) -> None:
+    report = run_rehearsal(tmp_path, order=order, sizes=Sizes(iterations=1, pairs=1, steps=1, png_size=64))
     assert (tmp_path / "rehearsal.md").read_text().splitlines()[0] == FIRST_LINE
     assert json.loads((tmp_path / "rehearsal.json").read_text()) == report
     assert 0 < report["killed_after_steps"] < report["total_steps"] == 11

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from gift_common.errors import UserError
 from services.cli import main as cli_main
 from services.trainer.config import MTIL_DATASETS, EvaluationConfig, load_config, parse_config
 from services.trainer.main import run_training
-from services.trainer.runner import changed_settings, outcome_settings
+from services.trainer.runner import build_model, changed_settings, outcome_settings
+from tests.unit.test_trainer_models import write_tiny_arch
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 MINIMAL = {
@@ -198,7 +200,8 @@ def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe()
 
 def test_a_resumed_run_may_move_or_change_its_operational_settings_but_not_what_it_computes(tmp_path: Path) -> None:
     saved = outcome_settings(parse_config(MINIMAL, base=tmp_path))
-    moved = {**MINIMAL, "output_dir": "elsewhere/a", "progress": False, "training": {"num_workers": 0}}
+    moved = {**MINIMAL, "output_dir": "elsewhere/a", "progress": False,
+             "training": {"num_workers": 0, "grad_checkpointing": True}}  # fmt: skip
     assert changed_settings(saved, parse_config(moved, base=tmp_path)) == []
     other = {**MINIMAL, "training": {"lr": 0.5}, "seed": 3}
     assert changed_settings(saved, parse_config(other, base=tmp_path)) == ["seed", "training"]
@@ -210,3 +213,12 @@ def test_a_run_saved_before_a_setting_existed_resumes_when_that_setting_is_at_it
     assert changed_settings(saved, parse_config(MINIMAL, base=tmp_path)) == []
     bf16 = {**MINIMAL, "training": {"precision": "bf16"}}
     assert changed_settings(saved, parse_config(bf16, base=tmp_path)) == ["training"]
+
+
+def test_grad_checkpointing_reaches_both_towers(tmp_path: Path) -> None:
+    data = {**MINIMAL, "model": {"architecture": str(write_tiny_arch(tmp_path))}}
+    for on in (False, True):
+        model = build_model(
+            parse_config({**data, "training": {"grad_checkpointing": on}}, base=tmp_path), torch.device("cpu")
+        )
+        assert model.transformer.grad_checkpointing is model.visual.transformer.grad_checkpointing is on

@@ -121,6 +121,23 @@ def test_gift_step_gradient_is_the_sum_of_both_passes(base_model: nn.Module, tok
         assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=1e-7), name
 
 
+def test_gradient_checkpointing_gives_the_same_gift_gradient(base_model: nn.Module, tokenizer) -> None:
+    """training.grad_checkpointing recomputes activations in the backward pass: memory, not the result."""
+    task = make_task(tokenizer)
+    engines = [make_engine(base_model), make_engine(base_model)]
+    engines[1].model.set_grad_checkpointing()
+    images, labels = task.train[0]
+    gradients = []
+    for engine in engines:
+        engine.begin_task(task)
+        engine.step()  # AWC contributes once θ has moved
+        engine.compute_gradients(images, labels, ReplayBatch(*task.replay.batches[1]))
+        gradients.append({name: param.grad.clone() for name, param in engine.state.params.items()})
+    assert engines[1].model.transformer.grad_checkpointing and not engines[0].model.transformer.grad_checkpointing
+    for name, grad in gradients[0].items():
+        assert torch.allclose(gradients[1][name], grad, rtol=1e-6, atol=1e-10), name
+
+
 def test_cached_teacher_trains_like_a_teacher_forward_every_step(base_model: nn.Module, tokenizer) -> None:
     task = make_task(tokenizer, iterations=4)
     runs = {mode: make_engine(base_model, teacher_mode=mode) for mode in ("cached", "per_step")}
