@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ def atomic_file(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
     rename (and the rename after it), so that a power loss cannot leave the name pointing at unwritten blocks:
     for checkpoints, whose loss costs hours; a cache that can be refilled does without the cost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # one per writer, threads and processes alike
+    # One per writer, threads and processes alike, in the pattern `remove_orphans` looks for.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with tmp.open("xb") as file:
             yield file
@@ -36,6 +38,15 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Write `data` to `path` through `atomic_file`."""
     with atomic_file(path, durable=durable) as file:
         file.write(data)
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Remove the temporary files of writes to `path` that a killed process left (a checkpoint's can be GBs); only
+    for a path that no live process is writing. Returns what went."""
+    orphans = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    return orphans
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gift_common.errors import UserError
-from gift_common.files import atomic_file, atomic_write
+from gift_common.files import atomic_file, atomic_write, remove_orphans
 from gift_common.stand_in import is_stand_in
 from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
@@ -129,6 +129,9 @@ class Runner:
         checkpoint_path = self.out / CHECKPOINT
         if checkpoint_path.exists() and not resume:
             raise UserError(f"{self.out} holds a run already: pass --resume to continue it, or set another output_dir")
+        if distributed.is_main():
+            for orphan in remove_orphans(checkpoint_path):
+                say(f"removed {orphan}, the half-written checkpoint of a run that was killed")
         if resume and checkpoint_path.exists():
             self._restore(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
         else:

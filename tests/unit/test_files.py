@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gift_common.files import atomic_file, atomic_write
+from gift_common.files import atomic_file, atomic_write, remove_orphans
 
 
 def test_a_write_replaces_the_file_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
@@ -41,3 +41,16 @@ def test_a_durable_write_reaches_the_disk_before_the_rename(tmp_path: Path, monk
     assert synced == [False, True]  # the file before the rename, then its folder after it
     atomic_write(tmp_path / "cache.png", b"png")
     assert len(synced) == 2  # a plain write does without
+
+
+def test_the_half_written_file_of_a_killed_writer_can_be_removed(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    atomic_write(path, b"last whole checkpoint")
+    writing = atomic_file(path)
+    writing.__enter__().write(b"half of the next")  # and the process is killed: no exit, no clean-up
+    (tmp_path / ".checkpoint.pt.old.json").write_bytes(b"not ours")
+    (tmp_path / ".metrics.json.0a1b2c.tmp").write_bytes(b"another file's")
+    assert [p.name.startswith(".checkpoint.pt.") for p in remove_orphans(path)] == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint.pt.old.json", ".metrics.json.0a1b2c.tmp",
+                                                           "checkpoint.pt"]  # fmt: skip
+    assert path.read_bytes() == b"last whole checkpoint"

@@ -194,4 +194,7 @@ def test_a_run_of_two_world_tasks_with_real_replay_needs_no_generator_and_resume
     with pytest.raises(KeyboardInterrupt):
         run(stopped, resume=False, device=torch.device("cpu"))
     monkeypatch.setattr(reports, "write_reports", write_reports)
+    orphan = tmp_path / "stopped" / ".checkpoint.pt.0123456789ab.tmp"
+    orphan.write_bytes(b"half a checkpoint")  # as a kill in the middle of the next one's write leaves it
     assert run(stopped, resume=True, device=torch.device("cpu")) == result  # the same images replayed, same results
+    assert not orphan.exists()
