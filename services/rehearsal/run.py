@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 import yaml
+from tqdm import tqdm
 
 from gift_common import redis_keys
 from gift_common.client import GeneratorClient
@@ -171,14 +172,19 @@ def _png_cost(stack: LocalStack, size: int) -> dict[str, int]:
 
 
 def _watch(run: Run, report: Report, name: str, until_steps: int | None = None) -> None:
-    """Wait for the run to end (or to have taken `until_steps` steps), recording its steps and peak RSS as it goes."""
+    """Wait for the run to end (or to have taken `until_steps` steps), recording its steps and peak RSS as it goes;
+    a bar shows the steps (each about two minutes on a CPU: a step, then a task's row of the matrix)."""
     peak, last_write = 0.0, 0.0
-    while run.process.alive() and (until_steps is None or run.steps_done() < until_steps):
-        peak = max(peak, _peak_rss(run.process))
-        if time.monotonic() - last_write > REPORT_EVERY:
-            report.update(**{name: {"steps_done": run.steps_done(), "peak_rss_gib": peak}})
-            last_write = time.monotonic()
-        time.sleep(1.0)
+    with tqdm(total=until_steps or run.total_steps, initial=run.steps_done(), desc=name, unit="step") as bar:
+        while run.process.alive() and (until_steps is None or run.steps_done() < until_steps):
+            peak = max(peak, _peak_rss(run.process))
+            bar.update(run.steps_done() - bar.n)
+            bar.set_postfix_str(f"trainer peak {peak:.2f} GiB", refresh=False)
+            if time.monotonic() - last_write > REPORT_EVERY:
+                report.update(**{name: {"steps_done": run.steps_done(), "peak_rss_gib": peak}})
+                last_write = time.monotonic()
+            time.sleep(1.0)
+        bar.update(run.steps_done() - bar.n)
     if not run.process.alive() and run.process.popen.returncode != 0:
         raise UserError(f"the trainer failed; end of {run.process.log}:\n{run.process.log.read_text()[-3000:]}")
     peaks = report.data.get("peak_rss_gib", {})

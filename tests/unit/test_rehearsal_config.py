@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from services.rehearsal.run import REPO, Sizes, rehearsal_config
+from services.rehearsal.run import REPO, Report, Sizes, _watch, rehearsal_config
+from services.runs import Run
+from services.stack import Process
 from services.trainer.config import parse_config
+from services.trainer.runner import LOSSES
 
 PATHS = {("output_dir",), ("model", "pretrained"), ("synthetic", "generator_url"), ("synthetic", "cache_dir")}
 SIZES = {("training", "iterations"), ("training", "warmup"), ("training", "batch_size"), ("training", "num_workers"),
@@ -39,3 +43,17 @@ def test_only_paths_and_sizes_change(tmp_path: Path, order: int) -> None:
     checked = parse_config(config, base=tmp_path, source="rehearsal")
     assert [task.dataset.type for task in checked.tasks] == [task["dataset"]["type"] for task in original["tasks"]]
     assert checked.model.architecture == "ViT-B-16-quickgelu" and checked.synthetic.model == "sd15"
+
+
+def test_watch_shows_steps_and_records_peak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The trainer's stage is the rehearsal's longest (tens of minutes): the user sees its steps as they come."""
+    losses = tmp_path / "run" / LOSSES
+    losses.parent.mkdir()
+    writer = f"import time\nfor i in range(3):\n    open({str(losses)!r}, 'a').write('{{}}\\n'); time.sleep(0.3)\n"
+    run = Run("trainer", losses.parent, Process("trainer", [sys.executable, "-c", writer], tmp_path / "t.log"), 3)
+    report = Report(tmp_path, {"complete": False, "order": 2, "sizes": {}, "trainer_threads": 1, "seconds": {}})
+    _watch(run, report, "trainer_before_kill")
+    assert report.data["trainer_before_kill"]["steps_done"] == 3
+    assert report.data["trainer_before_kill"]["peak_rss_gib"] > 0
+    assert "trainer_before_kill: 100%" in capsys.readouterr().err
+    assert "trainer_before_kill: 3 steps" in (tmp_path / "rehearsal.md").read_text()
