@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from tinyworld.pipeline import default_model_dir
 
 from gift_common.client import AsyncGeneratorClient
 from gift_common.schemas import JobRequest
+from services.devices import describe
 from services.generator.worker.synthesis import generate, load_model
 from services.stack import LocalStack
 
@@ -172,7 +171,7 @@ def main() -> None:
         "steps": args.steps,
         "torch_threads": torch.get_num_threads(),
         "service_images": images["c"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
+        "machine": describe(torch.device("cpu")),
     }
     print(json.dumps(result))
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gift_common.errors import UserError
 from gift_common.stand_in import NOTICE, is_stand_in, write_marker
+from services.devices import describe
 from services.generator.worker.synthesis import LoadedModel, RuntimeOptions, load_model
 from services.stack import LocalStack
 
@@ -246,7 +246,7 @@ def main() -> None:
     result = {
         "stand_in": NOTICE if stand_in else None,
         "smoke": args.smoke,
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "machine": describe(device),
         "torch": torch.__version__,
         "ratios": None,
         "bf16_matmul_peak_tflops": peak,

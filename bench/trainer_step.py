@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import platform
 import resource
 import statistics
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import open_clip
 import torch
 
+from services.devices import describe
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine
 from services.trainer.methods import PRESETS, build_terms
@@ -171,7 +171,7 @@ def main() -> None:
         **settings,
         "weights": "random" if args.pretrained is None else args.pretrained,
         "threads": args.threads,
-        "machine": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.machine(),
+        "machine": describe(torch.device(args.device)),
     }
     print(json.dumps(result))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -37,6 +38,7 @@ from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
 from gift_common.files import atomic_write
 from gift_common.schemas import JobRequest
+from services.devices import describe
 from services.rehearsal.fixtures import write_fixtures
 from services.runs import Run, start_run, stop_all
 from services.stack import ONE_THREAD, LocalStack, Process, threads
@@ -96,7 +98,8 @@ def run_rehearsal(out: Path, order: int = 1, sizes: Sizes = Sizes(), trainer_thr
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out, {"note": FIRST_LINE, "complete": False, "order": order, "sizes": asdict(sizes),
-                          "trainer_threads": trainer_threads, "seconds": {}})  # fmt: skip
+                          "trainer_threads": trainer_threads, "machine": describe(torch.device("cpu")),
+                          "seconds": {}})  # fmt: skip
     with report.stage("fixtures"):
         write_fixtures(out / "data" / "mtil", sizes.per_class)
     with report.stage("standins"):  # a process of its own: the writer's memory is not the rehearsal's
@@ -212,7 +215,7 @@ def _outputs(run: Run) -> dict[str, int]:
 
 def _markdown(data: dict[str, Any]) -> str:
     run = f"MTIL order {data['order']}, sizes {data['sizes']}, trainer threads {data['trainer_threads']}."
-    lines = [FIRST_LINE, "", run]
+    lines = [FIRST_LINE, "", run, f"Machine: {data['machine']}."]
     if not data["complete"]:
         lines.append("**Not complete**: the figures so far.")
     if "total_steps" in data:

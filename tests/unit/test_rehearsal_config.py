@@ -49,9 +49,11 @@ def test_watch_shows_steps_and_records_peak(tmp_path: Path, capsys: pytest.Captu
     """The trainer's stage is the rehearsal's longest (tens of minutes): the user sees its steps as they come."""
     losses = tmp_path / "run" / LOSSES
     losses.parent.mkdir()
-    writer = f"import time\nfor i in range(3):\n    open({str(losses)!r}, 'a').write('{{}}\\n'); time.sleep(0.3)\n"
+    writer = f"import time\nfor i in range(3):\n    open({str(losses)!r}, 'a').write('{{}}\\n'); time.sleep(1.0)\n"
     run = Run("trainer", losses.parent, Process("trainer", [sys.executable, "-c", writer], tmp_path / "t.log"), 3)
-    report = Report(tmp_path, {"complete": False, "order": 2, "sizes": {}, "trainer_threads": 1, "seconds": {}})
+    report = Report(
+        tmp_path, {"complete": False, "order": 2, "sizes": {}, "trainer_threads": 1, "machine": "cpu", "seconds": {}}
+    )
     _watch(run, report, "trainer_before_kill")
     assert report.data["trainer_before_kill"]["steps_done"] == 3
     assert report.data["trainer_before_kill"]["peak_rss_gib"] > 0
