@@ -176,7 +176,7 @@ def _png_cost(stack: LocalStack, size: int) -> dict[str, int]:
 
 def _watch(run: Run, report: Report, name: str, until_steps: int | None = None) -> None:
     """Wait for the run to end (or to have taken `until_steps` steps), recording its steps and peak RSS as it goes;
-    a bar shows the steps (each about two minutes on a CPU: a step, then a task's row of the matrix)."""
+    a bar shows the steps (minutes each on a CPU: a step, and after a task's last one, its row of the matrix)."""
     peak, last_write = 0.0, 0.0
     with tqdm(total=until_steps or run.total_steps, initial=run.steps_done(), desc=name, unit="step") as bar:
         while run.process.alive() and (until_steps is None or run.steps_done() < until_steps):

@@ -13,7 +13,7 @@ from services.rehearsal.run import FIRST_LINE, OUTPUTS, Sizes, run_rehearsal
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(3 * 3600)  # about 45 minutes an order on an idle 2-core machine; the default 300 s would stop it
+@pytest.mark.timeout(3 * 3600)  # 45 min to 2 h an order on an idle 2-core machine, by its CPU; 300 s would stop it
 @pytest.mark.parametrize("order", [1, 2])
 def test_an_mtil_order_runs_to_the_end_through_a_kill_and_a_resume(tmp_path: Path, order: int) -> None:
     report = run_rehearsal(tmp_path, order=order, sizes=Sizes(iterations=1, pairs=1, steps=1, png_size=64))
