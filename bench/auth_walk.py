@@ -1,4 +1,4 @@
-"""Auth on every /v1 route of the served OpenAPI, as figures (docs/reliability.md): 401s and cross-tenant 404s.
+"""Auth on every /v1 route of the served OpenAPI, as figures (docs/operations.md): 401s and cross-tenant 404s.
 
 Real processes: a private redis-server, the API with two tenants' keys and the cache per tenant, one worker on
 the tiny pipeline. The last line printed is one JSON object; "holes" lists every unexpected answer (must be []).

@@ -1,4 +1,4 @@
-"""A load run against one API and two workers, as figures (docs/reliability.md): jobs, latency, 5xx.
+"""A load run against one API and two workers, as figures (docs/operations.md): jobs, latency, 5xx.
 
 Real processes: a private redis-server, the API and --workers workers on the tiny pipeline. --clients
 concurrent clients, for --seconds, each submit a small job of their own (distinct prompts: no cache hits), poll

@@ -1,4 +1,4 @@
-"""schemathesis over the served OpenAPI, with auth on, as figures (docs/reliability.md): requests sent, 5xx.
+"""schemathesis over the served OpenAPI, with auth on, as figures (docs/operations.md): requests sent, 5xx.
 
 Real processes: a private redis-server, the API with two tenants' keys and one worker on the tiny pipeline, on a
 free loopback port. schemathesis (the dev extra) generates requests from /openapi.json with --max-examples per

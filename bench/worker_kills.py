@@ -1,4 +1,4 @@
-"""Workers killed with SIGKILL at random moments while jobs run, as figures (docs/reliability.md).
+"""Workers killed with SIGKILL at random moments while jobs run, as figures (docs/operations.md).
 
 Real processes: a private redis-server, the API and --workers workers on the tiny pipeline. --kills times, at a
 random moment, a random live worker is killed and a fresh one started in its place; then every job must end with

@@ -1,4 +1,4 @@
-"""Walk every /v1 route of the served OpenAPI with each kind of credential: the figures of docs/reliability.md.
+"""Walk every /v1 route of the served OpenAPI with each kind of credential: the figures of docs/operations.md.
 
 Without a key or with any wrong one every route must answer 401; with another tenant's key, every route that
 names a job (and, when the cache is per tenant, an image) must answer 404, as for a job that does not exist.

@@ -1,7 +1,7 @@
 """Fault trials against a running local stack: Redis or workers killed, Redis full, a burst against a quota.
 
 Each trial drives real processes (services/stack.py) the way an operator's incident would, and returns figures
-that the integration tests assert on and that ``bench/redis_faults.py`` prints (docs/reliability.md).
+that the integration tests assert on and that ``bench/redis_faults.py`` prints (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ class ModelConfig(Strict):
 
 
 class MethodConfig(Strict):
-    preset: PresetName = "gift"
+    preset: PresetName = Field(default="gift", description="the method: a preset of term weights (below)")
     teacher: TeacherMode = Field(default="cached", description="teacher embeddings cached per task, or per step")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="MethodSettings fields, e.g. {ita: 0.5}")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="preset settings to change, e.g. {ita: 0.5}")
 
     @field_validator("overrides")
     @classmethod
@@ -77,12 +77,12 @@ def method_settings(preset: str, overrides: dict[str, Any]) -> MethodSettings:
 class TrainingConfig(Strict):
     """What every task uses unless the task sets its own value (METHOD.md's optimiser settings)."""
 
-    lr: Positive = 1e-5
-    iterations: int = Field(default=1000, ge=1)
-    warmup: int = Field(default=100, ge=0)
-    batch_size: int = Field(default=64, ge=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: Positive = Field(default=1e-5, description="AdamW's peak learning rate")
+    iterations: int = Field(default=1000, ge=1, description="training steps per task")
+    warmup: int = Field(default=100, ge=0, description="linear warm-up steps, then cosine decay, per task")
+    batch_size: int = Field(default=64, ge=1, description="task images per step (the replay batch as large)")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW's decoupled weight decay")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW's moment decay rates")
     num_workers: int = Field(default=4, ge=0, description="data loader processes per training process")
     precision: PrecisionName = Field(
         default="fp32", description="forward passes under autocast in bf16 or fp16 (CUDA only); weights stay fp32"
@@ -98,11 +98,13 @@ class TaskConfig(Strict):
     name: str | None = Field(default=None, min_length=1, description="default: the dataset type or folder name")
     dataset: SerializeAsAny[BaseModel] = Field(description="{type: a registered dataset type, ...its options}")
     classnames: list[str] | None = Field(default=None, min_length=2, description="in label order; default: dataset's")
-    templates: list[Template] | None = Field(default=None, min_length=1, description="[0] trains; all evaluate")
-    lr: Positive | None = None
-    iterations: int | None = Field(default=None, ge=1)
-    warmup: int | None = Field(default=None, ge=0)
-    batch_size: int | None = Field(default=None, ge=1)
+    templates: list[Template] | None = Field(
+        default=None, min_length=1, description="prompts with one {} for the class: [0] trains, all evaluate"
+    )
+    lr: Positive | None = Field(default=None, description="this task's; None = training.lr")
+    iterations: int | None = Field(default=None, ge=1, description="this task's; None = training.iterations")
+    warmup: int | None = Field(default=None, ge=0, description="this task's; None = training.warmup")
+    batch_size: int | None = Field(default=None, ge=1, description="this task's; None = training.batch_size")
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -137,12 +139,12 @@ class SyntheticConfig(Strict):
     concepts: str = Field(default="imagenet", description="a registered concept list, or a file of one per line")
     concept_template: Template = Field(default=DEFAULT_TEMPLATE, description="default: the concept list's own")
     model: str | None = Field(default=None, description="a generator model name; None = the server's default")
-    steps: int = Field(default=25, ge=1, le=200)
-    guidance: float = Field(default=7.5, ge=0, le=30)
-    height: int | None = Field(default=None, ge=8, le=2048, multiple_of=8)
-    width: int | None = Field(default=None, ge=8, le=2048, multiple_of=8)
-    negative_prompt: str | None = None
-    seed: int = Field(default=0, ge=0)
+    steps: int = Field(default=25, ge=1, le=200, description="the sampler's denoising steps per image")
+    guidance: float = Field(default=7.5, ge=0, le=30, description="classifier-free guidance scale")
+    height: int | None = Field(default=None, ge=8, le=2048, multiple_of=8, description="None = the model's own")
+    width: int | None = Field(default=None, ge=8, le=2048, multiple_of=8, description="None = the model's own")
+    negative_prompt: str | None = Field(default=None, description="sent with every prompt of the set")
+    seed: int = Field(default=0, ge=0, description="draws the prompts and seeds the images; tasks never share one")
     generator_url: str | None = Field(default=None, description="None = GIFT_GENERATOR_URL")
     timeout: Positive | None = Field(default=None, description="seconds to wait for one set; None = no limit")
     cache_dir: ConfigPath | None = Field(default=None, description="None = $GIFT_HOME/synthetic")
@@ -173,7 +175,7 @@ class SyntheticConfig(Strict):
 class EvaluationConfig(Strict):
     """Which split the matrix is measured on (choose settings on val, report on test), and the pre-training probe."""
 
-    split: Literal["test", "val"] = "test"
+    split: Literal["test", "val"] = Field(default="test", description="val to choose settings, test to report")
     templates: Literal["all", "first"] = Field(
         default="all",
         description="all: the mean over every template of the task, as MTIL evaluates; first: the training template "
@@ -183,8 +185,8 @@ class EvaluationConfig(Strict):
         default="none", description="a registered probe of what the model keeps of pre-training, or none"
     )
     probe_size: int = Field(default=2000, ge=1, description="held-out world images the probe draws")
-    batch_size: int = Field(default=256, ge=1)
-    num_workers: int = Field(default=4, ge=0)
+    batch_size: int = Field(default=256, ge=1, description="images per evaluation batch")
+    num_workers: int = Field(default=4, ge=0, description="data loader processes")
 
     def evaluated_templates(self, templates: list[Template]) -> list[Template]:
         """The templates a task's classifier averages over; training always uses the first."""
@@ -199,17 +201,19 @@ class EvaluationConfig(Strict):
 
 
 class RunConfig(Strict):
-    output_dir: ConfigPath
-    model: ModelConfig
-    tasks: list[TaskConfig] = Field(min_length=1)
+    output_dir: ConfigPath = Field(description="the checkpoint, metrics.json, results.md and figures go here")
+    model: ModelConfig = Field(description="the CLIP model fine-tuned")
+    tasks: list[TaskConfig] = Field(min_length=1, description="the sequence, trained in this order")
     method: MethodConfig = MethodConfig()
     training: TrainingConfig = TrainingConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     checkpoint_every: int = Field(default=200, ge=1, description="iterations; a checkpoint also follows each task")
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    seed: int = Field(default=0, ge=0)
-    progress: bool = True
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto = CUDA if there is one, else CPU"
+    )
+    seed: int = Field(default=0, ge=0, description="random initial weights and the order of every batch stream")
+    progress: bool = Field(default=True, description="progress bars (from one process under torchrun)")
 
     @field_validator("tasks")
     @classmethod
