@@ -22,6 +22,7 @@ from .conftest import FAST_ENV
 pytestmark = pytest.mark.integration
 
 KEY = "alice-key"
+JSON = {"Content-Type": "application/json"}
 FAST = {"seed": 7, "num_inference_steps": 2}  # this service's extensions, as OpenAI's client sends them
 
 
@@ -118,3 +119,38 @@ def test_openapi_describes_its_answers(stack):
         described = spec["paths"]["/v1/images/generations"]["post"]["responses"][str(answer.status_code)]
         schema = described["content"]["application/json"]["schema"]
         jsonschema.validate(answer.json(), {**schema, "components": spec["components"]})
+
+
+def test_the_official_clients_retries_join_the_first_job(tmp_path, model_home):
+    """No worker, a short wait: OpenAI's client retries each 504 without an Idempotency-Key; one job is made."""
+    env = {"GIFT_HOME": str(model_home), **FAST_ENV, "GIFT_API_KEYS": f"alice:{KEY}", "GIFT_IMAGES_WAIT_SECONDS": "1"}
+    with LocalStack(tmp_path / "stack", env=env) as stack:
+        stack.redis.start()  # type: ignore[union-attr]  # a stack made without a URL has its own
+        stack.start_api()
+        sdk = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY, max_retries=2, timeout=60)
+        with sdk, pytest.raises(openai.InternalServerError) as timed_out:
+            sdk.images.generate(prompt="a cat")
+        assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
+        api_log = stack.api.log.read_text()  # type: ignore[union-attr]
+        assert api_log.count("idempotency key answered with it") == 2, "the client's two retries joined the job"
+        jobs = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        assert len([key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "message", "param"),
+    [
+        (b'{"prompt": "' + b"x" * 1001 + b'"}', JSON, "prompt: 1001 characters", "prompt"),
+        (b"not json", JSON, "the body is not valid JSON", None),
+        (b'{"prompt": "a cat"}', {}, "Content-Type: application/json", None),
+        (b'{"prompt": "a cat", "size": "30x30"}', JSON, "size: expected 'WxH'", "size"),
+        (b'{"prompt": "a cat", "n": 2, "seed": 9223372036854775807}', JSON, "seed: images use seed + i", "seed"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_field_as_this_route_calls_it(stack, content, headers, message, param):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    answer = httpx.post(f"{stack.api_url}/v1/images/generations", content=content, headers={**auth, **headers})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["message"].startswith(message) or message in error["message"], error
+    assert error["param"] == param and not error["message"].startswith("Value error"), error
