@@ -173,6 +173,7 @@ class _Server(uvicorn.Server):
 
 def serve(host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO line per request quotes a webhook's user:password
     app = create_app()
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     app.state.server = server
