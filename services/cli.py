@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a diffusers pipeline directory to serve under NAME (repeatable); a job that names no model gets the "
-        "API's GIFT_DEFAULT_MODEL, so serve that name too or have clients name a model",
+        help="a diffusers pipeline directory to serve under NAME (repeatable; none: GIFT_MODELS, else every "
+        "installed plugin's model, e.g. tinyworld). A job that names no model gets the API's GIFT_DEFAULT_MODEL: "
+        "serve that name too, or have clients name a model",
     )
     worker.add_argument(
         "--batch-size", type=int, default=None, help="images per pipeline call, at least 1 (overrides GIFT_BATCH_SIZE)"
