@@ -127,14 +127,22 @@ def test_the_official_clients_retries_join_the_first_job(tmp_path, model_home):
     with LocalStack(tmp_path / "stack", env=env) as stack:
         stack.redis.start()  # type: ignore[union-attr]  # a stack made without a URL has its own
         stack.start_api()
-        sdk = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY, max_retries=2, timeout=60)
-        with sdk, pytest.raises(openai.InternalServerError) as timed_out:
-            sdk.images.generate(prompt="a cat")
-        assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
-        api_log = stack.api.log.read_text()  # type: ignore[union-attr]
-        assert api_log.count("idempotency key answered with it") == 2, "the client's two retries joined the job"
         jobs = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-        assert len([key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]) == 1
+        sdk = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY, max_retries=2, timeout=60)
+        with sdk:
+            with pytest.raises(openai.InternalServerError) as timed_out:
+                sdk.images.generate(prompt="a cat")
+            assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
+            api_log = stack.api.log.read_text()  # type: ignore[union-attr]
+            assert api_log.count("idempotency key answered with it") == 2, "the client's two retries joined the job"
+            (made,) = [key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]
+            auth = {"Authorization": f"Bearer {KEY}"}
+            cancelled = httpx.delete(f"{stack.api_url}/v1/jobs/{made.rsplit(':', 1)[1]}", headers=auth)
+            assert cancelled.json()["status"] == "cancelled"
+            with pytest.raises(openai.InternalServerError) as again:
+                sdk.with_options(max_retries=0).images.generate(prompt="a cat")
+            assert again.value.status_code == 504, "a cancelled job is not joined: the request makes a new one"
+        assert len([key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]) == 2
 
 
 @pytest.mark.parametrize(

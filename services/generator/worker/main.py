@@ -53,8 +53,10 @@ class Worker:
         self.batch_size = settings.batch_size
         self.model_batch_sizes = {name: m.batch_size for name, m in models.items() if m.batch_size}
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
-        self.blobs = Redis.from_url(settings.redis_url, socket_timeout=30)
+        # A connect that gets no answer gives up after 5 s, so that a stop is not held up by a Redis that is away.
+        timeouts = {"socket_timeout": 30, "socket_connect_timeout": 5}
+        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
+        self.blobs = Redis.from_url(settings.redis_url, **timeouts)
         self.blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)
         self.queue = WorkerQueue(self.redis, settings, self.consumer, self.blob_store)
         self.backlog = Backlog()
