@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -135,14 +137,33 @@ def test_the_official_clients_retries_join_the_first_job(tmp_path, model_home):
             assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
             api_log = stack.api.log.read_text()  # type: ignore[union-attr]
             assert api_log.count("idempotency key answered with it") == 2, "the client's two retries joined the job"
-            (made,) = [key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]
+            (made,) = _job_keys(jobs)
             auth = {"Authorization": f"Bearer {KEY}"}
             cancelled = httpx.delete(f"{stack.api_url}/v1/jobs/{made.rsplit(':', 1)[1]}", headers=auth)
             assert cancelled.json()["status"] == "cancelled"
             with pytest.raises(openai.InternalServerError) as again:
                 sdk.with_options(max_retries=0).images.generate(prompt="a cat")
             assert again.value.status_code == 504, "a cancelled job is not joined: the request makes a new one"
-        assert len([key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2]) == 2
+            assert len(_job_keys(jobs)) == 2
+            args = (jobs, _job_keys(jobs), stack.api_url, auth)
+            canceller = threading.Thread(target=_cancel_the_next_job, args=args)
+            canceller.start()
+            with pytest.raises(openai.ConflictError):  # cancelled while waited for: told not to retry
+                sdk.images.generate(prompt="a dog")
+            canceller.join()
+        assert len(_job_keys(jobs)) == 3, "the 409 was not retried: a retry would have made a fourth job"
+
+
+def _job_keys(jobs: redis.Redis) -> set[str]:
+    return {key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2}
+
+
+def _cancel_the_next_job(jobs: redis.Redis, before: set[str], api: str, auth: dict[str, str]) -> None:
+    deadline = time.monotonic() + 10
+    while not (new := _job_keys(jobs) - before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for key in new:
+        httpx.delete(f"{api}/v1/jobs/{key.rsplit(':', 1)[1]}", headers=auth)
 
 
 @pytest.mark.parametrize(
