@@ -171,6 +171,7 @@ def _cancel_the_next_job(jobs: redis.Redis, before: set[str], api: str, auth: di
     [
         (b'{"prompt": "' + b"x" * 1001 + b'"}', JSON, "prompt: 1001 characters", "prompt"),
         (b"not json", JSON, "the body is not valid JSON", None),
+        (b"[]", JSON, "the body: Input should be a valid dictionary", None),
         (b'{"prompt": "a cat"}', {}, "Content-Type: application/json", None),
         (b'{"prompt": "a cat", "size": "30x30"}', JSON, "size: expected 'WxH'", "size"),
         (b'{"prompt": "a cat", "n": 2, "seed": 9223372036854775807}', JSON, "seed: images use seed + i", "seed"),

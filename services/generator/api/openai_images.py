@@ -156,7 +156,8 @@ def _invalid(error: RequestValidationError, request: Request) -> tuple[str, str 
     if not fields:
         if "application/json" not in request.headers.get("content-type", ""):
             return "the body must be a JSON object sent with the header 'Content-Type: application/json'", None
-        return _in_route_terms(message)
+        message, param = _in_route_terms(message)  # a rule across fields names its field first, as "seed: ..."
+        return (message if param else f"the body: {message}"), param
     return f"{'.'.join(fields)}: {message}", fields[0]
 
 
