@@ -31,8 +31,9 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
+from gift_common.errors import UserError
 from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus, ModelInfo
-from gift_common.settings import Settings
+from gift_common.settings import HTTP_SCHEMES, ClientSettings, checked_url, load
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_DELAY = 30.0  # seconds; also caps a server's Retry-After so that a client never stalls for long
@@ -430,9 +431,13 @@ class _ClientBase:
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if base_url is None or api_key is None:
-            settings = Settings()
+            settings = load(ClientSettings)
             base_url = settings.generator_url if base_url is None else base_url
             api_key = settings.api_key if api_key is None else api_key
+        try:  # a URL without its scheme would be retried as if the server were down
+            checked_url(base_url, HTTP_SCHEMES)
+        except ValueError as error:
+            raise UserError(f"the generator's URL {error}") from None
         self._ops = _Protocol(base_url, timeout=timeout, retries=retries, backoff=backoff)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         plain_http = urlsplit(base_url).scheme == "http"  # no TLS: skip loading the CA bundle (tens of ms)

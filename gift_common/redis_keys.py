@@ -13,6 +13,7 @@ PREFIX = "{gift}"
 
 MODELS = f"{PREFIX}:models"  # hash: model name -> ModelInfo JSON + fingerprint, written by workers
 WORKERS = f"{PREFIX}:workers"  # zset: worker id -> last heartbeat (unix seconds)
+MODELS_SEEN = f"{PREFIX}:models:seen"  # hash: model name -> last heartbeat of a worker serving it (unix seconds)
 STATS = f"{PREFIX}:stats"  # hash: counter and histogram-bucket name -> value, written by workers
 JOB_ENDED = f"{PREFIX}:job-ended"  # pub/sub channel: a job id, published when the job ends
 JOB_PROGRESS = f"{PREFIX}:job-progress"  # pub/sub channel: a job id, published when images of it are recorded

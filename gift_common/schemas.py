@@ -51,7 +51,8 @@ HttpUrl = Annotated[
 ]
 Integer = Annotated[int, BeforeValidator(_not_bool)]
 Number = Annotated[float, BeforeValidator(_not_bool)]
-Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
+MAX_SEED = 2**63 - 1
+Seed = Annotated[Integer, Field(ge=0, le=MAX_SEED)]
 # A prompt must hold a character that str.strip() keeps; the pattern says so in the JSON schema (JSON Schema's \s
 # lacks \x1c-\x1f and \x85, which strip() removes), the validator below says it with the prompt's index.
 Prompt = Annotated[Text, Field(json_schema_extra={"pattern": r"[^\s\x1c-\x1f\x85]"})]
@@ -74,6 +75,16 @@ class CacheScope(StrEnum):
 
     deployment = "deployment"
     tenant = "tenant"
+
+
+def check_seed_run(seed: int, count: int) -> None:
+    """Images use ``seed``, ``seed + 1``, ...: each must be a seed this API accepts, so that any reported seed can be
+    sent back."""
+    if seed + count - 1 > MAX_SEED:
+        raise ValueError(
+            f"seed: images use seed + i, so with {count} images seed may be at most {MAX_SEED - count + 1} "
+            f"(2^63 - {count}), not {seed}"
+        )
 
 
 class JobRequest(BaseModel):
@@ -112,9 +123,12 @@ class JobRequest(BaseModel):
             raise ValueError(
                 f"seeds has {len(self.seeds)} entries but prompts has {len(self.prompts)}; they must match"
             )
+        if self.seeds is None:
+            check_seed_run(self.seed, len(self.prompts))
         return self
 
     def seed_of(self, index: int) -> int:
+        """Image ``index``'s seed: always one this API accepts back (0 to MAX_SEED)."""
         return self.seeds[index] if self.seeds is not None else self.seed + index
 
     def cache_owner(self, tenant: str) -> str | None:

@@ -1,29 +1,80 @@
-"""Every setting of every process, read once from the environment (prefix ``GIFT_``).
+"""The settings of each process, read once from the environment (prefix ``GIFT_``).
 
-One class so that the API, the worker, the client and docker-compose agree on names: the compose test
-checks that every variable the compose file sets is a field here.
+Each process reads and checks only the settings it uses (``ApiSettings``, ``WorkerSettings``, ``ClientSettings``,
+``HomeSettings``), so a malformed variable of one role never stops another: a client does not care about a bad
+``GIFT_API_KEYS``. ``Settings`` is every one of them, the list that the docs and docker-compose are checked against.
+``load`` turns a malformed variable into one line that names it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gift_common.errors import UserError
 from gift_common.schemas import CacheScope
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+HTTP_SCHEMES = ("http", "https")
 
-class Settings(BaseSettings):
+
+class _FromEnvironment(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GIFT_", extra="ignore")
 
-    # --- shared ---------------------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+
+class HomeSettings(_FromEnvironment):
+    """Where a process keeps local caches and built models (the trainer's synthetic sets, a worker's models)."""
+
     home: Path = Field(default=Path.home() / ".cache" / "gift", description="local caches and built models")
 
-    # --- API --------------------------------------------------------------------------------------
+
+class ClientSettings(_FromEnvironment):
+    """What a client of the API reads (gift_common.client; the trainer)."""
+
+    generator_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
+    @field_validator("generator_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return checked_url(value, HTTP_SCHEMES)
+
+
+class QueueSettings(HomeSettings):
+    """The job queue and the image store, which the API and the workers share."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    chunk_size: int = Field(default=8, ge=1, description="images per stream entry")
+    claim_timeout_seconds: float = Field(default=60.0, gt=0, description="idle time before work is taken over")
+    max_deliveries: int = Field(default=5, ge=1, description="a chunk delivered this often fails its job")
+    image_ttl_seconds: int = 7 * 24 * 3600
+    job_ttl_seconds: int = 7 * 24 * 3600
+    blob_store: str = Field(default="redis", description="where PNG bytes live: redis, file:///DIR, s3://BUCKET/PREFIX")
+    s3_endpoint_url: str | None = Field(default=None, description="an S3-compatible store's URL; unset: AWS S3")
+    blob_sweep_seconds: float = Field(default=3600.0, gt=0, description="how often a worker deletes expired bytes")
+    blob_grace_seconds: float = Field(default=600.0, ge=0, description="bytes younger than this are never swept")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return checked_url(value, REDIS_SCHEMES)
+
+    def redis_location(self) -> str:
+        """Where Redis is, for logs: without the user and password a URL may hold."""
+        return without_credentials(self.redis_url)
+
+    def blob_store_location(self) -> str:
+        return without_credentials(self.blob_store)
+
+
+class ApiSettings(QueueSettings):
+    """The API process's settings."""
+
     api_keys: str | None = Field(default=None, description="comma-separated tenant:key pairs; unset = no auth")
     default_model: str = "tinyworld"
     max_prompts_per_job: int = 4096
@@ -57,18 +108,27 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="longest silence of an event stream before a comment line keeps it open"
     )
 
-    # --- queue and storage ------------------------------------------------------------------------
-    chunk_size: int = Field(default=8, ge=1, description="images per stream entry")
-    claim_timeout_seconds: float = Field(default=60.0, gt=0, description="idle time before work is taken over")
-    max_deliveries: int = Field(default=5, ge=1, description="a chunk delivered this often fails its job")
-    image_ttl_seconds: int = 7 * 24 * 3600
-    job_ttl_seconds: int = 7 * 24 * 3600
-    blob_store: str = Field(default="redis", description="where PNG bytes live: redis, file:///DIR, s3://BUCKET/PREFIX")
-    s3_endpoint_url: str | None = Field(default=None, description="an S3-compatible store's URL; unset: AWS S3")
-    blob_sweep_seconds: float = Field(default=3600.0, gt=0, description="how often a worker deletes expired bytes")
-    blob_grace_seconds: float = Field(default=600.0, ge=0, description="bytes younger than this are never swept")
+    @field_validator("api_keys", "webhook_secrets")
+    @classmethod
+    def _pairs_well_formed(cls, value: str | None) -> str | None:
+        if value:
+            parse_tenant_pairs(value)
+        return value
 
-    # --- worker -----------------------------------------------------------------------------------
+    def tenants_by_key(self) -> dict[str, str]:
+        """Map each bearer key to its tenant; empty when auth is off."""
+        pairs = parse_tenant_pairs(self.api_keys) if self.api_keys else []
+        return {key: tenant for tenant, key in pairs}
+
+    def webhook_secret_of(self, tenant: str) -> str | None:
+        """The secret that signs the tenant's webhooks; None when the tenant has none (then it may not ask for one)."""
+        pairs = parse_tenant_pairs(self.webhook_secrets) if self.webhook_secrets else []
+        return dict(pairs).get(tenant)
+
+
+class WorkerSettings(QueueSettings):
+    """A worker process's settings."""
+
     models: str | None = Field(default=None, description="NAME=DIR,... served when --model is not given")
     batch_size: int = Field(default=16, ge=1)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
@@ -80,39 +140,56 @@ class Settings(BaseSettings):
     )
     compile_unet: bool = Field(default=False, description="torch.compile each UNet, warmed up at load")
 
-    # --- client -----------------------------------------------------------------------------------
-    generator_url: str = "http://127.0.0.1:8000"
-    api_key: str | None = None
 
-    @field_validator("api_keys", "webhook_secrets")
-    @classmethod
-    def _pairs_well_formed(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value:
-            parse_tenant_pairs(value, f"GIFT_{(info.field_name or '').upper()}")
-        return value
-
-    def tenants_by_key(self) -> dict[str, str]:
-        """Map each bearer key to its tenant; empty when auth is off."""
-        pairs = parse_tenant_pairs(self.api_keys, "GIFT_API_KEYS") if self.api_keys else []
-        return {key: tenant for tenant, key in pairs}
-
-    def webhook_secret_of(self, tenant: str) -> str | None:
-        """The secret that signs the tenant's webhooks; None when the tenant has none (then it may not ask for one)."""
-        pairs = parse_tenant_pairs(self.webhook_secrets, "GIFT_WEBHOOK_SECRETS") if self.webhook_secrets else []
-        return dict(pairs).get(tenant)
+class Settings(ApiSettings, WorkerSettings, ClientSettings):
+    """Every setting of every process: the one list that docs/API.md and docker-compose.yml are checked against."""
 
 
-def parse_tenant_pairs(value: str, variable: str) -> list[tuple[str, str]]:
-    """``tenant:value,...`` as (tenant, value) pairs; a malformed entry is an error naming the variable."""
+def parse_tenant_pairs(value: str) -> list[tuple[str, str]]:
+    """``tenant:value,...`` as (tenant, value) pairs. A malformed entry is named by its place, not quoted: its
+    text may be a key or a secret, and the error is printed."""
     pairs = []
-    for pair in filter(None, (p.strip() for p in value.split(","))):
+    for number, pair in enumerate(filter(None, (p.strip() for p in value.split(","))), start=1):
         tenant, sep, secret = pair.partition(":")
         if not sep or not tenant or not secret:
-            raise ValueError(f"{variable} entry {pair!r} is not of the form tenant:value")
+            raise ValueError(f"entry {number} is not of the form tenant:value")
         pairs.append((tenant, secret))
     return pairs
 
 
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+def checked_url(url: str, schemes: tuple[str, ...]) -> str:
+    """``url`` when it starts with one of ``schemes``; the error names the schemes, not the URL (which may hold a
+    password)."""
+    if urlsplit(url).scheme not in schemes or "://" not in url:
+        raise ValueError(f"must start with {' or '.join(f'{scheme}://' for scheme in schemes)}")
+    return url
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without the ``user:password@`` it may hold, for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S], flags: Mapping[str, tuple[str, Any]] | None = None) -> S:
+    """``cls`` read from the environment; a malformed variable is one UserError naming it, never its value.
+
+    ``flags`` maps a setting to the command-line option that overrides its variable and the option's value: the
+    value is checked by the same rule, and an error names the option.
+    """
+    flags = flags or {}
+    try:
+        return cls(**{name: value for name, (_, value) in flags.items()})
+    except ValidationError as error:
+        raise UserError("; ".join(_problem(issue, flags) for issue in error.errors())) from None
+
+
+def _problem(issue: Mapping[str, Any], flags: Mapping[str, tuple[str, Any]]) -> str:
+    name = str(issue["loc"][0]) if issue["loc"] else ""
+    source = flags[name][0] if name in flags else f"GIFT_{name.upper()}"
+    return f"{source}: {str(issue['msg']).removeprefix('Value error, ')}"

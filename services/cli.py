@@ -68,6 +68,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _folder(text: str) -> Path:
+    """A folder to write into: it may not exist yet, but it may not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return path
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples, and fills in `{presets}` when help is asked for: the
     presets' module loads torch, which parsing must not (the API's command runs without it)."""
@@ -121,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a diffusers pipeline directory to serve under NAME (repeatable); the first is the default",
+        help="a diffusers pipeline directory to serve under NAME (repeatable; none: GIFT_MODELS, else every "
+        "installed plugin's model, e.g. tinyworld). A job that names no model gets the API's GIFT_DEFAULT_MODEL: "
+        "serve that name too, or have clients name a model",
     )
     worker.add_argument(
-        "--batch-size", type=int, default=None, help="images per pipeline call; default: GIFT_BATCH_SIZE"
+        "--batch-size", type=int, default=None, help="images per pipeline call, at least 1 (overrides GIFT_BATCH_SIZE)"
     )
     worker.set_defaults(func=_worker)
     _explain(
@@ -153,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the embedded default end to end")
     demo.add_argument(
-        "--out", type=Path, default=Path("demo-out"), help="folder for the reports (default: %(default)s)"
+        "--out", type=_folder, default=Path("demo-out"), help="folder for the reports (default: %(default)s)"
     )
     # Smaller values give a quicker, noisier look; unset ones keep the demo's defaults (services/demo.py).
     demo.add_argument("--iterations", type=_positive, help="training steps per task")
@@ -182,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "standins", help="write SD v1.5 and ViT-B-16-quickgelu with random weights (nothing downloaded)"
     )
     standins.add_argument(
-        "--out", type=Path, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
+        "--out", type=_folder, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
     )
     standins.set_defaults(func=_standins)
     _explain(
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fixtures = rehearsal.add_parser("fixtures", help="tiny copies of the eleven MTIL datasets in torchvision's layouts")
-    fixtures.add_argument("--out", type=Path, required=True, help="the root of every MTIL task")
+    fixtures.add_argument("--out", type=_folder, required=True, help="the root of every MTIL task")
     fixtures.add_argument("--per-class", type=_positive, default=2, help="images per class and split")
     fixtures.set_defaults(func=_fixtures)
     _explain(
@@ -204,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = rehearsal.add_parser("run", help="an MTIL order end to end on stand-ins, a kill -9 and --resume included")
-    run.add_argument("--out", type=Path, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
+    run.add_argument("--out", type=_folder, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
     run.add_argument("--order", type=int, choices=(1, 2), default=1, help="configs/mtil_order{1,2}.yaml")
     # Unset sizes keep the rehearsal's defaults (services/rehearsal/run.py: Sizes).
     run.add_argument("--iterations", type=_positive, help="training steps per task")

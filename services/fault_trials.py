@@ -298,6 +298,7 @@ def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread:
     most ``limit`` may be accepted. The stack's API must run with GIFT_MAX_QUEUED_JOBS_PER_TENANT=limit."""
     admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     admin.hset(redis_keys.MODELS, IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
+    admin.hset(redis_keys.MODELS_SEEN, IDLE_MODEL, time.time() + 3600)  # as if a live worker served it
     burst, lock, accepted = Burst(limit), threading.Lock(), []
     start = threading.Barrier(threads)
 

@@ -11,6 +11,7 @@ Under torchrun every process trains; only process 0 writes files.
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
@@ -293,12 +294,21 @@ def build_model(config: RunConfig, device: torch.device) -> nn.Module:
         model = create_model(config.model.architecture, config.model.pretrained, device=device)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"model: {error}") from None
+    except (pickle.UnpicklingError, EOFError):  # torch's own message advises weights_only=False: never here
+        raise UserError(f"model: {config.model.pretrained} is not a weights file torch can read safely (a state "
+                        "dict saved with torch.save, or .safetensors)") from None  # fmt: skip
     except RuntimeError as error:  # e.g. a weights file of another architecture
         raise UserError(f"model: cannot load {config.model.pretrained} into {config.model.architecture}: "
-                        f"{str(error).splitlines()[0]}") from None  # fmt: skip
+                        f"{shortened(error)}") from None  # fmt: skip
     if config.training.grad_checkpointing:  # only ever on: open_clip's HF text tower turns it on for False too
         model.set_grad_checkpointing()
     return model
+
+
+def shortened(error: Exception, limit: int = 300) -> str:
+    """An error's message on one line, cut to ``limit`` characters (torch lists every missing key)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def outcome_settings(config: RunConfig) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from gift_common.errors import UserError
 from gift_common.files import atomic_write
 from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
-from gift_common.settings import Settings
+from gift_common.settings import HomeSettings, load
 from services.trainer import distributed
 from services.trainer.fields import DEFAULT_TEMPLATE
 from services.trainer.plugins import ConceptList, ReplaySource
@@ -333,7 +333,7 @@ class SyntheticSets:
 
 
 def default_cache_dir(settings: SyntheticConfig) -> Path:
-    return settings.cache_dir or Settings().home / "synthetic"
+    return settings.cache_dir or load(HomeSettings).home / "synthetic"
 
 
 def generator_sets(requests: Mapping[str, JobRequest], settings: SyntheticConfig) -> SyntheticSets:

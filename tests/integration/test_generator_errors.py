@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import httpx
 import jsonschema
@@ -24,7 +25,7 @@ LIMITS = {
     "GIFT_MAX_PROMPT_CHARS": "50",
     "GIFT_MAX_BODY_BYTES": "20000",
 }
-IDLE_MODEL = "idle-model"  # registered, served by no worker: its jobs stay queued
+IDLE_MODEL = "idle-model"  # registered, and seen served for an hour by a worker that never reads: jobs stay queued
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def api(stack, tmp_path_factory):
     wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
     entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
     redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS, IDLE_MODEL, json.dumps(entry))
+    redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS_SEEN, IDLE_MODEL, time.time() + 3600)
     yield url
     process.stop()
 
@@ -89,7 +91,7 @@ def test_every_v1_route_refuses_every_bad_credential_and_hides_other_tenants_job
         ({"prompts": ["x"], "guidance_scale": 31}, "guidance_scale", "less than or equal to 30"),
         ({"prompts": ["x"], "height": 30}, "height", "multiple of 8"),
         ({"prompts": ["x"], "width": 4096}, "width", "less than or equal to 2048"),
-        ({"prompts": ["x"], "model": "nope"}, "model", "unknown model"),
+        ({"prompts": ["x"], "model": "nope"}, "model", "no live worker serves 'nope'; live workers serve: "),
         ({"prompts": ["x"], "colour": "red"}, "colour", "Extra inputs are not permitted"),
     ],
 )

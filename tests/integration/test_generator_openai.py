@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +24,7 @@ from .conftest import FAST_ENV
 pytestmark = pytest.mark.integration
 
 KEY = "alice-key"
+JSON = {"Content-Type": "application/json"}
 FAST = {"seed": 7, "num_inference_steps": 2}  # this service's extensions, as OpenAI's client sends them
 
 
@@ -118,3 +121,66 @@ def test_openapi_describes_its_answers(stack):
         described = spec["paths"]["/v1/images/generations"]["post"]["responses"][str(answer.status_code)]
         schema = described["content"]["application/json"]["schema"]
         jsonschema.validate(answer.json(), {**schema, "components": spec["components"]})
+
+
+def test_the_official_clients_retries_join_the_first_job(tmp_path, model_home):
+    """No worker, a short wait: OpenAI's client retries each 504 without an Idempotency-Key; one job is made."""
+    env = {"GIFT_HOME": str(model_home), **FAST_ENV, "GIFT_API_KEYS": f"alice:{KEY}", "GIFT_IMAGES_WAIT_SECONDS": "1"}
+    with LocalStack(tmp_path / "stack", env=env) as stack:
+        stack.redis.start()  # type: ignore[union-attr]  # a stack made without a URL has its own
+        stack.start_api()
+        jobs = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+        sdk = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY, max_retries=2, timeout=60)
+        with sdk:
+            with pytest.raises(openai.InternalServerError) as timed_out:
+                sdk.images.generate(prompt="a cat")
+            assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
+            api_log = stack.api.log.read_text()  # type: ignore[union-attr]
+            assert api_log.count("idempotency key answered with it") == 2, "the client's two retries joined the job"
+            (made,) = _job_keys(jobs)
+            auth = {"Authorization": f"Bearer {KEY}"}
+            cancelled = httpx.delete(f"{stack.api_url}/v1/jobs/{made.rsplit(':', 1)[1]}", headers=auth)
+            assert cancelled.json()["status"] == "cancelled"
+            with pytest.raises(openai.InternalServerError) as again:
+                sdk.with_options(max_retries=0).images.generate(prompt="a cat")
+            assert again.value.status_code == 504, "a cancelled job is not joined: the request makes a new one"
+            assert len(_job_keys(jobs)) == 2
+            args = (jobs, _job_keys(jobs), stack.api_url, auth)
+            canceller = threading.Thread(target=_cancel_the_next_job, args=args)
+            canceller.start()
+            with pytest.raises(openai.ConflictError):  # cancelled while waited for: told not to retry
+                sdk.images.generate(prompt="a dog")
+            canceller.join()
+        assert len(_job_keys(jobs)) == 3, "the 409 was not retried: a retry would have made a fourth job"
+
+
+def _job_keys(jobs: redis.Redis) -> set[str]:
+    return {key for key in jobs.scan_iter(redis_keys.job("*")) if key.count(":") == 2}
+
+
+def _cancel_the_next_job(jobs: redis.Redis, before: set[str], api: str, auth: dict[str, str]) -> None:
+    deadline = time.monotonic() + 10
+    while not (new := _job_keys(jobs) - before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for key in new:
+        httpx.delete(f"{api}/v1/jobs/{key.rsplit(':', 1)[1]}", headers=auth)
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "message", "param"),
+    [
+        (b'{"prompt": "' + b"x" * 1001 + b'"}', JSON, "prompt: 1001 characters", "prompt"),
+        (b"not json", JSON, "the body is not valid JSON", None),
+        (b"[]", JSON, "the body: Input should be a valid dictionary", None),
+        (b'{"prompt": "a cat"}', {}, "Content-Type: application/json", None),
+        (b'{"prompt": "a cat", "size": "30x30"}', JSON, "size: expected 'WxH'", "size"),
+        (b'{"prompt": "a cat", "n": 2, "seed": 9223372036854775807}', JSON, "seed: images use seed + i", "seed"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_field_as_this_route_calls_it(stack, content, headers, message, param):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    answer = httpx.post(f"{stack.api_url}/v1/images/generations", content=content, headers={**auth, **headers})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["message"].startswith(message) or message in error["message"], error
+    assert error["param"] == param and not error["message"].startswith("Value error"), error

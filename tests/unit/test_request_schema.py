@@ -56,3 +56,11 @@ def test_no_header_of_the_openapi_may_be_null():
     assert {name for _, name, _ in headers} == {"Idempotency-Key", "last-event-id"}
     for path, name, schema in headers:
         assert schema["type"] == "string" and "anyOf" not in schema, (path, name, schema)
+
+
+def test_every_seed_a_job_reports_is_one_it_accepts_back():
+    top = 2**63 - 1
+    assert JobRequest(prompts=["a", "b"], seed=top - 1).seed_of(1) == top
+    with pytest.raises(ValidationError, match="with 2 images seed may be at most 9223372036854775806"):
+        JobRequest(prompts=["a", "b"], seed=top)
+    assert JobRequest(prompts=["a", "b"], seeds=[top, top]).seed_of(1) == top, "explicit seeds are each checked"

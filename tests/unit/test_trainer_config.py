@@ -222,3 +222,21 @@ def test_grad_checkpointing_reaches_both_towers(tmp_path: Path) -> None:
             parse_config({**data, "training": {"grad_checkpointing": on}}, base=tmp_path), torch.device("cpu")
         )
         assert model.transformer.grad_checkpointing is model.visual.transformer.grad_checkpointing is on
+
+
+def test_weights_that_are_not_a_state_dict_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "garbage.bin").write_bytes(bytes(range(256)) * 8)
+    data = {**MINIMAL, "model": {"architecture": str(write_tiny_arch(tmp_path)), "pretrained": "garbage.bin"}}
+    with pytest.raises(UserError) as refused:
+        build_model(parse_config(data, base=tmp_path), torch.device("cpu"))
+    assert "garbage.bin is not a weights file torch can read safely" in str(refused.value)
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_state_dict_of_other_keys_says_which(tmp_path: Path) -> None:
+    torch.save({"not.a.clip.key": torch.zeros(2)}, tmp_path / "other.pt")
+    data = {**MINIMAL, "model": {"architecture": str(write_tiny_arch(tmp_path)), "pretrained": "other.pt"}}
+    with pytest.raises(UserError) as refused:
+        build_model(parse_config(data, base=tmp_path), torch.device("cpu"))
+    message = str(refused.value)
+    assert "Missing key(s)" in message and not message.endswith(":") and "\n" not in message, message

@@ -24,7 +24,7 @@ class FailingQueue:
 
 
 def _worker(error: Exception) -> Worker:
-    worker = Worker({}, Settings(redis_url="redis://127.0.0.1:9/0"), batch_size=2)
+    worker = Worker({}, Settings(redis_url="redis://127.0.0.1:9/0", batch_size=2))
     worker.queue = FailingQueue(error)  # type: ignore[assignment]
     worker.backlog.add_chunk(tasks("a", 4, entry="1-0"))
     return worker

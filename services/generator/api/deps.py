@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gift_common.settings import Settings
+from gift_common.settings import ApiSettings
 from services.generator.api.jobs import JobService
 
 LOCAL_TENANT = "local"  # the single tenant when GIFT_API_KEYS is unset
@@ -19,8 +19,8 @@ LOCAL_TENANT = "local"  # the single tenant when GIFT_API_KEYS is unset
 _bearer = HTTPBearer(auto_error=False, description="a key from GIFT_API_KEYS")
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings  # set by api/main.py's lifespan; app.state is untyped
+async def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings  # set by api/main.py's lifespan; app.state is untyped
     return settings
 
 
@@ -30,7 +30,7 @@ async def get_jobs(request: Request) -> JobService:
 
 
 async def get_tenant(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: Annotated[ApiSettings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     tenants = settings.tenants_by_key()
@@ -47,6 +47,6 @@ async def get_tenant(
     )
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -8,6 +8,7 @@ workers' registration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
-from gift_common.settings import Settings
+from gift_common.settings import ApiSettings
 from services.generator import replies, stats, store
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.events import JobEvents, wait_for_event
@@ -53,11 +55,12 @@ class JobService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for PNG bytes."""
 
     def __init__(
-        self, redis: Redis, blobs: Redis, settings: Settings, events: JobEvents, blob_store: BlobStore | None = None
+        self, redis: Redis, blobs: Redis, settings: ApiSettings, events: JobEvents, blob_store: BlobStore | None = None
     ):
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
         self.blob_store = blob_store
         self._models: dict[str, RegisteredModel] = {}
+        self._served: set[str] = set()  # the models a live worker serves, read with the registrations
         self._models_read_at = -MODELS_TTL_SECONDS
         self.admission = AdmissionMark(redis, settings.redis_admit_fraction)
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
@@ -71,6 +74,9 @@ class JobService:
         """The workers' registrations, re-read at most every MODELS_TTL_SECONDS unless ``fresh``."""
         if fresh or time.monotonic() - self._models_read_at > MODELS_TTL_SECONDS:
             self._models = await self._read_models()
+            seen = replies.text_hash(await self.redis.hgetall(redis_keys.MODELS_SEEN))
+            since = time.time() - self.settings.worker_seen_seconds
+            self._served = {name for name, at in seen.items() if float(at) >= since}
             self._models_read_at = time.monotonic()
         return self._models
 
@@ -101,22 +107,16 @@ class JobService:
         self._check_limits(request, tenant)
         await self._check_room()
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-        defaults = {
-            "model": request.model or self.settings.default_model,
-            "cache_scope": request.cache_scope or self.settings.cache_scope,
-        }
-        request = request.model_copy(update=defaults)
-        models = await self.registered_models()
-        if request.model not in models:
-            models = await self.registered_models(fresh=True)
-        if request.model not in models and request.model != self.settings.default_model:
-            names = ", ".join(sorted(models)) or "none registered yet"
-            raise JobError(422, f"model: unknown model {request.model!r}; available: {names}")
-        self._check_cost(request, models.get(request.model))
+        model = request.model or self.settings.default_model
+        request = request.model_copy(
+            update={"model": model, "cache_scope": request.cache_scope or self.settings.cache_scope}
+        )
+        models = await self._check_served(model)
+        self._check_cost(request, models.get(model))
 
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()
-        hits = await self._cache_hits(request, models.get(request.model), request.cache_owner(tenant))
+        hits = await self._cache_hits(request, models.get(model), request.cache_owner(tenant))
         fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
         key = (idempotency_key, fingerprint) if idempotency_key else None
@@ -128,6 +128,24 @@ class JobService:
             job_id, tenant, request.model, len(request.prompts), len(hits), len(misses),
         )  # fmt: skip
         return store.status_from({**fields, "done": str(len(hits))}, records)
+
+    async def _check_served(self, name: str) -> dict[str, RegisteredModel]:
+        """Refuse a job that would wait unseen: one for a model no live worker serves while workers live. With no
+        live worker at all, a job for a registered model or the default waits (the service is starting or
+        restarting, and /readyz says so). Returns the registrations."""
+        models = await self.registered_models()
+        if name not in self._served:
+            models = await self.registered_models(fresh=True)
+        if name in self._served:
+            return models
+        if self._served:
+            raise JobError(
+                422, f"model: no live worker serves {name!r}; live workers serve: {', '.join(sorted(self._served))}"
+            )
+        if name not in models and name != self.settings.default_model:
+            names = ", ".join(sorted(models)) or "none yet"
+            raise JobError(422, f"model: unknown model {name!r}: no worker is running; registered before: {names}")
+        return models
 
     def _check_limits(self, request: JobRequest, tenant: str) -> None:
         limit = self.settings.max_prompts_per_job
@@ -269,6 +287,19 @@ class JobService:
             raise JobError(409, f"Idempotency-Key: its job {job_id} expired just now; send the request again")
         log.info("job %s: a submission with its idempotency key answered with it (tenant=%s)", job_id, tenant)
         return status
+
+    async def release_key(self, tenant: str, idempotency_key: str, job_id: str) -> None:
+        """Free the tenant's key of a job that cannot give its images (failed, cancelled, evicted), so that the next
+        submission under the key makes a new job; a key that names another job by now is left alone."""
+        record = redis_keys.idempotency(tenant, idempotency_key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(record)
+            if replies.optional_text(await pipe.hget(record, "job")) != job_id:
+                return
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            pipe.delete(record)
+            with contextlib.suppress(WatchError):  # taken by a concurrent submission meanwhile: it is that one's
+                await pipe.execute()
 
     # --- read ---------------------------------------------------------------------------------------
 

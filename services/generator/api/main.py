@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -18,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.routing import compile_path
 
-from gift_common.settings import Settings, get_settings
+from gift_common.settings import ApiSettings, load
 from services.generator.api.events import JobEvents
 from services.generator.api.jobs import REDIS_FULL, JobError, JobService
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
@@ -43,8 +45,8 @@ def connect(url: str, *, decode: bool) -> Redis:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or load(ApiSettings)
     blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)  # a bad URL stops the start here
 
     @asynccontextmanager
@@ -55,11 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.jobs = JobService(redis, blobs, settings, events, blob_store)
         webhooks = asyncio.create_task(WebhookSender(app.state.jobs).run())
-        auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
-        log.info("generator API ready: redis=%s images=%s auth=%s", settings.redis_url, settings.blob_store, auth)
+        announce = asyncio.create_task(_announce_when_listening(app, redis, settings))
         yield
-        listener.cancel()
-        webhooks.cancel()
+        for task in (listener, webhooks, announce):
+            task.cancel()
         await redis.aclose()
         await blobs.aclose()
 
@@ -83,6 +84,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)
     _headers_never_null(app)
     return app
+
+
+async def _announce_when_listening(app: FastAPI, redis: Redis, settings: ApiSettings) -> None:
+    """Say "ready" once the port is bound (the lifespan starts before it is), and whether Redis answers then."""
+    server: uvicorn.Server | None = getattr(app.state, "server", None)
+    while server is not None and not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        await redis.ping()
+        reached = "answers"
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.AuthenticationError) as error:
+        reached = f"does not answer yet ({type(error).__name__}): new jobs get 503 until it does"
+    where = f" on http://{server.config.host}:{server.config.port}" if server else ""
+    auth = "on" if settings.api_keys else "off (GIFT_API_KEYS unset: local use only)"
+    log.info("generator API ready%s: redis at %s %s, images in %s, auth %s",
+             where, settings.redis_location(), reached, settings.blob_store_location(), auth)  # fmt: skip
 
 
 def _headers_never_null(app: FastAPI) -> None:
@@ -143,6 +160,23 @@ def _unavailable(request: Request, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, remembering a Ctrl-C: the SIGINT it raises again as it exits is swallowed by asyncio's
+    runner, and the command line's status for a Ctrl-C is 130."""
+
+    interrupted = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
+        super().handle_exit(sig, frame)
+
+
 def serve(host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO line per request quotes a webhook's user:password
+    app = create_app()
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    app.state.server = server
+    server.run()
+    if server.interrupted:
+        raise KeyboardInterrupt

@@ -9,6 +9,7 @@ where this API says 422), since that is what OpenAI's clients read; an OpenAI fi
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any, Literal
@@ -17,12 +18,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from redis import exceptions as redis_errors
 from starlette.exceptions import HTTPException
 
-from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text
+from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text, check_seed_run
+from gift_common.settings import ApiSettings
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.jobs import JobError
 from services.generator.api.routes import ERRORS, IdempotencyKey, error_doc
@@ -58,6 +60,11 @@ class ImageGenerationRequest(BaseModel):
         if style is not None:
             raise ValueError("this service has no styles; leave style out")
         return None
+
+    @model_validator(mode="after")
+    def _seeds_in_range(self) -> ImageGenerationRequest:
+        check_seed_run(self.seed, self.n)
+        return self
 
     @field_validator("size")
     @classmethod
@@ -123,15 +130,35 @@ _KINDS: dict[int, tuple[str, str | None]] = {
     503: ("server_error", "service_unavailable"),
     504: ("server_error", "timeout"),
 }
+NO_RETRY = {"x-should-retry": "false"}  # OpenAI's clients do not retry an answer with this header
 # The fields of a job's limit errors (API.md: "field first") as this route calls them.
 _PARAMS = {"prompts": "prompt", "height": "size", "width": "size"}
 
 
-def _param_of(detail: str) -> str | None:
-    """The field a "field first" detail starts with, as this route calls it; None for a detail that names none
-    (a full queue, a tenant's limit): its first words are no field."""
-    field = detail.partition(":")[0].partition(".")[0].partition(",")[0]
-    return None if " " in field else _PARAMS.get(field, field)
+def _in_route_terms(detail: str) -> tuple[str, str | None]:
+    """A "field first" detail of POST /v1/jobs as this route says it (``prompts.0: ...`` is ``prompt: ...``), and
+    the field it names first; None for a detail that names none (a full queue, a tenant's limit)."""
+    head, sep, rest = detail.partition(": ")
+    fields = head.split(", ")
+    if not sep or any(" " in field for field in fields):
+        return detail, None
+    named = list(dict.fromkeys(_PARAMS.get(field.partition(".")[0], field) for field in fields))
+    return f"{', '.join(named)}: {rest}", named[0]
+
+
+def _invalid(error: RequestValidationError, request: Request) -> tuple[str, str | None]:
+    """The message and the field of a body the schema refuses: its first problem, in this route's words."""
+    issue = error.errors()[0]
+    fields = [str(part) for part in issue["loc"][1:]]
+    message = str(issue["msg"]).removeprefix("Value error, ")
+    if issue["type"] == "json_invalid":
+        return f"the body is not valid JSON: {issue.get('ctx', {}).get('error', message)}", None
+    if not fields:
+        if "application/json" not in request.headers.get("content-type", ""):
+            return "the body must be a JSON object sent with the header 'Content-Type: application/json'", None
+        message, param = _in_route_terms(message)  # a rule across fields names its field first, as "seed: ..."
+        return (message if param else f"the body: {message}"), param
+    return f"{'.'.join(fields)}: {message}", fields[0]
 
 
 def _error_response(status: int, message: str, param: str | None, headers: Mapping[str, str] | None) -> JSONResponse:
@@ -151,11 +178,9 @@ class OpenAIErrorRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as error:
-                issue = error.errors()[0]
-                loc = [str(part) for part in issue["loc"][1:]] or [str(issue["loc"][0])]
-                return _error_response(400, f"{'.'.join(loc)}: {issue['msg']}", loc[0], None)
+                return _error_response(400, *_invalid(error, request), None)
             except JobError as error:
-                return _error_response(error.status_code, error.detail, _param_of(error.detail), error.headers)
+                return _error_response(error.status_code, *_in_route_terms(error.detail), error.headers)
             except HTTPException as error:  # the framework's base class: a body it cannot parse raises that one
                 return _error_response(error.status_code, str(error.detail), None, error.headers)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError):
@@ -199,18 +224,40 @@ async def generate_images(
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ImagesResponse:
-    job = await jobs.submit(body.job(), tenant, idempotency_key)
+    request_key = idempotency_key or implicit_key(body.job())
+    job = await jobs.submit(body.job(), tenant, request_key)
+    if idempotency_key is None and job.status in (JobState.failed, JobState.cancelled):
+        await jobs.release_key(tenant, request_key, job.id)  # the same request once failed: this one tries anew
+        job = await jobs.submit(body.job(), tenant, request_key)
+    try:
+        return await _answer(job, body, request, jobs, tenant, settings)
+    except JobError as error:
+        if error.status_code == 410 and idempotency_key is None:
+            await jobs.release_key(tenant, request_key, job.id)  # its bytes are gone: sent again, it makes them anew
+        raise
+
+
+def implicit_key(job: JobRequest) -> str:
+    """The Idempotency-Key of a request sent without one: its job's content. OpenAI's clients retry a 504 or a
+    lost answer without a key; with this, a retry joins the job the first attempt made. The same request sent
+    again later joins it too, which is the same answer: its images depend only on the request."""
+    return "openai-request:" + hashlib.sha256(job.model_dump_json().encode()).hexdigest()
+
+
+async def _answer(
+    job: JobStatus, body: ImageGenerationRequest, request: Request, jobs: JobsDep, tenant: str, settings: ApiSettings
+) -> ImagesResponse:
     done = await jobs.wait(job.id, tenant, settings.images_wait_seconds)
     if done is None or not done.status.terminal:
         raise JobError(
             504,
             f"job {job.id} did not finish within {settings.images_wait_seconds:g} s (GIFT_IMAGES_WAIT_SECONDS); it "
-            f"goes on: GET /v1/jobs/{job.id}, or send this request again once it is done (its images are cached)",
+            f"goes on: GET /v1/jobs/{job.id}; this request sent again without an Idempotency-Key waits for it",
         )
-    if done.status is JobState.failed:
-        raise JobError(500, f"job {job.id} failed: {done.error}")
+    if done.status is JobState.failed:  # OpenAI's clients retry a 500 and a 409 unless told not to
+        raise JobError(500, f"job {job.id} failed: {done.error}", headers=NO_RETRY)
     if done.status is JobState.cancelled:
-        raise JobError(409, f"job {job.id} was cancelled before it finished")
+        raise JobError(409, f"job {job.id} was cancelled before it finished", headers=NO_RETRY)
     data = [await _image(done, index, body.response_format, request, jobs, tenant) for index in range(done.total)]
     return ImagesResponse(created=int(time.time()), data=data)
 

@@ -22,6 +22,7 @@ from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
 from gift_common import redis_keys
+from gift_common.settings import without_credentials
 from services.generator import replies, stats
 from services.generator.api.jobs import JobService
 
@@ -88,7 +89,7 @@ async def post(http: httpx.AsyncClient, webhook: Webhook) -> str | None:
     except Exception as error:  # whatever it is, it is this attempt's error
         return f"{type(error).__name__}: {error}"
     if response.is_success:
-        log.info("webhook of job %s delivered to %s", webhook.job, webhook.url)
+        log.info("webhook of job %s delivered to %s", webhook.job, without_credentials(webhook.url))
         return None
     return f"answered {response.status_code}"
 

@@ -28,7 +28,7 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.errors import UserError
 from gift_common.plugins import Registry
-from gift_common.settings import Settings, get_settings
+from gift_common.settings import WorkerSettings, load
 from services.devices import resolve_device
 from services.generator.blobs import open_blob_store, sweep
 from services.generator.store import RecordOutcome
@@ -43,19 +43,26 @@ REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, re
 RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
+class Stopped(Exception):
+    """A stop was asked for while Redis did not answer: what is in hand is left to the claim timeout."""
+
+
 class Worker:
-    def __init__(self, models: dict[str, synthesis.LoadedModel], settings: Settings, batch_size: int | None = None):
+    def __init__(self, models: dict[str, synthesis.LoadedModel], settings: WorkerSettings):
         self.models, self.settings = models, settings
-        self.batch_size = batch_size or settings.batch_size
+        self.batch_size = settings.batch_size
         self.model_batch_sizes = {name: m.batch_size for name, m in models.items() if m.batch_size}
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=30)
-        self.blobs = Redis.from_url(settings.redis_url, socket_timeout=30)
+        # A connect that gets no answer gives up after 5 s, so that a stop is not held up by a Redis that is away.
+        timeouts = {"socket_timeout": 30, "socket_connect_timeout": 5}
+        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, **timeouts)
+        self.blobs = Redis.from_url(settings.redis_url, **timeouts)
         self.blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)
         self.queue = WorkerQueue(self.redis, settings, self.consumer, self.blob_store)
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
+        self.interrupted = False  # stopped by Ctrl-C, not SIGTERM
         self._held: dict[str, list[str]] = {}
         self._call: tuple[set[str], threading.Event] | None = None  # the pipeline call running: its jobs, its stop
         self._next_reclaim = 0.0
@@ -63,7 +70,11 @@ class Worker:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self._until_redis_answers(self._register)
+        try:
+            self._until_redis_answers(self._register)
+        except Stopped:
+            log.info("worker %s stopped before Redis answered", self.consumer)
+            return
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         if self.blob_store is not None:
@@ -80,6 +91,8 @@ class Worker:
             except REDIS_UNAVAILABLE as error:
                 log.warning("redis unavailable (%s); retrying", unavailable_reason(error))
                 self.stopping.wait(1.0)
+            except Stopped:
+                break
             except Exception:  # a bug must not stop the worker: step released its batch to be taken over
                 log.exception("worker step failed; going on")
                 self.stopping.wait(1.0)
@@ -96,7 +109,7 @@ class Worker:
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
             with contextlib.suppress(*REDIS_UNAVAILABLE):  # the main loop reports it
-                self.queue.heartbeat(self._held)
+                self.queue.heartbeat(self._held, self.models)
                 self._stop_call_if_unwanted()
 
     def _sweep_blobs(self) -> None:
@@ -118,14 +131,16 @@ class Worker:
             call[1].set()
 
     def _until_redis_answers(self, action: Callable[[], T]) -> T:
-        """Run ``action`` until Redis answers: results already made are not thrown away for an outage."""
+        """Run ``action`` until Redis answers: results already made are not thrown away for an outage. A stop asked
+        for meanwhile raises Stopped: a worker that cannot reach Redis must still end when told to."""
         delay = 0.2
         while True:
             try:
                 return action()
             except REDIS_UNAVAILABLE as error:
                 log.warning("redis unavailable (%s); retrying in %.1f s", unavailable_reason(error), delay)
-                time.sleep(delay)
+                if self.stopping.wait(delay):
+                    raise Stopped from None
                 delay = min(delay * 2, 5.0)
 
     # --- one step -------------------------------------------------------------------------------------
@@ -143,7 +158,7 @@ class Worker:
         try:
             if batch:
                 self._make(batch)
-        except REDIS_UNAVAILABLE:
+        except (*REDIS_UNAVAILABLE, Stopped):
             self.backlog.put_back(batch)
             raise
         except Exception:
@@ -313,8 +328,10 @@ def plugin_models(home: Path) -> list[ModelSpec]:
 
 
 def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C, which finish the batch in hand; a second Ctrl-C stops at once (status 130)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
+    flags = {"batch_size": ("--batch-size", batch_size)} if batch_size is not None else {}
+    settings = load(WorkerSettings, flags)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
@@ -324,7 +341,20 @@ def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
         models = plugin_models(settings.home)
     options = synthesis.RuntimeOptions(scheduler=settings.scheduler, compile_unet=settings.compile_unet)
     loaded = {m.name: synthesis.load_model(m.name, m.directory, device, options, m.batch_size) for m in models}
-    worker = Worker(loaded, settings, batch_size)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stopping.set())
+    worker = Worker(loaded, settings)
+    signal.signal(signal.SIGTERM, partial(_stop, worker, "SIGTERM"))
+    signal.signal(signal.SIGINT, partial(_stop, worker, "Ctrl-C"))
     worker.run()
+    if worker.interrupted:
+        raise KeyboardInterrupt  # the command line's status 130, as for any Ctrl-C
+
+
+def _stop(worker: Worker, cause: str, *_: object) -> None:
+    """The first stop finishes the batch in hand and hands the rest over; a second Ctrl-C stops at once."""
+    if worker.stopping.is_set() and cause == "Ctrl-C":
+        log.warning("Ctrl-C again: stopping now; chunks in hand are taken over after GIFT_CLAIM_TIMEOUT_SECONDS")
+        raise KeyboardInterrupt
+    worker.interrupted = worker.interrupted or cause == "Ctrl-C"
+    log.info("%s: finishing the batch in hand, then handing the rest over%s", cause,
+             " (Ctrl-C again stops at once)" if cause == "Ctrl-C" else "")  # fmt: skip
+    worker.stopping.set()

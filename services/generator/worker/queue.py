@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -17,7 +18,7 @@ from redis import exceptions as redis_errors
 
 from gift_common import redis_keys
 from gift_common.schemas import JobRequest, JobState
-from gift_common.settings import Settings
+from gift_common.settings import WorkerSettings
 from services.generator import replies, stats, store
 from services.generator.blobs import BlobName, BlobStore
 
@@ -50,7 +51,7 @@ class Recorded:
 
 
 class WorkerQueue:
-    def __init__(self, redis: Redis, settings: Settings, consumer: str, blob_store: BlobStore | None = None):
+    def __init__(self, redis: Redis, settings: WorkerSettings, consumer: str, blob_store: BlobStore | None = None):
         self.redis, self.settings, self.consumer, self.blob_store = redis, settings, consumer, blob_store
         self._cursor: dict[str, int] = {}
         self._record = redis.register_script(store.RECORD_IMAGES)
@@ -66,11 +67,16 @@ class WorkerQueue:
             log.warning("model %s was registered with other weights; this worker's now take its place", name)
         entry = {"height": height, "width": width, "fingerprint": fingerprint, "stand_in": stand_in}
         self.redis.hset(redis_keys.MODELS, name, json.dumps(entry))
+        self.redis.hset(redis_keys.MODELS_SEEN, name, time.time())
 
-    def heartbeat(self, held: dict[str, list[str]]) -> None:
-        """Say this worker lives and keep its held chunks from looking abandoned (XCLAIM resets idle time)."""
+    def heartbeat(self, held: dict[str, list[str]], models: Iterable[str]) -> None:
+        """Say this worker lives and serves ``models``, and keep its held chunks from looking abandoned (XCLAIM
+        resets idle time)."""
+        now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(redis_keys.WORKERS, {self.consumer: time.time()})
+            pipe.zadd(redis_keys.WORKERS, {self.consumer: now})
+            if seen := {name: str(now) for name in models}:
+                pipe.hset(redis_keys.MODELS_SEEN, mapping=seen)  # type: ignore[arg-type]  # str values are fine
             for job_id, entries in held.items():
                 # ignore: redis-py wants message_ids as an invariant List[StreamIdT], which a list[str] is not
                 pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)  # type: ignore[arg-type]

@@ -91,7 +91,13 @@ def load_model(
         )
     verify_manifest(directory)  # shipped weights: a damaged file is an error, not a model that draws garbage
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError) as error:  # an unreadable model_index.json or component: the user's to fix
+        message = " ".join(str(error).split())
+        raise ModelDirectoryError(
+            f"model {name!r}: {directory} is not a loadable diffusers pipeline: {message[:300]}"
+        ) from None
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     variant = configure_runtime(pipeline, device, options)
