@@ -41,14 +41,14 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _standins(args: argparse.Namespace) -> None:
-    from services.rehearsal.standins import write_standins
+    from services.testing.standins import write_standins
 
     for name, path in write_standins(args.out).items():
         print(f"{name}: {path} (stand-in: random weights)")
 
 
 def _fixtures(args: argparse.Namespace) -> None:
-    from services.rehearsal.fixtures import write_fixtures
+    from services.testing.mtil_fixtures import write_fixtures
 
     print(f"MTIL datasets (tiny copies, drawn pixels): root {write_fixtures(args.out, args.per_class)}")
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = rehearsal.add_parser("run", help="an MTIL order end to end on stand-ins, a kill -9 and --resume included")
     run.add_argument("--out", type=Path, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
-    run.add_argument("--order", type=int, choices=(1, 2), default=1, help="configs/mtil_order{1,2}.yaml")
+    run.add_argument("--order", type=int, choices=(1, 2), default=1, help="the shipped config mtil_order{1,2}")
     # Unset sizes keep the rehearsal's defaults (services/rehearsal/run.py: Sizes).
     run.add_argument("--iterations", type=_positive, help="training steps per task")
     run.add_argument("--pairs", type=_positive, help="synthetic pairs per task")

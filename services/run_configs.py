@@ -1,4 +1,5 @@
-"""Run configs for the runs the demo and the tiny world's sweep start: the embedded default (configs/tinyworld.yaml)
+"""Run configs for the runs the demo and the tiny world's sweep start: the embedded default
+(services/trainer/configs/tinyworld.yaml)
 with its paths made absolute and what a run changes set, so that both commands run the same config the same way."""
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from typing import Any
 
 import yaml
 
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tinyworld.yaml"
+from services.trainer import configs as shipped_configs
+
+BASE_CONFIG = shipped_configs.path("tinyworld")
 SECTIONS = ("training", "synthetic", "evaluation")  # the config's sections a run may change setting by setting
 
 

@@ -67,7 +67,7 @@ def schedule_line(training: dict[str, Any]) -> str:
     training, synthetic = config["training"] | training, config["synthetic"]
     manifest = find_manifest(run_configs.BASE_CONFIG.parent / config["model"]["pretrained"])
     weights = f"tiny world weights {sha256_file(manifest)[:12]}" if manifest else "weights without a manifest"
-    return (f"`configs/tinyworld.yaml` ({weights}), {training['iterations']} iterations per task, batch "
+    return (f"the shipped config `tinyworld` ({weights}), {training['iterations']} iterations per task, batch "
             f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in "
             f"{synthetic['steps']} DPM-Solver++ steps")  # fmt: skip
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gift_common.errors import UserError
-from services.rehearsal.fixtures import label_of, torchvision_names, write_fixtures
+from services.testing.mtil_fixtures import label_of, torchvision_names, write_fixtures
 from services.trainer import datasets
 from services.trainer.config import MTIL_DATASETS, TaskConfig
 
@@ -23,7 +23,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def task(name: str, root: Path) -> TaskConfig:
-    """As configs/mtil_order1.yaml writes a task."""
+    """As the shipped config mtil_order1 writes a task."""
     return TaskConfig(dataset={"type": name, "root": root})
 
 

@@ -10,12 +10,13 @@ import yaml
 
 from gift_common.errors import UserError
 from services.cli import main as cli_main
+from services.testing.trainer import write_tiny_arch
+from services.trainer import configs as shipped_configs
 from services.trainer.config import MTIL_DATASETS, EvaluationConfig, load_config, parse_config
 from services.trainer.main import run_training
 from services.trainer.runner import build_model, changed_settings, outcome_settings
-from tests.unit.test_trainer_models import write_tiny_arch
 
-CONFIGS = Path(__file__).parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {
     "output_dir": "runs/a",
     "model": {"architecture": "arch/tiny.json", "pretrained": "weights.pt"},
@@ -148,9 +149,9 @@ def test_model_mistakes_are_user_errors(tmp_path: Path, model: dict, expected: s
         run_training(write(tmp_path, {**MINIMAL, "model": model}))
 
 
-@pytest.mark.parametrize(("name", "order"), [("mtil_order1.yaml", list(MTIL_DATASETS)), ("mtil_order2.yaml", ORDER_II)])
+@pytest.mark.parametrize(("name", "order"), [("mtil_order1", list(MTIL_DATASETS)), ("mtil_order2", ORDER_II)])
 def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[str]) -> None:
-    config = load_config(CONFIGS / name)
+    config = load_config(shipped_configs.path(name))
     assert [task.dataset.type for task in config.tasks] == order
     assert config.model.architecture.startswith("ViT-B-16") and config.model.pretrained is not None
     assert config.method.preset == "gift" and config.synthetic.size == 1000
@@ -186,9 +187,9 @@ def test_tinyworld_tasks_are_named_after_their_task_and_their_concepts_get_their
 
 @pytest.mark.tinyworld
 def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe() -> None:
-    config = load_config(CONFIGS / "tinyworld.yaml")
+    config = load_config(shipped_configs.path("tinyworld"))
     assert [task.label for task in config.tasks] == ["objects", "textures", "digits", "scenes", "letters", "sketches"]
-    tinyworld = CONFIGS.parent / "plugins" / "tinyworld" / "tinyworld"
+    tinyworld = REPO / "plugins" / "tinyworld" / "tinyworld"
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
     assert Path(str(config.model.pretrained)).resolve() == tinyworld / "weights" / "tiny-clip.pt"
     assert config.method.preset == "gift" and config.synthetic.concepts == "tinyworld"

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.trainer_step import make_task
 from gift_common.errors import UserError
+from services.testing.trainer import make_task
 from services.trainer import engine as engine_module
 from services.trainer import precision as precision_module
 from services.trainer.config import parse_config
