@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gift_common.errors import UserError
+from services.trainer import configs as shipped_configs
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -92,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_worker)
 
     train = commands.add_parser("train", help="one continual fine-tuning run")
-    train.add_argument("--config", type=Path, required=True)
+    train.add_argument(
+        "--config", required=True, metavar="FILE|NAME",
+        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
+    )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.set_defaults(func=_train)
 

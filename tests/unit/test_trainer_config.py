@@ -132,6 +132,39 @@ def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path, capsy
     assert err.count("\n") == 1 and "checkpoint_every: input should be greater than or equal to 1" in err
 
 
+def test_a_shipped_config_by_name_reads_its_paths_against_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config("mtil_order1")
+    assert config.output_dir == tmp_path / "runs" / "mtil_order1_gift"
+    assert config.model.pretrained == tmp_path / "models" / "ViT-B-16-openai" / "open_clip_pytorch_model.bin"
+    assert {task.dataset.root for task in config.tasks} == {tmp_path / "data" / "mtil"}
+    (tmp_path / "mtil_order1").mkdir()  # a file or folder of that name is what the user means
+    with pytest.raises(UserError, match="cannot read config mtil_order1"):
+        load_config("mtil_order1")
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        UserError, match=r"no such file, nor a shipped config of that name \(mtil_order1, mtil_order2, "
+    ):
+        load_config("tinyword")
+    assert {"mtil_order1", "mtil_order2", "tinyworld"} <= set(shipped_configs.names())
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"shipped": "no-such-model"}, "model: unknown shipped CLIP model 'no-such-model'; registered: "),
+        ({"shipped": "tinyworld", "pretrained": "w.pt"}, "model: shipped names the architecture and the weights"),
+    ],
+)
+def test_shipped_model_mistakes_are_one_line(tmp_path: Path, model: dict, expected: str) -> None:
+    assert expected in error_of({**MINIMAL, "model": model}, tmp_path)
+
+
 ORDER_II = ["StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397"]
 ORDER_II += ["Aircraft", "Caltech101", "DTD", "EuroSAT", "CIFAR100"]
 
@@ -187,7 +220,7 @@ def test_tinyworld_tasks_are_named_after_their_task_and_their_concepts_get_their
 
 @pytest.mark.tinyworld
 def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe() -> None:
-    config = load_config(shipped_configs.path("tinyworld"))
+    config = load_config("tinyworld")  # its model is the plugin's, wherever the plugin is installed
     assert [task.label for task in config.tasks] == ["objects", "textures", "digits", "scenes", "letters", "sketches"]
     tinyworld = REPO / "plugins" / "tinyworld" / "tinyworld"
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
