@@ -16,8 +16,9 @@ import torch
 
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine
-from services.trainer.methods import PRESETS, build_terms
+from services.trainer.methods import build_terms
 from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer
+from services.trainer.presets import PRESETS
 
 # A task's classes and a replay set's prompts (some repeated, as a synthetic set's are) for the engine's tests.
 CLASSES = ["cat", "dog", "bird"]

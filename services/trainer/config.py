@@ -8,7 +8,6 @@ names the key path and the rule it breaks, e.g. `tasks[1].lr: input should be gr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -26,22 +25,24 @@ from pydantic import (
 )
 
 from gift_common.errors import UserError
-from gift_common.plugins import Registry
 from services.trainer import configs as shipped_configs
-from services.trainer.context import TeacherMode
-from services.trainer.datasets import MTIL_DATASETS, SOURCES
-from services.trainer.evaluation import PROBES
-from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Positive, Strict, Template, relative_to_config
-from services.trainer.methods import PRESETS, MethodSettings
-from services.trainer.precision import PrecisionName
-from services.trainer.synthetic import CONCEPTS, REPLAY_SOURCES
+from services.trainer.fields import (
+    DEFAULT_TEMPLATE,
+    ConfigPath,
+    Positive,
+    PrecisionName,
+    Strict,
+    TeacherMode,
+    Template,
+    relative_to_config,
+)
+from services.trainer.presets import PRESETS, MethodSettings
+from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
+from services.trainer.sources import MTIL_DATASETS, SOURCES
 
 __all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-
-# CLIP models a plugin installs with itself, as (architecture JSON, weights file): `model: {shipped: NAME}`.
-SHIPPED_MODELS: Registry[Callable[[], tuple[Path, Path]]] = Registry("gift.clip_models", "shipped CLIP model")
 
 
 class ModelConfig(Strict):

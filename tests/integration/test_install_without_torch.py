@@ -2,7 +2,7 @@
 
 A fresh virtual environment gets exactly requirements/api.txt (hashed, no dependency resolution) and the project
 itself (not editable); the API runs from it against a real redis-server, and the client, also from it, talks to it
-over HTTP.
+over HTTP. The trainer's run configs are checked there too.
 """
 
 from __future__ import annotations
@@ -76,3 +76,10 @@ def test_client_and_api_run_without_torch(api_env: Path, api_url: str) -> None:
     env = {**os.environ, "PYTHONPATH": ""}
     result = run_checked([api_env / "python", "-c", CLIENT_SCRIPT, api_url], cwd=api_env, env=env)
     assert "client round trip without torch: ok" in result.stdout
+
+
+def test_a_run_config_is_checked_where_torch_is_not_installed(api_env: Path, tmp_path: Path) -> None:
+    """The trainer's config names registered kinds; their implementations, torch among them, load when a run starts."""
+    script = "from services.trainer.config import load_config; print(len(load_config('mtil_order1').tasks))"
+    result = run_checked([api_env / "python", "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert result.stdout.strip() == "11"

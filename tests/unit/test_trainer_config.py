@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,17 @@ def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path: Path, monkeypat
 )
 def test_shipped_model_mistakes_are_one_line(tmp_path: Path, model: dict, expected: str) -> None:
     assert expected in error_of({**MINIMAL, "model": model}, tmp_path)
+
+
+def test_checking_a_config_imports_neither_torch_nor_torchvision() -> None:
+    """Names are registered and implementations load when a run starts, so `gift train` refuses a bad config fast."""
+    script = (
+        "import sys; from services.trainer.config import load_config; load_config('mtil_order1'); "
+        "print(sorted({'torch', 'torchvision', 'open_clip', 'diffusers'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 ORDER_II = ["StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397"]

@@ -22,8 +22,9 @@ from services.testing.trainer import CLASSES, REPLAY_PROMPTS, write_tiny_arch
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine
 from services.trainer.evaluation import zero_shot_accuracy
-from services.trainer.methods import GIFT, build_terms
+from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer
+from services.trainer.presets import GIFT
 
 WORLD = 2
 BATCH = 8

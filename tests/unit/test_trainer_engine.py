@@ -15,8 +15,9 @@ from gift_common.schedules import warmup_cosine
 from services.testing.trainer import CLASSES, REPLAY_PROMPTS, write_tiny_arch
 from services.trainer.context import CachedTeacher, ReplayBatch, ReplaySet, Task
 from services.trainer.engine import Engine
-from services.trainer.methods import GIFT, PRESETS, build_terms, preset
+from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer
+from services.trainer.presets import GIFT, PRESETS, preset
 
 
 @pytest.fixture(scope="module", autouse=True)
