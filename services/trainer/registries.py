@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from gift_common.plugins import Registry
 from services.trainer.fields import DEFAULT_TEMPLATE
+from services.trainer.sources import DATA_DIR
 
 if TYPE_CHECKING:
     from services.trainer.plugins import ConceptList, ProbeSource, ReplaySets, ReplaySource
-
-DATA_DIR = Path(__file__).parent / "data"
 
 
 @cache

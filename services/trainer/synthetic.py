@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 1.0  # how long a process that does not fetch waits for another's stored set before looking again
 T = TypeVar("T")
-DATA_DIR = Path(__file__).parent / "data"
 
 
 # --- the prompts ------------------------------------------------------------------------------------------------
