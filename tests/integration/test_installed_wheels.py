@@ -18,20 +18,22 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2", "--probe-size", "60"]
 
-# Run in the installed environment from an empty folder: where the code and the shipped configs come from.
+# Run in the installed environment from an empty folder: where the code and the shipped configs come from, and that
+# checking an MTIL config loads no torch (gift rehearsal run reads mtil_order{1,2} through the same lookup; the tiny
+# world's config names the plugin's datasets, whose options come with their implementation).
 CONFIGS_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from pathlib import Path
-    import services, tinyworld
-    from services.rehearsal.run import Sizes, rehearsal_config
+    import services
     from services.trainer.config import load_config
 
-    config = load_config("tinyworld")
-    mtil = rehearsal_config(2, Path("out"), Path("vit.pt"), "http://127.0.0.1:1", Sizes())
-    print(json.dumps({"services": services.__file__, "tinyworld": tinyworld.__file__, "prefix": sys.prefix,
-                      "output_dir": str(config.output_dir), "pretrained": str(config.model.pretrained),
-                      "mtil_tasks": [task["dataset"]["type"] for task in mtil["tasks"]]}))
+    mtil = load_config("mtil_order2")
+    torch = "torch" in sys.modules
+    tinyworld = load_config("tinyworld")
+    import tinyworld as plugin
+    print(json.dumps({"services": services.__file__, "tinyworld": plugin.__file__, "prefix": sys.prefix,
+                      "output_dir": str(tinyworld.output_dir), "pretrained": str(tinyworld.model.pretrained),
+                      "mtil_tasks": [task.label for task in mtil.tasks], "torch": torch}))
     """
 )
 
@@ -59,6 +61,7 @@ def test_installed_code_finds_its_shipped_configs_from_any_folder(installed: Pat
     assert Path(found["pretrained"]).is_file() and Path(found["pretrained"]).is_relative_to(found["prefix"])
     assert found["output_dir"] == str(elsewhere / "runs" / "tinyworld_gift")
     assert found["mtil_tasks"][:3] == ["StanfordCars", "Food", "MNIST"]  # Order II, as shipped
+    assert not found["torch"]
 
 
 def test_the_installed_demo_runs_from_an_unrelated_folder(installed: Path, tmp_path: Path) -> None:
