@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tinyworld.pipeline import default_model_dir
 
-from services.auth_walk import BAD_CREDENTIALS, as_json, walk
 from services.stack import LocalStack
+from services.testing.auth_walk import BAD_CREDENTIALS, as_json, walk
 
 
 def main() -> None:

@@ -159,7 +159,7 @@ def httpx_models(url: str) -> dict[str, dict]:
 
 def trainer_half(architecture: str, pretrained: Path | None, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """FT and GIFT (cached teacher) in fp32 and bf16: seconds per iteration and peak memory, each on its own."""
-    from trainer_step import measure_steps  # bench/, the script's own folder
+    from services.testing.trainer import measure_steps
 
     runs: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
@@ -218,7 +218,7 @@ def prepare_models(args: argparse.Namespace, scratch: Path) -> tuple[Path, str, 
         build_untrained_pipeline(sd)
         write_marker(sd, "the smoke run's untrained tiny pipeline")
         return sd, str(TINY_TEST_ARCHITECTURE), None
-    from services.rehearsal.standins import SD15_NAME, VIT_NAME, write_standins
+    from services.testing.standins import SD15_NAME, VIT_NAME, write_standins
 
     paths = write_standins(args.standins)
     return paths[SD15_NAME], VIT_NAME, paths[VIT_NAME]

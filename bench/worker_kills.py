@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tinyworld.pipeline import default_model_dir
 
-from services.fault_trials import as_json, worker_kill_trials
 from services.stack import LocalStack
+from services.testing.fault_trials import as_json, worker_kill_trials
 
 FAST = {"GIFT_CLAIM_TIMEOUT_SECONDS": "3", "GIFT_HEARTBEAT_SECONDS": "0.5", "GIFT_BATCH_SIZE": "4"}
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gift_common.errors import UserError
+from services.trainer import configs as shipped_configs
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -41,14 +42,14 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _standins(args: argparse.Namespace) -> None:
-    from services.rehearsal.standins import write_standins
+    from services.testing.standins import write_standins
 
     for name, path in write_standins(args.out).items():
         print(f"{name}: {path} (stand-in: random weights)")
 
 
 def _fixtures(args: argparse.Namespace) -> None:
-    from services.rehearsal.fixtures import write_fixtures
+    from services.testing.mtil_fixtures import write_fixtures
 
     print(f"MTIL datasets (tiny copies, drawn pixels): root {write_fixtures(args.out, args.per_class)}")
 
@@ -82,7 +83,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def add_text(self, text: str | None) -> None:
         if text and "{presets}" in text:
-            from services.trainer.methods import PRESETS
+            from services.trainer.presets import PRESETS
 
             text = text.replace("{presets}", ", ".join(PRESETS))
         super().add_text(text)
@@ -146,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = commands.add_parser("train", help="one continual fine-tuning run")
-    train.add_argument("--config", type=Path, required=True)
+    train.add_argument(
+        "--config", required=True, metavar="FILE|NAME",
+        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
+    )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.set_defaults(func=_train)
     _explain(
@@ -215,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = rehearsal.add_parser("run", help="an MTIL order end to end on stand-ins, a kill -9 and --resume included")
     run.add_argument("--out", type=_folder, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
-    run.add_argument("--order", type=int, choices=(1, 2), default=1, help="configs/mtil_order{1,2}.yaml")
+    run.add_argument("--order", type=int, choices=(1, 2), default=1, help="the shipped config mtil_order{1,2}")
     # Unset sizes keep the rehearsal's defaults (services/rehearsal/run.py: Sizes).
     run.add_argument("--iterations", type=_positive, help="training steps per task")
     run.add_argument("--pairs", type=_positive, help="synthetic pairs per task")

@@ -12,7 +12,7 @@ It prints the table of Transfer, Avg, Last and Forget, and writes into DIR:
     runs/<method>/             each run's own reports, checkpoints and log
     logs/                      the generator stack's logs
 
-The schedule is the embedded default's (configs/tinyworld.yaml, chosen on the validation splits), shortened so the
+The schedule is the embedded default's (the shipped config tinyworld, chosen on the validation splits), shortened so the
 demo takes minutes; the figures are measured on the test splits.
 """
 
@@ -44,7 +44,7 @@ class DemoSettings:
 
     iterations: int = 60
     synthetic_size: int = 128
-    synthetic_steps: int = 10  # as configs/tinyworld.yaml: DPM-Solver++ draws the tiny world as well in 10 as in 25
+    synthetic_steps: int = 10  # as the config tinyworld: DPM-Solver++ draws the tiny world as well in 10 as in 25
     probe_size: int = 1000
     tasks: int | None = None  # the first N tasks of the sequence; None = all
     overrides: dict[str, Any] = field(default_factory=dict)  # config keys set last, e.g. {"model": {...}}

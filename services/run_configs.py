@@ -1,5 +1,5 @@
-"""Run configs for the runs the demo and the tiny world's sweep start: the embedded default (configs/tinyworld.yaml)
-with its paths made absolute and what a run changes set, so that both commands run the same config the same way."""
+"""Run configs for the runs the demo and the tiny world's sweep start: the embedded default (the shipped config
+`tinyworld`) with what a run changes set, so that both commands run the same config the same way."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 
 import yaml
 
-BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tinyworld.yaml"
+from services.trainer import configs as shipped_configs
+
+BASE_CONFIG = shipped_configs.path("tinyworld")
 SECTIONS = ("training", "synthetic", "evaluation")  # the config's sections a run may change setting by setting
 
 
 def base_config() -> dict[str, Any]:
-    """The embedded default's config as the file says, paths relative to it."""
+    """The embedded default's config as the file says."""
     return yaml.safe_load(BASE_CONFIG.read_text())
 
 
@@ -41,7 +43,6 @@ def run_config(
     if unknown := set(changes) - set(SECTIONS):
         raise TypeError(f"run_config changes only {', '.join(SECTIONS)}, not {', '.join(sorted(unknown))}")
     config = base_config()
-    config["model"] = {key: str((BASE_CONFIG.parent / value).resolve()) for key, value in config["model"].items()}
     config["output_dir"] = str(out / "runs" / name)
     config["method"] = method_section(preset, config["method"])
     if weights is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from gift_common import plugins
 
+pytest_plugins = ["services.testing.fixtures"]
 HIDDEN = "tinyworld"
 
 

@@ -2,7 +2,7 @@
 
     python -m services.experiments --out runs/experiments [--seeds 0 1 2] [--orders 1 2] [--split test]
 
-Each run is a `gift train` process from the embedded default's config (configs/tinyworld.yaml) with the method,
+Each run is a `gift train` process from the embedded default's config (the shipped config tinyworld) with the method,
 seed, order and split set (runs of the config's own method keep its val-chosen weights); two run at a time, and
 one generator stack serves the GIFT runs' synthetic sets. The page (`results.md`) gives mean and standard deviation
 over seeds of Transfer, Avg, Last, Forget and what each method kept of pre-training, with a bar chart; settings are

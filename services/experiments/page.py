@@ -19,6 +19,7 @@ from services.experiments.records import PageRecord
 from services.experiments.sweep import ALL_METHODS, ORDERS, Cell
 from services.run_configs import base_config
 from services.trainer import metrics
+from services.trainer.config import ModelConfig
 from services.trainer.reports import save_figure
 
 LABELS = {key: method.label for key, method in ALL_METHODS.items()}
@@ -62,10 +63,12 @@ def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
 
 def schedule_line(training: dict[str, Any]) -> str:
     """What every run of a page shares: the embedded default's weights, schedule and synthetic sets, as the sweep
-    runs them. The weights are named by their manifest's SHA-256, so that a rebuild starts a page of its own."""
+    runs them. The weights are named by their manifest's SHA-256, so that a rebuild starts a page of its own. (The
+    config's old path in the line is kept: pages already begun compare their line with it.)"""
     config = base_config()
     training, synthetic = config["training"] | training, config["synthetic"]
-    manifest = find_manifest(run_configs.BASE_CONFIG.parent / config["model"]["pretrained"])
+    model = ModelConfig.model_validate(config["model"], context={"base": run_configs.BASE_CONFIG.parent})
+    manifest = find_manifest(model.pretrained) if model.pretrained else None
     weights = f"tiny world weights {sha256_file(manifest)[:12]}" if manifest else "weights without a manifest"
     return (f"`configs/tinyworld.yaml` ({weights}), {training['iterations']} iterations per task, batch "
             f"{training['batch_size']}, lr {training['lr']:g}; {synthetic['size']} synthetic pairs per task drawn in "

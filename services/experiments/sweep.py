@@ -75,7 +75,7 @@ class Overrides:
 
 
 def cell_config(cell: Cell, out: Path, split: str, api_url: str | None, overrides: Overrides) -> dict[str, Any]:
-    """configs/tinyworld.yaml with the cell's method, seed and order, the split, and the overrides."""
+    """The shipped config tinyworld with the cell's method, seed and order, the split, and the overrides."""
     method = ALL_METHODS[cell.method]
     return run_config(
         out,

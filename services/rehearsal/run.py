@@ -1,11 +1,12 @@
 """``gift rehearsal run``: an MTIL order's config end to end on a CPU, on stand-ins and tiny copies of the datasets.
 
-It takes configs/mtil_order{1,2}.yaml as they are, points them at the tiny MTIL copies (fixtures.py) and at the
-stand-ins with random weights (standins.py: ViT-B-16-quickgelu at 224 px, Stable Diffusion v1.5's architecture),
-and changes only sizes (iterations, pairs per task, sampler steps, image size, batch sizes), with gradient
-checkpointing on to fit 24 GiB. The generator stack runs as a deployment runs it (redis-server, the API, a worker
-serving the stand-in as `sd15`); the trainer is a `gift train` process, killed with SIGKILL half-way through the
-sequence and started again with --resume. Every stage is timed, and written into DIR:
+It takes the shipped configs mtil_order1 and mtil_order2 as they are, points them at the tiny MTIL copies
+(services/testing/mtil_fixtures.py) and at the stand-ins with random weights (services/testing/standins.py:
+ViT-B-16-quickgelu at 224 px, Stable Diffusion v1.5's architecture), and changes only sizes (iterations, pairs per
+task, sampler steps, image size, batch sizes), with gradient checkpointing on to fit 24 GiB. The generator stack
+runs as a deployment runs it (redis-server, the API, a worker serving the stand-in as `sd15`); the trainer is a
+`gift train` process, killed with SIGKILL half-way through the sequence and started again with --resume. Every
+stage is timed, and written into DIR:
 
     rehearsal.json / rehearsal.md   the figures: seconds per stage, peak RSS of the trainer and the worker, the size
                                     of one 512x512 PNG and its cost in Redis; the first line says they are stand-ins
@@ -39,11 +40,11 @@ from gift_common.errors import UserError
 from gift_common.files import atomic_write
 from gift_common.schemas import JobRequest
 from services.devices import describe
-from services.rehearsal.fixtures import write_fixtures
 from services.runs import Run, start_run, stop_all
 from services.stack import ONE_THREAD, LocalStack, Process, threads
+from services.testing.mtil_fixtures import write_fixtures
+from services.trainer import configs as shipped_configs
 
-REPO = Path(__file__).resolve().parents[2]
 SD15_DIR = "stable-diffusion-v1-5"  # where `gift rehearsal standins` writes them
 VIT_FILE = "ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
 REPORT_EVERY = 30.0  # seconds between rewrites of the report while the trainer runs
@@ -68,9 +69,9 @@ class Sizes:
 
 
 def rehearsal_config(order: int, out: Path, vit: Path, api_url: str, sizes: Sizes) -> dict[str, Any]:
-    """configs/mtil_order{order}.yaml pointed at the fixtures, the stand-in and this generator; only sizes changed,
-    and gradient checkpointing on."""
-    config = yaml.safe_load((REPO / "configs" / f"mtil_order{order}.yaml").read_text())
+    """The shipped config mtil_order{order} pointed at the fixtures, the stand-in and this generator; only sizes
+    changed, and gradient checkpointing on."""
+    config = yaml.safe_load(shipped_configs.path(f"mtil_order{order}").read_text())
     config["output_dir"] = str(out / "run")
     config["model"] = {**config["model"], "pretrained": str(vit)}
     # Gradient checkpointing: SUN397's 397 class prompts through the text tower with gradients took the trainer past

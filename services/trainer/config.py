@@ -1,6 +1,8 @@
 """The run configuration of `gift train --config FILE`: YAML checked by pydantic, every setting and default here.
 
-Relative paths are relative to the config file's folder, so a config works from any working directory. Every error
+Relative paths are relative to the config file's folder, so a config works from any working directory; a shipped
+config taken by name (`gift train --config tinyworld`) reads them against the current directory, as if it had been
+copied there. Every error
 names the key path and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
 """
 
@@ -23,13 +25,20 @@ from pydantic import (
 )
 
 from gift_common.errors import UserError
-from services.trainer.context import TeacherMode
-from services.trainer.datasets import MTIL_DATASETS, SOURCES
-from services.trainer.evaluation import PROBES
-from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Positive, Strict, Template, relative_to_config
-from services.trainer.methods import PRESETS, MethodSettings
-from services.trainer.precision import PrecisionName
-from services.trainer.synthetic import CONCEPTS, REPLAY_SOURCES
+from services.trainer import configs as shipped_configs
+from services.trainer.fields import (
+    DEFAULT_TEMPLATE,
+    ConfigPath,
+    Positive,
+    PrecisionName,
+    Strict,
+    TeacherMode,
+    Template,
+    relative_to_config,
+)
+from services.trainer.presets import PRESETS, MethodSettings
+from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
+from services.trainer.sources import MTIL_DATASETS, SOURCES
 
 __all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
 
@@ -39,6 +48,17 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 class ModelConfig(Strict):
     architecture: str = Field(description="an open_clip model name, or the path of an open_clip JSON architecture")
     pretrained: ConfigPath | None = Field(default=None, description="a local weights file; None = random weights")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shipped_model_files(cls, data: Any) -> Any:
+        """`shipped: NAME` stands for the architecture and the weights a plugin installed, wherever it lies."""
+        if not isinstance(data, dict) or "shipped" not in data:
+            return data
+        if set(data) != {"shipped"}:
+            raise ValueError("shipped names the architecture and the weights: give no other key beside it")
+        architecture, weights = SHIPPED_MODELS.get(str(data["shipped"]))()
+        return {"architecture": str(architecture), "pretrained": str(weights)}
 
     @field_validator("architecture")
     @classmethod
@@ -230,15 +250,29 @@ class RunConfig(Strict):
         return {key: getattr(self.training, key) if getattr(task, key) is None else getattr(task, key) for key in keys}
 
 
-def load_config(path: Path) -> RunConfig:
-    """Read and check a YAML run config; any problem is a UserError that names the file, the key and the rule."""
+def load_config(path_or_name: str | Path) -> RunConfig:
+    """Read and check a YAML run config, a file or a shipped config's name; any problem is a UserError that names the
+    file, the key and the rule."""
+    path, base = find_config(path_or_name)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
         raise UserError(f"cannot read config {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    return parse_config(data, base=path.resolve().parent, source=str(path))
+    return parse_config(data, base=base, source=str(path_or_name))
+
+
+def find_config(path_or_name: str | Path) -> tuple[Path, Path]:
+    """The config's file and the folder its relative paths start from: a file's own folder, or, for the name of a
+    shipped config that is no file here, the current directory."""
+    path = Path(path_or_name)
+    if not path.exists() and str(path_or_name) in shipped_configs.names():
+        return shipped_configs.path(str(path_or_name)), Path.cwd()
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        shipped = ", ".join(shipped_configs.names())
+        raise UserError(f"cannot read config {path}: no such file, nor a shipped config of that name ({shipped})")
+    return path, path.resolve().parent
 
 
 def parse_config(data: Any, base: Path, source: str = "config") -> RunConfig:

@@ -12,16 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from services.trainer import distributed, losses
+from services.trainer.fields import TeacherMode
 from services.trainer.precision import FP32, Precision
-
-TeacherMode = Literal["cached", "per_step"]
 
 
 class ReplayBatch(NamedTuple):

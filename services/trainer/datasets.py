@@ -1,4 +1,5 @@
-"""Task data: the dataset sources the trainer knows by name, and the splits every run reads through them.
+"""Task data: the splits every run reads through the dataset sources it names (sources.py), and how the built-in
+ones read their files.
 
 A run config's `dataset: {type: NAME, ...}` names a source of `SOURCES`: the eleven MTIL datasets through
 torchvision, ImageFolder trees and CSV lists from local files are built in; plugins add theirs (`gift.datasets`,
@@ -15,34 +16,29 @@ and reported on test.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torchvision.datasets as tv
 from PIL import Image
-from pydantic import Field
 from torch.utils.data import Dataset, Subset, random_split
 
 from gift_common.errors import UserError
-from gift_common.plugins import Registry
-from services.trainer.fields import DEFAULT_TEMPLATE, ConfigPath, Strict
+from services.trainer.fields import DEFAULT_TEMPLATE
 from services.trainer.plugins import DatasetSource, Split, Transform
+from services.trainer.sources import DEFAULT_VAL_FRACTION, SOURCES, MtilOptions
 
 if TYPE_CHECKING:
     from services.trainer.config import TaskConfig
 
-DATA_DIR = Path(__file__).parent / "data"
 SPLIT_SEED = 42  # the MTIL split of datasets without an official one: ZSCL's and the GIFT authors' (mtil-protocol.md)
 VAL_SEED = 1  # the val part of train is the same for every run too, drawn independently of the held-out split
-DEFAULT_VAL_FRACTION = 0.1
 
 
 class Cifar100Files(tv.CIFAR100):
@@ -122,116 +118,6 @@ _UNREADABLE = (
 )
 
 
-@cache
-def mtil_metadata() -> dict[str, dict[str, list[str]]]:
-    """Class names (torchvision's label order) and templates of each MTIL dataset."""
-    return {k: v for k, v in json.loads((DATA_DIR / "mtil.json").read_text()).items() if not k.startswith("_")}
-
-
-MTIL_DATASETS = tuple(TORCHVISION)
-
-
-# --- the built-in sources -------------------------------------------------------------------------------------
-
-
-class LocalFiles(Strict):
-    """Options of the sources that read a local root and take val from train."""
-
-    root: ConfigPath
-    val_fraction: float = Field(
-        default=DEFAULT_VAL_FRACTION, gt=0, lt=1, description="of train: the val split, not trained on when on val"
-    )
-
-
-class MtilOptions(LocalFiles):
-    type: Literal[MTIL_DATASETS]  # type: ignore[valid-type]
-    test_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="held out for testing where torchvision has no split (Caltech101, ...)"
-    )
-
-
-class ImageFolderOptions(LocalFiles):
-    """root/train and root/test, one folder per class."""
-
-    type: Literal["imagefolder"]
-
-
-class CsvOptions(LocalFiles):
-    """root/train.csv and root/test.csv listing `path,label`."""
-
-    type: Literal["csv"]
-
-
-@dataclass(frozen=True)
-class Mtil:
-    """An MTIL dataset through its torchvision class, from a root laid out as torchvision's download leaves it."""
-
-    options: type[MtilOptions] = MtilOptions
-    has_val: bool = False
-
-    def label(self, options: MtilOptions) -> str:
-        return options.type
-
-    def classnames(self, options: MtilOptions) -> list[str]:
-        return mtil_metadata()[options.type]["classnames"]
-
-    def templates(self, options: MtilOptions) -> list[str]:
-        return mtil_metadata()[options.type]["templates"]
-
-    def load(self, options: MtilOptions, split: Split, transform: Transform, classnames: Sequence[str]) -> Dataset:
-        return _torchvision(_existing(options.root), options, split != "test", transform)
-
-
-@dataclass(frozen=True)
-class ImageFolderSource:
-    options: type[ImageFolderOptions] = ImageFolderOptions
-    has_val: bool = False
-
-    def label(self, options: ImageFolderOptions) -> str:
-        return options.root.name
-
-    def classnames(self, options: ImageFolderOptions) -> list[str]:
-        folders = sorted(_existing(_existing(options.root) / "train").iterdir(), key=lambda p: p.name)
-        return [entry.name.replace("_", " ") for entry in folders if entry.is_dir()]
-
-    def templates(self, options: ImageFolderOptions) -> None:
-        return None
-
-    def load(
-        self, options: ImageFolderOptions, split: Split, transform: Transform, classnames: Sequence[str]
-    ) -> Dataset:
-        folder = _existing(_existing(options.root) / ("test" if split == "test" else "train"))
-        try:
-            return tv.ImageFolder(str(folder), transform=transform)
-        except FileNotFoundError as error:
-            raise UserError(str(error)) from None
-
-
-@dataclass(frozen=True)
-class CsvSource:
-    options: type[CsvOptions] = CsvOptions
-    has_val: bool = False
-
-    def label(self, options: CsvOptions) -> str:
-        return options.root.name
-
-    def classnames(self, options: CsvOptions) -> list[str]:
-        raise UserError("a CSV dataset needs 'classnames' (label i names classnames[i])")
-
-    def templates(self, options: CsvOptions) -> None:
-        return None
-
-    def load(self, options: CsvOptions, split: Split, transform: Transform, classnames: Sequence[str]) -> Dataset:
-        return CsvImages(_existing(_existing(options.root) / f"{split}.csv"), classnames, transform)
-
-
-SOURCES: Registry[DatasetSource] = Registry(
-    "gift.datasets",
-    "dataset type",
-    {**dict.fromkeys(MTIL_DATASETS, Mtil()), "imagefolder": ImageFolderSource(), "csv": CsvSource()},
-)
-
-
 # --- what the runner asks for -----------------------------------------------------------------------------------
 
 
@@ -294,7 +180,7 @@ def val_split(train: Dataset, val_fraction: float, val: bool) -> Subset:
     return subset
 
 
-def _torchvision(root: Path, spec: MtilOptions, train: bool, transform: Transform) -> Dataset:
+def mtil_split(root: Path, spec: MtilOptions, train: bool, transform: Transform) -> Dataset:
     """The split through torchvision's class, after checking that the files it reads are where it reads them."""
     source = TORCHVISION[spec.type]
     files = source.files(train)
@@ -357,10 +243,12 @@ def _check_class_count(dataset: Dataset, names: Sequence[str]) -> None:
         raise UserError(f"{len(names)} class names for a dataset of {len(found)} classes")
 
 
-def _existing(path: Path) -> Path:
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    return path
+def image_folder(folder: Path, transform: Transform) -> Dataset:
+    """An ImageFolder tree: one folder per class."""
+    try:
+        return tv.ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as error:
+        raise UserError(str(error)) from None
 
 
 class CsvImages(Dataset):

@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from gift_common.schedules import warmup_cosine
 from services.trainer import distributed
-from services.trainer.context import ReplayBatch, Seekable, StepContext, Task, TaskState, TeacherMode
+from services.trainer.context import ReplayBatch, Seekable, StepContext, Task, TaskState
+from services.trainer.fields import PrecisionName, TeacherMode
 from services.trainer.methods import PHASES, LossTerm
-from services.trainer.precision import PrecisionName, precision_for
+from services.trainer.precision import precision_for
 
 StepLog = dict[str, float]
 

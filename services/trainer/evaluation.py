@@ -1,6 +1,6 @@
 """Zero-shot top-1 accuracy (the MTIL protocol): classes become text embeddings, an image goes to the nearest one.
 
-Also the pre-training probes (`PROBES`, registered by plugins), analogues of MTIL's ImageNet accuracy: zero-shot
+Also the pre-training probes (`registries.PROBES`, from plugins), analogues of MTIL's ImageNet accuracy: zero-shot
 accuracy on held-out pre-training images within each of several heads (say, concept families), i.e. how much of
 what pre-training taught a model still knows.
 """
@@ -14,11 +14,8 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from gift_common.plugins import Registry
 from services.trainer import distributed
-from services.trainer.plugins import Probe, ProbeSource
-
-PROBES: Registry[ProbeSource] = Registry("gift.probes", "pre-training probe")
+from services.trainer.plugins import Probe
 
 
 def zero_shot_classifier(

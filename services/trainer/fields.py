@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+PrecisionName = Literal["fp32", "bf16", "fp16"]  # precision.py: what each does
+TeacherMode = Literal["cached", "per_step"]  # context.py: the teacher's embeddings cached per task, or per step
 
 
 class Strict(BaseModel):

@@ -1,4 +1,4 @@
-"""`gift train --config FILE [--resume]`: one run of a task sequence, in one process or under torchrun."""
+"""`gift train --config FILE|NAME [--resume]`: one run of a task sequence, in one process or under torchrun."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from services.trainer.config import load_config
 from services.trainer.runner import run
 
 
-def run_training(config_path: Path, resume: bool = False) -> None:
-    """Check the config, then train and evaluate; every problem the user can fix is a one-line UserError."""
-    config = load_config(Path(config_path))
+def run_training(config_path: str | Path, resume: bool = False) -> None:
+    """Check the config (a file, or a shipped config's name), then train and evaluate; every problem the user can fix
+    is a one-line UserError."""
+    config = load_config(config_path)
     with distributed.session(config.device) as device:
         run(config, resume=resume, device=device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, ClassVar, Literal
 
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from services.trainer import distributed, losses
 from services.trainer.context import StepContext
+from services.trainer.presets import MethodSettings
 
 Phase = Literal["replay", "task"]
 PHASES: tuple[Phase, ...] = ("replay", "task")
@@ -158,38 +159,6 @@ class LwF(LossTerm):
         return losses.lwf_loss(ctx.task_logits, ctx.teacher_task_logits, self.tau)
 
 
-@dataclass(frozen=True)
-class MethodSettings:
-    """Term weights (0 switches a term off) and shared settings; a config file maps onto these fields."""
-
-    distill: float = 0.0
-    ita: float = 0.0
-    awc: float = 0.0
-    l2: float = 0.0
-    ewc: float = 0.0
-    lwf: float = 0.0
-    tau: float = 2.0
-    label_smoothing: float = 0.2
-    ewc_batches: int = 10
-
-
-GIFT = MethodSettings(distill=1.0, ita=0.25, awc=1.0)
-
-PRESETS: dict[str, MethodSettings] = {
-    "ft": MethodSettings(),
-    "l2": MethodSettings(l2=1.0),
-    "ewc": MethodSettings(ewc=1.0),
-    "lwf": MethodSettings(lwf=1.0),
-    # ZSCL's setting when the replay set holds real pre-training images: the reference synthetic data tries to reach
-    "replay_distill": MethodSettings(distill=1.0),
-    "gift": GIFT,
-    "gift_no_distill": replace(GIFT, distill=0.0),
-    "gift_no_ita": replace(GIFT, ita=0.0),
-    "gift_no_awc": replace(GIFT, awc=0.0),
-    "gift_l2": replace(GIFT, awc=0.0, l2=1.0),
-}
-
-
 def build_terms(settings: MethodSettings) -> list[LossTerm]:
     """The method's terms: the task loss always, every other term whose weight is not zero."""
     s = settings
@@ -203,10 +172,3 @@ def build_terms(settings: MethodSettings) -> list[LossTerm]:
         LwF(s.lwf, s.tau),
     ]
     return [term for term in candidates if term.weight != 0]
-
-
-def preset(name: str, **overrides: Any) -> MethodSettings:
-    """A named method (PRESETS), with any setting changed, e.g. `preset("gift", ita=0.5)`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)

@@ -8,8 +8,8 @@ A plugin registers objects under entry-point groups (gift_common.plugins.Registr
     gift.probes     a ProbeSource      `evaluation.pretraining_probe: NAME`, what a model keeps of pre-training
 
 The trainer's own kinds (the MTIL datasets, ImageFolder, CSV, ImageNet's concepts, the generator) are registered
-the same way, in the registry of the module that defines them. A plugin implements these protocols structurally:
-it never imports the trainer.
+the same way, in sources.py and registries.py, which load no torch. A plugin implements these protocols
+structurally: it never imports the trainer.
 """
 
 from __future__ import annotations

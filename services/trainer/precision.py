@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from gift_common.errors import UserError
+from services.trainer.fields import PrecisionName
 
-PrecisionName = Literal["fp32", "bf16", "fp16"]
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

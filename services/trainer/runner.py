@@ -29,12 +29,13 @@ from services.trainer import datasets, distributed, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
-from services.trainer.evaluation import PROBES, probe_accuracies, zero_shot_accuracy
+from services.trainer.evaluation import probe_accuracies, zero_shot_accuracy
 from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer, image_transforms
 from services.trainer.plugins import Probe, ReplaySets
+from services.trainer.registries import PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
-from services.trainer.synthetic import REPLAY_SOURCES, SyntheticPairs, concept_names, prompt_pool, set_request
+from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"

@@ -7,10 +7,10 @@ archive (`GET /v1/jobs/{id}/archive`), one request however many images it holds.
 `images/<sha256>.png` and `sets/<request key>.json`; a rerun or a resume reads them without the generator, and
 every image's SHA-256 is checked when it arrives and whenever it is read.
 
-Where the replay images come from is a registered source (`REPLAY_SOURCES`, `synthetic.source`): the generator is
+Replay images come from a registered source (`registries.REPLAY_SOURCES`, `synthetic.source`): the generator is
 built in; a plugin may pair the same prompts with real pre-training images instead (replay distillation on real
 data, the reference synthetic data tries to reach). The pre-training concepts of the prompts are a registered
-concept list (`CONCEPTS`, `synthetic.concepts`: ImageNet's class names built in) or a file.
+concept list (`registries.CONCEPTS`, `synthetic.concepts`: ImageNet's class names built in) or a file.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -45,39 +43,19 @@ from gift_common.client import (
 )
 from gift_common.errors import UserError
 from gift_common.files import atomic_write
-from gift_common.plugins import Registry
 from gift_common.schemas import JobRequest, JobStatus
 from gift_common.settings import HomeSettings, load
 from services.trainer import distributed
-from services.trainer.fields import DEFAULT_TEMPLATE
-from services.trainer.plugins import ConceptList, ReplaySource
+from services.trainer.registries import CONCEPTS
 
 if TYPE_CHECKING:
     from services.trainer.config import SyntheticConfig
 
 POLL_SECONDS = 1.0  # how long a process that does not fetch waits for another's stored set before looking again
 T = TypeVar("T")
-DATA_DIR = Path(__file__).parent / "data"
 
 
 # --- the prompts ------------------------------------------------------------------------------------------------
-
-
-@cache
-def imagenet_classnames() -> list[str]:
-    """ImageNet's 1,000 class names (CLIP's cleaned wording): the pre-training concepts of METHOD.md."""
-    return (DATA_DIR / "imagenet_classnames.txt").read_text().splitlines()
-
-
-@dataclass(frozen=True)
-class ImageNetConcepts:
-    template: str = DEFAULT_TEMPLATE
-
-    def names(self) -> list[str]:
-        return imagenet_classnames()
-
-
-CONCEPTS: Registry[ConceptList] = Registry("gift.concepts", "concept list", {"imagenet": ImageNetConcepts()})
 
 
 def concept_names(spec: str) -> list[str]:
@@ -345,9 +323,6 @@ def generator_sets(requests: Mapping[str, JobRequest], settings: SyntheticConfig
         fetch=distributed.local_rank() == 0,
         timeout=settings.timeout,
     )
-
-
-REPLAY_SOURCES: Registry[ReplaySource] = Registry("gift.replay", "replay source", {"generator": generator_sets})
 
 
 class SyntheticPairs(Dataset):

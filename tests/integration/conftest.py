@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
-from PIL import Image
 
-from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from services.stack import LocalStack
+from services.testing.generator import FAST_ENV
 
 pytestmark = pytest.mark.integration
-
-# Short timeouts so that takeover and readiness happen within a test's patience; one torch thread per worker, as
-# the API, Redis, the test and sometimes two workers share the machine's cores (torch's spinning threads slow
-# to a crawl when they outnumber the free cores).
-FAST_ENV = {
-    "GIFT_CLAIM_TIMEOUT_SECONDS": "3",
-    "GIFT_HEARTBEAT_SECONDS": "0.5",
-    "GIFT_BATCH_SIZE": "8",
-    "GIFT_TORCH_THREADS": "1",
-}
 
 
 @pytest.fixture(scope="session")
@@ -87,22 +73,3 @@ def client(stack: LocalStack) -> Iterator[GeneratorClient]:
 @pytest.fixture
 def redis_client(stack: LocalStack) -> redis.Redis:
     return redis.Redis.from_url(stack.redis_url, decode_responses=True)
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-
-
-def drop_cache(redis_url: str) -> None:
-    """Forget which images exist, so that the next job really runs the pipeline."""
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(redis_keys.cache("*")):
-        client.delete(key)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from gift_common import redis_keys
-from services.auth_walk import BAD_CREDENTIALS, walk
 from services.stack import Process, free_port, wait_until
+from services.testing.auth_walk import BAD_CREDENTIALS, walk
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,7 @@ from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.content_key import image_key
 from gift_common.schemas import JobRequest, JobState
-
-from .conftest import drop_cache, pixels, wait_for
+from services.testing.generator import drop_cache, pixels, wait_for
 
 pytestmark = pytest.mark.integration
 FAST = {"num_inference_steps": 4}

@@ -18,8 +18,7 @@ from PIL import Image
 
 from gift_common import redis_keys
 from services.stack import LocalStack
-
-from .conftest import FAST_ENV
+from services.testing.generator import FAST_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
 """Redis faults as an operator meets them: killed and restarted from its append-only file, full, and a burst
-of submissions against a tenant's limit. The trial logic is services/fault_trials.py (also bench/redis_faults.py)."""
+of submissions against a tenant's limit. The trial logic is services/testing/fault_trials.py (also
+bench/redis_faults.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import redis
 from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
-from services.fault_trials import headroom_trial, maxmemory_trial, quota_burst, redis_kill_trials
 from services.generator.api.jobs import REDIS_FULL
+from services.testing.fault_trials import headroom_trial, maxmemory_trial, quota_burst, redis_kill_trials
 
 pytestmark = pytest.mark.integration
 

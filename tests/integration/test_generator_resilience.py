@@ -12,9 +12,8 @@ import redis
 from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest, JobState
-from services.fault_trials import worker_kill_trials
-
-from .conftest import wait_for
+from services.testing.fault_trials import worker_kill_trials
+from services.testing.generator import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from services.stack import LocalStack, Process, free_port, wait_until
-
-from .conftest import FAST_ENV, wait_for
+from services.testing.generator import FAST_ENV, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,7 @@ from gift_common import redis_keys
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobState
 from services.stack import LocalStack
-
-from .conftest import wait_for
+from services.testing.generator import wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret"

@@ -2,14 +2,13 @@
 
 A fresh virtual environment gets exactly requirements/api.txt (hashed, no dependency resolution) and the project
 itself (not editable); the API runs from it against a real redis-server, and the client, also from it, talks to it
-over HTTP.
+over HTTP. The trainer's run configs are checked there too.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,9 @@ import httpx
 import pytest
 
 from services.stack import Process, RedisServer, free_port, wait_until
+from services.testing.installs import ROOT, fresh_environment, run_checked
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Run in the torch-free environment: the client's round trip through the API, then where torch stands.
 CLIENT_SCRIPT = textwrap.dedent(
@@ -47,25 +45,10 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-def _run(args: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def api_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment with the `api` role from the lock and the project, nothing else: its bin folder.
-
-    Installed with uv (the lock's own tool, in the dev role): the same hashed files as pip takes, in seconds.
-    """
-    uv = Path(sys.executable).with_name("uv")
-    venv = tmp_path_factory.mktemp("api-role") / "venv"
-    _run([uv, "venv", "--quiet", "--python", sys.executable, venv])
-    install = [uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", "--no-deps"]
-    _run([*install, "--require-hashes", "-r", ROOT / "requirements" / "api.txt"])
-    _run([*install, "--no-build-isolation", ROOT])
-    return venv / "bin"
+    """A virtual environment with the `api` role from the lock and the project, nothing else: its bin folder."""
+    return fresh_environment(tmp_path_factory.mktemp("api-role"), ["api"], [ROOT])
 
 
 @pytest.fixture
@@ -91,5 +74,12 @@ def test_torch_is_absent_from_the_api_role(api_env: Path) -> None:
 
 def test_client_and_api_run_without_torch(api_env: Path, api_url: str) -> None:
     env = {**os.environ, "PYTHONPATH": ""}
-    result = _run([api_env / "python", "-c", CLIENT_SCRIPT, api_url], cwd=api_env, env=env)
+    result = run_checked([api_env / "python", "-c", CLIENT_SCRIPT, api_url], cwd=api_env, env=env)
     assert "client round trip without torch: ok" in result.stdout
+
+
+def test_a_run_config_is_checked_where_torch_is_not_installed(api_env: Path, tmp_path: Path) -> None:
+    """The trainer's config names registered kinds; their implementations, torch among them, load when a run starts."""
+    script = "from services.trainer.config import load_config; print(len(load_config('mtil_order1').tasks))"
+    result = run_checked([api_env / "python", "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert result.stdout.strip() == "11"

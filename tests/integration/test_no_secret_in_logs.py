@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from services.stack import LocalStack, Process, free_port, wait_until
-
-from .conftest import FAST_ENV
+from services.testing.generator import FAST_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
 from gift_common.schemas import JobRequest, JobStatus
 from services.stack import LocalStack, free_port
+from services.testing.trainer import write_tiny_arch
 from services.trainer.main import run_training
 from services.trainer.synthetic import SetCache, SyntheticSets
-from tests.unit.test_trainer_models import write_tiny_arch
 
 pytestmark = pytest.mark.integration
 

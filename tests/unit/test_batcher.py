@@ -1,13 +1,9 @@
 """Packing and fairness of the worker's batches."""
 
 from services.generator.worker.batcher import Backlog, Shape, Task
+from services.testing.generator import SMALL, tasks
 
-SMALL = Shape("m", 25, 7.5, 32, 32)
 OTHER = Shape("m", 10, 7.5, 32, 32)
-
-
-def tasks(job: str, n: int, shape: Shape = SMALL, entry: str = "1-0", start: int = 0) -> list[Task]:
-    return [Task(job, entry, i, f"p{i}", None, i, shape, f"{job}-{i}") for i in range(start, start + n)]
 
 
 def test_small_job_is_not_starved_by_a_big_one():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from services.cli import build_parser
-from services.trainer.methods import PRESETS
+from services.trainer.presets import PRESETS
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, argparse.ArgumentParser]]:

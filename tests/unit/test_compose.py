@@ -11,6 +11,8 @@ import yaml
 from gift_common.settings import Settings
 from services.cli import build_parser
 from services.generator.api.main import create_app
+from services.trainer import configs as shipped_configs
+from services.trainer.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -111,3 +113,12 @@ def test_images_start_from_the_official_python_base_unless_told(dockerfile):
     for source, *alias in (line.split()[1:] for line in text.splitlines() if line.startswith("FROM ")):
         assert source == "${BASE_IMAGE}" or source in stages, f"{dockerfile}: FROM {source}"
         stages += alias[-1:]
+
+
+def test_a_shipped_config_by_name_reads_its_paths_from_the_trainers_mounts():
+    """`GIFT_TRAIN_CONFIG=mtil_order1`: the config's relative paths start at the working directory, the mounts'."""
+    trainer = SERVICES["trainer"]
+    mounts = {Path(_resolve(volume).split(":")[1]) for volume in trainer["volumes"]}
+    config = parse_config(yaml.safe_load(shipped_configs.path("mtil_order1").read_text()), Path(trainer["working_dir"]))
+    paths = [config.output_dir, config.model.pretrained, *(task.dataset.root for task in config.tasks)]
+    assert all(Path(*path.parts[:2]) in mounts for path in paths), paths

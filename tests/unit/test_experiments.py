@@ -234,7 +234,7 @@ def test_a_page_names_the_weights_it_was_made_with_so_a_rebuild_starts_a_page_of
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = yaml.safe_load(services.run_configs.BASE_CONFIG.read_text())
-    config["model"]["pretrained"] = str(tmp_path / "weights" / "tiny-clip.pt")
+    config["model"] = {"architecture": "tiny-clip.json", "pretrained": str(tmp_path / "weights" / "tiny-clip.pt")}
     (tmp_path / "weights").mkdir()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setattr(services.run_configs, "BASE_CONFIG", tmp_path / "config.yaml")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gift_common.errors import UserError
-from services.rehearsal.fixtures import label_of, torchvision_names, write_fixtures
-from services.trainer import datasets
+from services.testing.mtil_fixtures import label_of, torchvision_names, write_fixtures
+from services.trainer import datasets, sources
 from services.trainer.config import MTIL_DATASETS, TaskConfig
 
 FLOWERS_IN_MTIL = {"pink-yellow dahlia?": "pink-yellow dahlia"}  # torchvision's list, one name spelt otherwise
@@ -23,7 +23,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def task(name: str, root: Path) -> TaskConfig:
-    """As configs/mtil_order1.yaml writes a task."""
+    """As the shipped config mtil_order1 writes a task."""
     return TaskConfig(dataset={"type": name, "root": root})
 
 
@@ -44,7 +44,7 @@ def as_metadata_name(name: str, torchvision_name: str) -> str:
 
 @pytest.mark.parametrize("name", MTIL_DATASETS)
 def test_every_split_loads_with_the_metadata_classes_in_label_order(root: Path, name: str) -> None:
-    names = datasets.mtil_metadata()[name]["classnames"]
+    names = sources.mtil_metadata()[name]["classnames"]
     spec = task(name, root)
     assert datasets.classnames(spec) == names
     found = {split: load(name, root, split) for split in ("train", "test")}

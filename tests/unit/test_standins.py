@@ -11,7 +11,7 @@ from diffusers import DiffusionPipeline
 from safetensors import safe_open
 
 from gift_common.stand_in import MARKER, is_stand_in, write_marker
-from services.rehearsal import standins
+from services.testing import standins
 
 # SD 1.5's published parameter counts: UNet, VAE, CLIP ViT-L/14 text tower.
 SD15_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}

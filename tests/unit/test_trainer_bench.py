@@ -1,11 +1,11 @@
-"""`bench/trainer_step.py: measure_steps`, which the GPU check imports: one method in one precision, measured."""
+"""`services/testing/trainer.py: measure_steps`, which the GPU check imports: one method in one precision, measured."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.trainer_step import measure_steps
 from gift_common.errors import UserError
+from services.testing.trainer import measure_steps
 
 
 def test_measure_steps_reports_time_and_memory_of_one_configuration() -> None:

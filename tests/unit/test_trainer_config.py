@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,13 @@ import yaml
 
 from gift_common.errors import UserError
 from services.cli import main as cli_main
+from services.testing.trainer import write_tiny_arch
+from services.trainer import configs as shipped_configs
 from services.trainer.config import MTIL_DATASETS, EvaluationConfig, load_config, parse_config
 from services.trainer.main import run_training
 from services.trainer.runner import build_model, changed_settings, outcome_settings
-from tests.unit.test_trainer_models import write_tiny_arch
 
-CONFIGS = Path(__file__).parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {
     "output_dir": "runs/a",
     "model": {"architecture": "arch/tiny.json", "pretrained": "weights.pt"},
@@ -131,6 +134,50 @@ def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path, capsy
     assert err.count("\n") == 1 and "checkpoint_every: input should be greater than or equal to 1" in err
 
 
+def test_a_shipped_config_by_name_reads_its_paths_against_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config("mtil_order1")
+    assert config.output_dir == tmp_path / "runs" / "mtil_order1_gift"
+    assert config.model.pretrained == tmp_path / "models" / "ViT-B-16-openai" / "open_clip_pytorch_model.bin"
+    assert {task.dataset.root for task in config.tasks} == {tmp_path / "data" / "mtil"}
+    (tmp_path / "mtil_order1").mkdir()  # a file or folder of that name is what the user means
+    with pytest.raises(UserError, match="cannot read config mtil_order1"):
+        load_config("mtil_order1")
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        UserError, match=r"no such file, nor a shipped config of that name \(mtil_order1, mtil_order2, "
+    ):
+        load_config("tinyword")
+    assert {"mtil_order1", "mtil_order2", "tinyworld"} <= set(shipped_configs.names())
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"shipped": "no-such-model"}, "model: unknown shipped CLIP model 'no-such-model'; registered: "),
+        ({"shipped": "tinyworld", "pretrained": "w.pt"}, "model: shipped names the architecture and the weights"),
+    ],
+)
+def test_shipped_model_mistakes_are_one_line(tmp_path: Path, model: dict, expected: str) -> None:
+    assert expected in error_of({**MINIMAL, "model": model}, tmp_path)
+
+
+def test_checking_a_config_imports_neither_torch_nor_torchvision() -> None:
+    """Names are registered and implementations load when a run starts, so `gift train` refuses a bad config fast."""
+    script = (
+        "import sys; from services.trainer.config import load_config; load_config('mtil_order1'); "
+        "print(sorted({'torch', 'torchvision', 'open_clip', 'diffusers'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 ORDER_II = ["StanfordCars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397"]
 ORDER_II += ["Aircraft", "Caltech101", "DTD", "EuroSAT", "CIFAR100"]
 
@@ -148,9 +195,9 @@ def test_model_mistakes_are_user_errors(tmp_path: Path, model: dict, expected: s
         run_training(write(tmp_path, {**MINIMAL, "model": model}))
 
 
-@pytest.mark.parametrize(("name", "order"), [("mtil_order1.yaml", list(MTIL_DATASETS)), ("mtil_order2.yaml", ORDER_II)])
+@pytest.mark.parametrize(("name", "order"), [("mtil_order1", list(MTIL_DATASETS)), ("mtil_order2", ORDER_II)])
 def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[str]) -> None:
-    config = load_config(CONFIGS / name)
+    config = load_config(shipped_configs.path(name))
     assert [task.dataset.type for task in config.tasks] == order
     assert config.model.architecture.startswith("ViT-B-16") and config.model.pretrained is not None
     assert config.method.preset == "gift" and config.synthetic.size == 1000
@@ -186,9 +233,9 @@ def test_tinyworld_tasks_are_named_after_their_task_and_their_concepts_get_their
 
 @pytest.mark.tinyworld
 def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe() -> None:
-    config = load_config(CONFIGS / "tinyworld.yaml")
+    config = load_config("tinyworld")  # its model is the plugin's, wherever the plugin is installed
     assert [task.label for task in config.tasks] == ["objects", "textures", "digits", "scenes", "letters", "sketches"]
-    tinyworld = CONFIGS.parent / "plugins" / "tinyworld" / "tinyworld"
+    tinyworld = REPO / "plugins" / "tinyworld" / "tinyworld"
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
     assert Path(str(config.model.pretrained)).resolve() == tinyworld / "weights" / "tiny-clip.pt"
     assert config.method.preset == "gift" and config.synthetic.concepts == "tinyworld"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gift_common.errors import UserError
-from services.trainer import datasets, synthetic
+from services.trainer import datasets, registries, sources, synthetic
 from services.trainer.config import MTIL_DATASETS, TaskConfig
 
 
@@ -32,8 +32,8 @@ def task(type_: str, root: Path, test_fraction: float = 0.2, **fields) -> TaskCo
 def test_mtil_class_names_and_templates_ship_with_the_package() -> None:
     sizes = {"Aircraft": 100, "Caltech101": 101, "CIFAR100": 100, "DTD": 47, "EuroSAT": 10, "Flowers": 102,
              "Food": 101, "MNIST": 10, "OxfordPet": 37, "StanfordCars": 196, "SUN397": 397}  # fmt: skip
-    metadata = datasets.mtil_metadata()
-    assert set(metadata) == set(MTIL_DATASETS)
+    metadata = sources.mtil_metadata()
+    assert set(metadata) == set(MTIL_DATASETS) and tuple(datasets.TORCHVISION) == MTIL_DATASETS  # read, in order
     for name, size in sizes.items():
         assert len(metadata[name]["classnames"]) == len(set(metadata[name]["classnames"])) == size, name
         assert all(template.count("{}") == 1 for template in metadata[name]["templates"]), name
@@ -45,7 +45,7 @@ def test_mtil_evaluates_with_every_template_of_the_benchmark() -> None:
               "MNIST": 1, "OxfordPet": 1, "StanfordCars": 9, "SUN397": 2}  # fmt: skip
     firsts = {"EuroSAT": "a centered satellite photo of {}.", "MNIST": 'a photo of the number: "{}".',
               "StanfordCars": "a photo of a {}, a type of car.", "DTD": "a photo of a {} texture."}  # fmt: skip
-    metadata = datasets.mtil_metadata()
+    metadata = sources.mtil_metadata()
     for name, count in counts.items():
         templates = metadata[name]["templates"]
         assert len(templates) == len(set(templates)) == count, name
@@ -54,12 +54,13 @@ def test_mtil_evaluates_with_every_template_of_the_benchmark() -> None:
 
 def test_mtil_class_names_are_the_benchmark_s() -> None:
     """The names ZSCL and GIFT_CL train and evaluate with where CLIP's own lists spell them otherwise."""
-    metadata = datasets.mtil_metadata()
+    metadata = sources.mtil_metadata()
     assert metadata["MNIST"]["classnames"][:2] == ["0 - zero", "1 - one"]  # torchvision's MNIST classes
     assert "apartment building/outdoor" in metadata["SUN397"]["classnames"]  # torchvision's, '_' read as ' '
     flowers = metadata["Flowers"]["classnames"]
     assert (flowers[15], flowers[59], flowers[92]) == ("globe-flower", "pink-yellow dahlia", "ball moss")
-    assert len(synthetic.imagenet_classnames()) == 1000 and synthetic.imagenet_classnames()[:2] == ["tench", "goldfish"]
+    imagenet = registries.imagenet_classnames()
+    assert len(imagenet) == 1000 and imagenet[:2] == ["tench", "goldfish"]
 
 
 def test_csv_with_index_and_name_labels(tmp_path: Path) -> None:

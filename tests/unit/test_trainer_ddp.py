@@ -18,13 +18,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from services.stack import free_port
+from services.testing.trainer import CLASSES, REPLAY_PROMPTS, write_tiny_arch
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine
 from services.trainer.evaluation import zero_shot_accuracy
-from services.trainer.methods import GIFT, build_terms
+from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer
-from tests.unit.test_trainer_engine import CLASSES, REPLAY_PROMPTS
-from tests.unit.test_trainer_models import write_tiny_arch
+from services.trainer.presets import GIFT
 
 WORLD = 2
 BATCH = 8

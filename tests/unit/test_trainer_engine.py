@@ -12,14 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gift_common.schedules import warmup_cosine
+from services.testing.trainer import CLASSES, REPLAY_PROMPTS, write_tiny_arch
 from services.trainer.context import CachedTeacher, ReplayBatch, ReplaySet, Task
 from services.trainer.engine import Engine
-from services.trainer.methods import GIFT, PRESETS, build_terms, preset
+from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer
-from tests.unit.test_trainer_models import write_tiny_arch
-
-CLASSES = ["cat", "dog", "bird"]
-REPLAY_PROMPTS = ["a car.", "a tree.", "a car.", "a cup.", "a tree.", "a boat.", "a car.", "a lamp."]
+from services.trainer.presets import GIFT, PRESETS, preset
 
 
 @pytest.fixture(scope="module", autouse=True)

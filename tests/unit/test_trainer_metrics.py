@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from services.testing.trainer import write_tiny_arch
 from services.trainer import metrics
 from services.trainer.evaluation import zero_shot_accuracy, zero_shot_classifier
 from services.trainer.models import create_model, create_tokenizer
-from tests.unit.test_trainer_models import write_tiny_arch
 
 # A[i][j]: after task i, accuracy on task j
 A = [

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer, image_transforms
-
-TINY_ARCH = json.loads(TINY_TEST_ARCHITECTURE.read_text())
-
-
-def write_tiny_arch(directory: Path) -> Path:
-    """A tiny CLIP (ViT 32 px, 2 layers each side) as an open_clip JSON config: fast enough for CPU tests."""
-    path = directory / "gift-test-tiny.json"
-    path.write_text(json.dumps(TINY_ARCH))
-    return path
+from services.testing.trainer import write_tiny_arch
+from services.trainer.models import create_model, create_tokenizer, image_transforms
 
 
 @pytest.fixture(scope="module")

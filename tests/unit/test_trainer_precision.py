@@ -10,16 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.trainer_step import make_task
 from gift_common.errors import UserError
+from services.testing.trainer import make_task
 from services.trainer import engine as engine_module
 from services.trainer import precision as precision_module
 from services.trainer.config import parse_config
 from services.trainer.context import ReplayBatch, StepContext, Task
 from services.trainer.engine import Engine
-from services.trainer.methods import GIFT, MethodSettings, build_terms
+from services.trainer.methods import build_terms
 from services.trainer.models import TINY_TEST_ARCHITECTURE, create_model, create_tokenizer
 from services.trainer.precision import Precision, precision_for
+from services.trainer.presets import GIFT, MethodSettings
 
 EVERY_TERM = MethodSettings(distill=1.0, ita=0.25, awc=1.0, l2=1.0, ewc=1.0, lwf=1.0)
 # bf16 keeps 8 significant bits: one rounding moves a value by up to 2^-9 ≈ 2e-3 of itself. A term computed in fp32

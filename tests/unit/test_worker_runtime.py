@@ -13,7 +13,7 @@ from gift_common.errors import UserError
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.main import ModelSpec, parse_model_spec
 from services.generator.worker.synthesis import RuntimeOptions, fingerprint, generate, load_model
-from services.rehearsal.standins import SD15_NAME
+from services.testing.standins import SD15_NAME
 
 
 def test_a_model_spec_may_carry_its_batch_size() -> None:

@@ -6,8 +6,7 @@ from redis import exceptions as redis_errors
 
 from gift_common.settings import Settings
 from services.generator.worker.main import Worker
-
-from .test_batcher import tasks
+from services.testing.generator import tasks
 
 
 class FailingQueue:

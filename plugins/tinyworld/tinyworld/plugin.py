@@ -4,6 +4,8 @@
     gift.concepts          tinyworld   its 106 concept names, in "a photo of {}." (the names carry their article)
     gift.replay            tinyworld   real world images for the synthetic prompts: replay distillation on real data
     gift.probes            tinyworld   zero-shot accuracy on held-out world images, per concept family
+    gift.clip_models       tinyworld   the tiny CLIP's architecture and weights: `model: {shipped: tinyworld}`
+                                       (shipped.clip_files)
     gift.generator.models  tinyworld   the text-to-image pipeline a worker serves when given no --model
                                        (pipeline.default_model_dir)
 

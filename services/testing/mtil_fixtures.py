@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.trainer.datasets import MTIL_DATASETS, mtil_metadata
+from services.trainer.sources import MTIL_DATASETS, mtil_metadata
 
 NAMES_FILE = Path(__file__).parent / "torchvision_names.json"
 IMAGE_SIZE = 32

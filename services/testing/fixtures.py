@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests."""
+"""Pytest fixtures the project's tests and the tiny world's share (``pytest_plugins`` in their conftest.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def hf_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
 @pytest.fixture(scope="module")
 def tiny_standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The stand-ins' writer with SD 1.5's layout cut to toy widths (and RN50 for the CLIP): the whole path, fast."""
-    from services.rehearsal import standins
+    from services.testing import standins
 
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     with pytest.MonkeyPatch.context() as patch:

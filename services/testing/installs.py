@@ -1,0 +1,52 @@
+"""Fresh virtual environments as users install them: a role's files of the lock (hashed, nothing resolved), then
+the project's own distributions, never the editable checkout the tests run from."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout whose lock and sources are installed
+# The files the two distributions are built from; built in a copy, so that no build/ folder left in the checkout by
+# an earlier build (setuptools does not clear it) slips moved or deleted modules into a wheel.
+SOURCES = ("pyproject.toml", "README.md", "gift_common", "services", "plugins/tinyworld")
+NOT_SOURCES = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*")
+
+
+def run_checked(args: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a command; fail with its output when it fails."""
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def fresh_environment(directory: Path, roles: Sequence[str], packages: Sequence[Path]) -> Path:
+    """A virtual environment in ``directory`` with the lock's files of ``roles`` and ``packages`` (wheels or source
+    folders) installed without resolving anything; returns its bin folder.
+
+    Installed with uv (the lock's own tool, in the dev role): the same hashed files as pip takes, in seconds."""
+    uv = Path(sys.executable).with_name("uv")
+    venv = directory / "venv"
+    run_checked([uv, "venv", "--quiet", "--python", sys.executable, venv])
+    install = [uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", "--no-deps"]
+    locked = [arg for role in roles for arg in ("-r", ROOT / "requirements" / f"{role}.txt")]
+    run_checked([*install, "--require-hashes", *locked])
+    run_checked([*install, "--no-build-isolation", *packages])
+    return venv / "bin"
+
+
+def build_wheels(directory: Path) -> list[Path]:
+    """Wheels of the project and of the tiny world, built from a copy of their sources as `pip wheel` builds them."""
+    source, wheels = directory / "source", directory / "wheels"
+    source.mkdir()
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=NOT_SOURCES)
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir"]
+    run_checked([*build, wheels, source, source / "plugins" / "tinyworld"])
+    return sorted(wheels.glob("*.whl"))
