@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     # --- API --------------------------------------------------------------------------------------
     api_keys: str | None = Field(default=None, description="comma-separated tenant:key pairs; unset = no auth")
+    admin_keys: str | None = Field(
+        default=None, description="comma-separated name:key pairs that list and cancel every tenant's jobs"
+    )
     default_model: str = "tinyworld"
     max_prompts_per_job: int = 4096
     max_prompt_chars: int = 1000
@@ -84,7 +87,7 @@ class Settings(BaseSettings):
     generator_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
 
-    @field_validator("api_keys", "webhook_secrets")
+    @field_validator("api_keys", "admin_keys", "webhook_secrets")
     @classmethod
     def _pairs_well_formed(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value:
@@ -95,6 +98,11 @@ class Settings(BaseSettings):
         """Map each bearer key to its tenant; empty when auth is off."""
         pairs = parse_tenant_pairs(self.api_keys, "GIFT_API_KEYS") if self.api_keys else []
         return {key: tenant for tenant, key in pairs}
+
+    def admins_by_key(self) -> dict[str, str]:
+        """Map each admin key to its admin's name; empty when no admin is configured."""
+        pairs = parse_tenant_pairs(self.admin_keys, "GIFT_ADMIN_KEYS") if self.admin_keys else []
+        return {key: name for name, key in pairs}
 
     def webhook_secret_of(self, tenant: str) -> str | None:
         """The secret that signs the tenant's webhooks; None when the tenant has none (then it may not ask for one)."""

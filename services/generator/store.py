@@ -27,14 +27,17 @@ from typing import TypedDict
 
 from gift_common import redis_keys
 from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
+from services.generator import job_index
 
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 
 # Shared by the scripts that end a job: the end state, no more work, no longer counted, expiry, a wake-up.
 # A job that asked for a webhook gets its delivery queued in the same step, so no end goes unannounced.
 # KEYS: job, images, active, tenant_active, work, order, webhooks, and the job's idempotency record (the job key
-# again when it has none), which the scripts check against the job's field before any write.
-_END_JOB_FUNCTION = """
+# again when it has none), which the scripts check against the job's field before any write; then index_keys.
+_END_JOB_FUNCTION = (
+    job_index.INDEX_FUNCTION
+    + """
 local function foreign_record()
   if (redis.call('HGET', KEYS[1], 'idempotency_key') or KEYS[1]) == KEYS[8] then return nil end
   return redis.error_reply('KEYS[8] ' .. KEYS[8] .. ' is not the idempotency record of ' .. KEYS[1])
@@ -53,8 +56,10 @@ local function end_job(job_id, state, now, ttl, channel)
   if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
     redis.call('XADD', KEYS[7], '*', 'job', job_id, 'attempt', 1)
   end
+  index_move(9, job_id, state, ttl)
 end
 """
+)
 
 # Record finished images of one job; finish the job when the last one is in.
 # KEYS: job_keys. ARGV: job id, now, ttl, end channel, progress channel, then (index, record, cached).
@@ -78,6 +83,7 @@ if recorded > 0 then redis.call('PUBLISH', ARGV[5], ARGV[1]) end
 local done = redis.call('HLEN', KEYS[2])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if done < total then
+  if state == 'queued' then index_move(9, ARGV[1], 'running', ARGV[3]) end
   redis.call('HSET', KEYS[1], 'status', 'running')
   return {1, done, total}
 end
@@ -118,14 +124,17 @@ return ARGV[2]
 # cannot pass the limit, and a refused write (Redis full) leaves nothing behind. A submission with an idempotency
 # key whose job still exists is not a new one: the key (written with the job, expiring with it) names that job.
 # KEYS: job, images, work, active, tenant_active, stats, idempotency key (or the job key again when none is sent),
-# order, webhooks, and the key of the job the idempotency record named when the caller read it (else the job key).
+# order, webhooks, the key of the job the idempotency record named when the caller read it (else the job key), then
+# job_index.index_keys.
 # ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
 # chunks [encoded indices], counters {stats field: increment}, and the consumer group, then the request's
 # fingerprint ('' without a key) and the id of the job the record named when read ('' for none).
 # Returns the tenant's unfinished jobs before this one, and an AdmitOutcome: accepted, or refused for the limit;
 # replay, with the first job's id and the fingerprint of its request, when the idempotency key names a job that
 # exists; stale, nothing written, when the record names another job than it did when read (read it again).
-ADMIT_JOB = """
+ADMIT_JOB = (
+    job_index.INDEX_FUNCTION
+    + """
 local keyed = KEYS[7] ~= KEYS[1]
 if keyed then
   local first = redis.call('HMGET', KEYS[7], 'job', 'fingerprint')
@@ -154,14 +163,17 @@ if #chunks == 0 then
   if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
     redis.call('XADD', KEYS[9], '*', 'job', ARGV[1], 'attempt', 1)
   end
+  index_add(11, ARGV[1], ARGV[4], 'succeeded', ARGV[3])
   return {queued, 1}
 end
 redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
 for _, indices in ipairs(chunks) do redis.call('XADD', KEYS[3], '*', 'indices', indices) end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
+index_add(11, ARGV[1], ARGV[4], 'queued', ARGV[3])
 return {queued, 1}
 """
+)
 
 
 class AdmitOutcome(IntEnum):
@@ -421,6 +433,7 @@ def job_keys(job_id: str, model: str, tenant: str, idempotency_key: str | None) 
         redis_keys.job_order(job_id),
         redis_keys.WEBHOOKS,
         idempotency_key or redis_keys.job(job_id),
+        *job_index.index_keys(tenant),
     ]
 
 

@@ -22,7 +22,7 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import Settings
-from services.generator import replies, stats, store
+from services.generator import job_index, replies, stats, store
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
@@ -237,7 +237,8 @@ class JobService:
         ]
         for _ in range(ADMIT_TRIES):
             named = replies.optional_text(await self.redis.hget(record, "job")) if idempotency else None
-            answer = await self._admit(keys=[*keys, redis_keys.job(named or job_id)], args=[*args, named or ""])
+            listed = [redis_keys.job(named or job_id), *job_index.index_keys(tenant)]
+            answer = await self._admit(keys=[*keys, *listed], args=[*args, named or ""])
             if answer[1] != store.AdmitOutcome.stale:
                 break
         else:

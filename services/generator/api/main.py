@@ -21,6 +21,7 @@ from starlette.routing import compile_path
 from gift_common.settings import Settings, get_settings
 from services.generator.api.events import JobEvents
 from services.generator.api.jobs import REDIS_FULL, JobError, JobService
+from services.generator.api.listings import listings
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(v1)
+    app.include_router(listings)
     app.include_router(images)
     app.include_router(streams)
     app.include_router(ops)
