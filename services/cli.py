@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gift_common.errors import UserError
+from services import operator_cli
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True)
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.set_defaults(func=_train)
+
+    operator_cli.add_commands(commands)
 
     demo = commands.add_parser("demo", help="the embedded default end to end")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
