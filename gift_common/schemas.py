@@ -139,6 +139,9 @@ class JobStatus(BaseModel):
     error: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+    num_inference_steps: int | None = Field(
+        default=None, description="the job's denoising steps; null for jobs submitted before this field existed"
+    )
     images: list[ImageInfo] = []
 
 

@@ -379,6 +379,7 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
         "cached": "0",
         "created_at": created_at,
         "priority": str(request.priority or 0),
+        "steps": str(request.num_inference_steps),
         "request": request.model_dump_json(),
         **({"callback_url": request.callback_url} if request.callback_url else {}),
     }
@@ -415,6 +416,7 @@ def status_from(fields: dict[str, str], records: dict[str, str] | None) -> JobSt
         error=fields.get("error") or None,
         created_at=datetime.fromisoformat(fields["created_at"]),
         finished_at=datetime.fromisoformat(fields["finished_at"]) if fields.get("finished_at") else None,
+        num_inference_steps=int(fields["steps"]) if fields.get("steps") else None,
         images=images,
     )
 

@@ -6,12 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -30,6 +32,7 @@ from services.generator.api.webhooks import WebhookSender
 from services.generator.blobs import open_blob_store
 
 log = logging.getLogger("gift.api")
+CONSOLE = Path(__file__).parent / "console"  # the web console's static files, served at /ui/
 
 
 def connect(url: str, *, decode: bool) -> Redis:
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images)
     app.include_router(streams)
     app.include_router(ops)
+    app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
     app.add_exception_handler(JobError, _job_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(405, _method_not_allowed)
