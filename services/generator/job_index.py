@@ -41,9 +41,10 @@ local function index_tidy(base, ttl)
     if #gone > 0 then
       for part = 0, 6 do redis.call('ZREM', KEYS[b + part], unpack(gone)) end
     end
-    local live = redis.call('ZCARD', KEYS[b + 1]) + redis.call('ZCARD', KEYS[b + 2])
-    for part = 0, 6 do
-      if live == 0 then redis.call('EXPIRE', KEYS[b + part], ttl) else redis.call('PERSIST', KEYS[b + part]) end
+    if redis.call('ZCARD', KEYS[b + 1]) + redis.call('ZCARD', KEYS[b + 2]) == 0 then
+      for part = 0, 6 do redis.call('EXPIRE', KEYS[b + part], ttl) end
+    elseif redis.call('TTL', KEYS[b]) ~= -1 then  -- the parts expire and persist together: one TTL tells
+      for part = 0, 6 do redis.call('PERSIST', KEYS[b + part]) end
     end
   end
 end
