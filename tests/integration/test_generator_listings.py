@@ -185,3 +185,21 @@ def test_routes_keep_tenants_apart_and_the_admin_sees_and_cancels_every_job(make
         return sum(worker["images_done"] for worker in httpx.get(f"{api}/v1/workers", headers=ADMIN).json())
 
     wait_for(lambda: images_done() >= 1, 60, "bob's image counted by its worker's heartbeat")
+
+
+def test_metrics_report_the_oldest_queued_job_and_redis_memory_for_the_alerts(server: RedisServer) -> None:
+    async def scenario() -> None:
+        scene = Scene(server.url, redis_admit_fraction=0.8)
+        empty = await scene.jobs.metrics_snapshot(60)
+        assert empty["oldest_queued_seconds"] == 0
+        first = await scene.submit("alice")
+        time.sleep(0.3)
+        await scene.submit("bob")
+        snapshot = await scene.jobs.metrics_snapshot(60)
+        assert 0.3 <= snapshot["oldest_queued_seconds"] < 30, "the oldest job's age, not the newest's"
+        used, limit = snapshot["redis_memory"]
+        assert used > 0 and limit == 0 and snapshot["admit_fraction"] == 0.8
+        await scene.jobs.cancel(first, "alice")
+        assert (await scene.jobs.metrics_snapshot(60))["oldest_queued_seconds"] < 0.3
+
+    asyncio.run(scenario())

@@ -361,18 +361,25 @@ class JobService:
     async def metrics_snapshot(self, worker_seen_seconds: float) -> stats.Snapshot:
         """One read of everything /metrics reports."""
         names = {*replies.texts(await self.redis.hkeys(redis_keys.MODELS)), self.settings.default_model}
-        queued_jobs, queued_images = {}, 0
+        queued_jobs, queued_images, now = {}, 0, time.time()
+        oldest = now
         for name in names:
             keys, args = store.queued_images_args(
                 name, replies.texts(await self.redis.zrange(redis_keys.active(name), 0, -1))
             )
             queued_jobs[name], images = await self._queued(keys=keys, args=args)
             queued_images += images
+            for _, created in await self.redis.zrange(redis_keys.active(name), 0, 0, withscores=True):
+                oldest = min(oldest, float(created))
+        memory = await self.redis.info("memory")
         return {
             "stats": replies.text_hash(await self.redis.hgetall(redis_keys.STATS)),
             "queued_jobs": queued_jobs,
             "queued_images": queued_images,
-            "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),
+            "workers": await self.redis.zcount(redis_keys.WORKERS, now - worker_seen_seconds, "+inf"),
+            "oldest_queued_seconds": round(now - oldest, 3),
+            "redis_memory": (int(memory["used_memory"]), int(memory["maxmemory"])),
+            "admit_fraction": self.settings.redis_admit_fraction,
         }
 
 
