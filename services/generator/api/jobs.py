@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -369,8 +370,8 @@ class JobService:
             )
             queued_jobs[name], images = await self._queued(keys=keys, args=args)
             queued_images += images
-            for _, created in await self.redis.zrange(redis_keys.active(name), 0, 0, withscores=True):
-                oldest = min(oldest, float(created))
+            first = await self.redis.zrange(redis_keys.active(name), 0, 0, withscores=True)
+            oldest = min([oldest, *(float(created) for _, created in cast(list[tuple[str, float]], first))])
         memory = await self.redis.info("memory")
         return {
             "stats": replies.text_hash(await self.redis.hgetall(redis_keys.STATS)),
