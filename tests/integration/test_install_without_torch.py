@@ -93,3 +93,10 @@ def test_client_and_api_run_without_torch(api_env: Path, api_url: str) -> None:
     env = {**os.environ, "PYTHONPATH": ""}
     result = _run([api_env / "python", "-c", CLIENT_SCRIPT, api_url], cwd=api_env, env=env)
     assert "client round trip without torch: ok" in result.stdout
+
+
+def test_the_installed_api_serves_the_console(api_url: str) -> None:
+    """The console's static files ship in the package (package data), not only in a checkout."""
+    page = httpx.get(f"{api_url}/ui/")
+    assert page.status_code == 200 and '<script src="console.js">' in page.text
+    assert httpx.get(f"{api_url}/ui/console.js").status_code == 200
