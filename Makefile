@@ -17,6 +17,8 @@ setup: $(STAMP)
 # Only hashed, pinned files from the lock; then the two local projects themselves, without resolving anything.
 $(STAMP): requirements/lock.txt pyproject.toml plugins/tinyworld/pyproject.toml
 	command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/lock.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . -e plugins/tinyworld

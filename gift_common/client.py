@@ -32,7 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from gift_common.errors import UserError
-from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus, ModelInfo
+from gift_common.schemas import ImageInfo, JobPage, JobRequest, JobState, JobStatus, ModelInfo, WorkerInfo
 from gift_common.settings import HTTP_SCHEMES, ClientSettings, checked_url, load
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -158,8 +158,29 @@ class _Sleep:
 
 _Op: TypeAlias = Generator[_Send | _Sleep, Any, T]
 
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which page of which listing: the caller's jobs, or with ``admin`` (an admin's key) every tenant's or
+    ``tenant``'s; ``status`` filters by state; ``cursor`` is the ``next_cursor`` of the page before."""
+
+    status: JobState | None = None
+    limit: int = 50
+    cursor: str | None = None
+    admin: bool = False
+    tenant: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        given = {"status": self.status and self.status.value, "limit": self.limit, "cursor": self.cursor}
+        if self.admin:
+            given["tenant"] = self.tenant
+        return {name: value for name, value in given.items() if value is not None}
+
+
 _JOB_STATUS = TypeAdapter(JobStatus)
 _MODELS = TypeAdapter(list[ModelInfo])
+_JOB_PAGE = TypeAdapter(JobPage)
+_WORKERS = TypeAdapter(list[WorkerInfo])
 
 
 class _Protocol:
@@ -204,6 +225,19 @@ class _Protocol:
     def models(self) -> _Op[list[ModelInfo]]:
         response = yield from self._exchange("GET", "/v1/models")
         return _parse(_MODELS, response)
+
+    def jobs(self, query: JobQuery) -> _Op[JobPage]:
+        path = "/v1/admin/jobs" if query.admin else "/v1/jobs"
+        response = yield from self._exchange("GET", path, params=query.params())
+        return _parse(_JOB_PAGE, response)
+
+    def admin_job(self, job_id: str, method: str) -> _Op[JobStatus]:
+        response = yield from self._exchange(method, f"/v1/admin/jobs/{job_id}")
+        return _parse(_JOB_STATUS, response)
+
+    def workers(self) -> _Op[list[WorkerInfo]]:
+        response = yield from self._exchange("GET", "/v1/workers")
+        return _parse(_WORKERS, response)
 
     def image(self, sha256: str) -> _Op[bytes]:
         response = yield from self._exchange("GET", f"/v1/images/{sha256}")
@@ -502,6 +536,21 @@ class GeneratorClient(_ClientBase):
     def models(self) -> list[ModelInfo]:
         return self._run(self._ops.models())
 
+    def jobs(self, query: JobQuery | None = None) -> JobPage:
+        """One page of a listing of jobs, newest first (API.md, ``GET /v1/jobs``)."""
+        return self._run(self._ops.jobs(query or JobQuery()))
+
+    def admin_status(self, job_id: str) -> JobStatus:
+        """Any tenant's job (an admin's key)."""
+        return self._run(self._ops.admin_job(job_id, "GET"))
+
+    def admin_cancel(self, job_id: str) -> JobStatus:
+        """Cancel any tenant's job (an admin's key)."""
+        return self._run(self._ops.admin_job(job_id, "DELETE"))
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._run(self._ops.workers())
+
     def image(self, sha256: str) -> bytes:
         """The PNG bytes named by ``sha256``, checked against it (IntegrityError if they differ)."""
         return self._run(self._ops.image(sha256))
@@ -608,6 +657,18 @@ class AsyncGeneratorClient(_ClientBase):
 
     async def models(self) -> list[ModelInfo]:
         return await self._run(self._ops.models())
+
+    async def jobs(self, query: JobQuery | None = None) -> JobPage:
+        return await self._run(self._ops.jobs(query or JobQuery()))
+
+    async def admin_status(self, job_id: str) -> JobStatus:
+        return await self._run(self._ops.admin_job(job_id, "GET"))
+
+    async def admin_cancel(self, job_id: str) -> JobStatus:
+        return await self._run(self._ops.admin_job(job_id, "DELETE"))
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self._run(self._ops.workers())
 
     async def image(self, sha256: str) -> bytes:
         return await self._run(self._ops.image(sha256))

@@ -60,6 +60,18 @@ def tenant_active(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:active"
 
 
+def job_index(tenant: str | None, part: str) -> str:
+    """Zset: job id -> creation time (microseconds), a tenant's jobs (None: every tenant's) of one listing ``part``:
+    ``all``, a state's, or ``ended`` (job id -> when its hash expires); services/generator/job_index.py keeps them."""
+    scope = PREFIX if tenant is None else f"{PREFIX}:tenant:{tenant}"
+    return f"{scope}:jobs:{part}"
+
+
+def worker(consumer: str) -> str:
+    """String with a TTL: a live worker's profile and what it holds (JSON), rewritten by its heartbeat."""
+    return f"{PREFIX}:worker:{consumer}"
+
+
 def _scope(owner: str | None) -> str:
     """Where cached images live: the deployment's shared space, or a tenant's own (cache scope ``tenant``)."""
     return PREFIX if owner is None else f"{PREFIX}:tenant:{owner}"

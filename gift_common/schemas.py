@@ -153,7 +153,37 @@ class JobStatus(BaseModel):
     error: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+    num_inference_steps: int | None = Field(
+        default=None, description="the job's denoising steps; null for jobs submitted before this field existed"
+    )
     images: list[ImageInfo] = []
+
+
+class JobSummary(JobStatus):
+    """A job in a listing: its status without the images (GET /v1/jobs/{id} has them), its tenant and model."""
+
+    tenant: str
+    model: str
+
+
+class JobPage(BaseModel):
+    """One page of a listing, newest first; ``next_cursor`` asks for the next page, null after the last."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None = None
+
+
+class WorkerInfo(BaseModel):
+    """A live worker (a heartbeat within GIFT_WORKER_SEEN_SECONDS)."""
+
+    id: str
+    models: list[str]
+    device: str
+    batch_size: int
+    heartbeat_age_seconds: float
+    chunks_held: int = Field(description="chunks of work it holds now, every tenant's")
+    images_done: int = Field(description="images it recorded since it started")
+    jobs: list[str] = Field(description="the jobs it holds work of: the caller's own (every one for an admin)")
 
 
 class ModelInfo(BaseModel):

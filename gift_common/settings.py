@@ -58,6 +58,9 @@ class QueueSettings(HomeSettings):
     s3_endpoint_url: str | None = Field(default=None, description="an S3-compatible store's URL; unset: AWS S3")
     blob_sweep_seconds: float = Field(default=3600.0, gt=0, description="how often a worker deletes expired bytes")
     blob_grace_seconds: float = Field(default=600.0, ge=0, description="bytes younger than this are never swept")
+    worker_seen_seconds: float = Field(
+        default=30.0, gt=0, description="a worker with a heartbeat this recent is alive; its presence outlives it"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -76,6 +79,9 @@ class ApiSettings(QueueSettings):
     """The API process's settings."""
 
     api_keys: str | None = Field(default=None, description="comma-separated tenant:key pairs; unset = no auth")
+    admin_keys: str | None = Field(
+        default=None, description="comma-separated name:key pairs that list and cancel every tenant's jobs"
+    )
     default_model: str = "tinyworld"
     max_prompts_per_job: int = 4096
     max_prompt_chars: int = 1000
@@ -87,7 +93,6 @@ class ApiSettings(QueueSettings):
     max_image_cost: int = Field(
         default=512 * 512 * 100, ge=1, description="most height x width x num_inference_steps of one image"
     )
-    worker_seen_seconds: float = 30.0
     images_wait_seconds: float = Field(
         default=300.0, gt=0, description="how long POST /v1/images/generations waits for its job"
     )
@@ -108,7 +113,7 @@ class ApiSettings(QueueSettings):
         default=15.0, gt=0, description="longest silence of an event stream before a comment line keeps it open"
     )
 
-    @field_validator("api_keys", "webhook_secrets")
+    @field_validator("api_keys", "admin_keys", "webhook_secrets")
     @classmethod
     def _pairs_well_formed(cls, value: str | None) -> str | None:
         if value:
@@ -119,6 +124,11 @@ class ApiSettings(QueueSettings):
         """Map each bearer key to its tenant; empty when auth is off."""
         pairs = parse_tenant_pairs(self.api_keys) if self.api_keys else []
         return {key: tenant for tenant, key in pairs}
+
+    def admins_by_key(self) -> dict[str, str]:
+        """Map each admin key to its admin's name; empty when no admin is configured."""
+        pairs = parse_tenant_pairs(self.admin_keys) if self.admin_keys else []
+        return {key: name for name, key in pairs}
 
     def webhook_secret_of(self, tenant: str) -> str | None:
         """The secret that signs the tenant's webhooks; None when the tenant has none (then it may not ask for one)."""

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gift_common.errors import UserError
+from services import operator_cli
+from services.arguments import explain, folder, positive
 from services.trainer import configs as shipped_configs
 
 
@@ -62,41 +64,8 @@ def _rehearse(args: argparse.Namespace) -> None:
     print((args.out / "rehearsal.md").read_text())
 
 
-def _positive(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
-
-
-def _folder(text: str) -> Path:
-    """A folder to write into: it may not exist yet, but it may not be a file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
-    return path
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the line breaks of descriptions and examples, and fills in `{presets}` when help is asked for: the
-    presets' module loads torch, which parsing must not (the API's command runs without it)."""
-
-    def add_text(self, text: str | None) -> None:
-        if text and "{presets}" in text:
-            from services.trainer.presets import PRESETS
-
-            text = text.replace("{presets}", ", ".join(PRESETS))
-        super().add_text(text)
-
-
-def _explain(parser: argparse.ArgumentParser, about: str, example: str) -> argparse.ArgumentParser:
-    """What a command does and an example of it, for its --help."""
-    parser.description, parser.epilog, parser.formatter_class = about, f"example:\n{example}", _Help
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _explain(
+    parser = explain(
         argparse.ArgumentParser(prog="gift"),
         "GIFT: continual fine-tuning of CLIP with synthetic images from a diffusion generator service.\n"
         "Each command's --help says what it does, with an example. Documentation: README.md and docs/.",
@@ -107,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     generator_parser = commands.add_parser("generator", help="the image generator service: its API and workers")
-    generator = _explain(
+    generator = explain(
         generator_parser,
         "The text-to-image generator: an HTTP API (docs/API.md) and workers that share one Redis\n"
         "(GIFT_REDIS_URL). Every setting is a GIFT_* environment variable (docs/API.md, Environment).",
@@ -117,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.set_defaults(func=_serve)
-    _explain(
+    explain(
         serve,
         "Serve the generator's HTTP API (docs/API.md): it validates and queues jobs in Redis\n"
         "(GIFT_REDIS_URL), reports them and serves their images; workers make the images.",
@@ -138,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="images per pipeline call, at least 1 (overrides GIFT_BATCH_SIZE)"
     )
     worker.set_defaults(func=_worker)
-    _explain(
+    explain(
         worker,
         "Run one synthesis worker: it takes images from the queue in Redis (GIFT_REDIS_URL), batches\n"
         "them across jobs into diffusers pipeline calls and stores the PNGs. Run one per GPU\n"
@@ -153,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.set_defaults(func=_train)
-    _explain(
+    explain(
         train,
         "Fine-tune a CLIP model on a sequence of tasks with GIFT or a baseline, as a YAML run config\n"
         "says (every key: docs/configuration.md). It writes metrics.json (Transfer, Avg, Last, Forget),\n"
@@ -165,18 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
         "  torchrun --nproc_per_node 4 -m services.cli train --config run.yaml   # data parallel on 4 GPUs",
     )
 
+    operator_cli.add_commands(commands)
+
     demo = commands.add_parser("demo", help="the embedded default end to end")
     demo.add_argument(
-        "--out", type=_folder, default=Path("demo-out"), help="folder for the reports (default: %(default)s)"
+        "--out", type=folder, default=Path("demo-out"), help="folder for the reports (default: %(default)s)"
     )
     # Smaller values give a quicker, noisier look; unset ones keep the demo's defaults (services/demo.py).
-    demo.add_argument("--iterations", type=_positive, help="training steps per task")
-    demo.add_argument("--synthetic-size", type=_positive, help="GIFT's synthetic pairs per task")
-    demo.add_argument("--synthetic-steps", type=_positive, help="the generator's sampler steps")
-    demo.add_argument("--probe-size", type=_positive, help="held-out world images of the pre-training probe")
-    demo.add_argument("--tasks", type=_positive, help="only the first N tasks of the sequence")
+    demo.add_argument("--iterations", type=positive, help="training steps per task")
+    demo.add_argument("--synthetic-size", type=positive, help="GIFT's synthetic pairs per task")
+    demo.add_argument("--synthetic-steps", type=positive, help="the generator's sampler steps")
+    demo.add_argument("--probe-size", type=positive, help="held-out world images of the pre-training probe")
+    demo.add_argument("--tasks", type=positive, help="only the first N tasks of the sequence")
     demo.set_defaults(func=_demo)
-    _explain(
+    explain(
         demo,
         "The embedded default end to end on this machine, no GPU or download needed: a private Redis,\n"
         "the generator's API and a worker, and two gift train runs over the tiny world's six tasks, FT\n"
@@ -186,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rehearsal_parser = commands.add_parser("rehearsal", help="real-scale code paths on stand-ins")
-    rehearsal = _explain(
+    rehearsal = explain(
         rehearsal_parser,
         "Run the real-scale code paths (MTIL's datasets, ViT-B/16, Stable Diffusion v1.5) on stand-ins:\n"
         "random weights and tiny copies of the datasets, made here; nothing is downloaded.",
@@ -196,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "standins", help="write SD v1.5 and ViT-B-16-quickgelu with random weights (nothing downloaded)"
     )
     standins.add_argument(
-        "--out", type=_folder, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
+        "--out", type=folder, required=True, help="folder for stable-diffusion-v1-5/ and ViT-B-16-quickgelu/"
     )
     standins.set_defaults(func=_standins)
-    _explain(
+    explain(
         standins,
         "Write Stable Diffusion v1.5 (a diffusers directory) and open_clip ViT-B-16-quickgelu (a\n"
         "checkpoint) with random weights and a STAND_IN.json marker, in the layouts real weights have.",
@@ -207,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fixtures = rehearsal.add_parser("fixtures", help="tiny copies of the eleven MTIL datasets in torchvision's layouts")
-    fixtures.add_argument("--out", type=_folder, required=True, help="the root of every MTIL task")
-    fixtures.add_argument("--per-class", type=_positive, default=2, help="images per class and split")
+    fixtures.add_argument("--out", type=folder, required=True, help="the root of every MTIL task")
+    fixtures.add_argument("--per-class", type=positive, default=2, help="images per class and split")
     fixtures.set_defaults(func=_fixtures)
-    _explain(
+    explain(
         fixtures,
         "Write tiny copies of the eleven MTIL datasets, on disk as torchvision's classes read them, so\n"
         "an MTIL config runs on them (tasks[].dataset.root).",
@@ -218,17 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = rehearsal.add_parser("run", help="an MTIL order end to end on stand-ins, a kill -9 and --resume included")
-    run.add_argument("--out", type=_folder, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
+    run.add_argument("--out", type=folder, required=True, help="fixtures, stand-ins, the run and rehearsal.md")
     run.add_argument("--order", type=int, choices=(1, 2), default=1, help="the shipped config mtil_order{1,2}")
     # Unset sizes keep the rehearsal's defaults (services/rehearsal/run.py: Sizes).
-    run.add_argument("--iterations", type=_positive, help="training steps per task")
-    run.add_argument("--pairs", type=_positive, help="synthetic pairs per task")
-    run.add_argument("--steps", type=_positive, help="the generator's sampler steps")
-    run.add_argument("--image-size", type=_positive, help="synthetic images' side in pixels (a multiple of 8)")
-    run.add_argument("--trainer-threads", type=_positive, default=os.cpu_count() or 1,
+    run.add_argument("--iterations", type=positive, help="training steps per task")
+    run.add_argument("--pairs", type=positive, help="synthetic pairs per task")
+    run.add_argument("--steps", type=positive, help="the generator's sampler steps")
+    run.add_argument("--image-size", type=positive, help="synthetic images' side in pixels (a multiple of 8)")
+    run.add_argument("--trainer-threads", type=positive, default=os.cpu_count() or 1,
                      help="the trainer's torch threads (the worker keeps one); default: every core")  # fmt: skip
     run.set_defaults(func=_rehearse)
-    _explain(
+    explain(
         run,
         "Run a shipped MTIL config as it is, on stand-ins and tiny datasets, through a real generator\n"
         "stack: kill the trainer with SIGKILL half-way, resume it, and write OUT/rehearsal.md (seconds\n"

@@ -57,13 +57,28 @@ class Snapshot(TypedDict):
     queued_jobs: dict[str, int]
     queued_images: int
     workers: int
+    oldest_queued_seconds: float  # the age of the oldest job with work queued; 0 when none is
+    redis_memory: tuple[int, int]  # Redis's used_memory and maxmemory (0: none), for the admission mark's alert
+    admit_fraction: float  # GIFT_REDIS_ADMIT_FRACTION
 
 
 class SnapshotCollector(Collector):
     """Prometheus families from one read of the stats hash and the queue."""
 
-    def __init__(self, stats: Mapping[str, str], queued_jobs: Mapping[str, int], queued_images: int, workers: int):
+    def __init__(
+        self,
+        stats: Mapping[str, str],
+        queued_jobs: Mapping[str, int],
+        queued_images: int,
+        workers: int,
+        oldest_queued_seconds: float,
+        redis_memory: tuple[int, int],
+        admit_fraction: float,
+    ):
         self.stats, self.queued_jobs, self.queued_images, self.workers = stats, queued_jobs, queued_images, workers
+        self.oldest_queued_seconds, self.redis_memory, self.admit_fraction = (
+            oldest_queued_seconds, redis_memory, admit_fraction
+        )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         for name, help_text in COUNTERS.items():
@@ -76,6 +91,17 @@ class SnapshotCollector(Collector):
         yield jobs
         yield GaugeMetricFamily("gift_queue_images", "Images accepted and not yet made", value=self.queued_images)
         yield GaugeMetricFamily("gift_workers_alive", "Workers that sent a heartbeat lately", value=self.workers)
+        yield GaugeMetricFamily(
+            "gift_queue_oldest_seconds",
+            "Age of the oldest job with work queued (0: none)",
+            value=self.oldest_queued_seconds,
+        )
+        used, limit = self.redis_memory
+        yield GaugeMetricFamily("gift_redis_used_bytes", "Redis's used_memory", value=used)
+        yield GaugeMetricFamily("gift_redis_maxmemory_bytes", "Redis's maxmemory (0: none)", value=limit)
+        yield GaugeMetricFamily(
+            "gift_redis_admit_fraction", "Share of maxmemory past which new jobs are refused", value=self.admit_fraction
+        )
 
     def _histogram(self, name: str, help_text: str, bounds: tuple[float, ...]) -> HistogramMetricFamily:
         cumulative, buckets = 0.0, []

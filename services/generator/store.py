@@ -30,6 +30,7 @@ from typing import TypedDict
 
 from gift_common import redis_keys
 from gift_common.schemas import ImageInfo, JobRequest, JobState, JobStatus
+from services.generator import job_index
 
 LIVE_STATES = (JobState.queued.value, JobState.running.value)
 LUA = files(__package__) / "lua"
@@ -43,8 +44,8 @@ def _script(name: str, *functions: str) -> str:
     return "\n".join([*filter(None, [flags]), *((LUA / f"{f}.lua").read_text() for f in functions), code])
 
 
-# Record finished images of one job; finish the job when the last one is in.
-RECORD_IMAGES = _script("record_images", "end_job_functions")  # returns a RecordOutcome, done, total
+# Record finished images of one job; finish the job when the last one is in. Returns a RecordOutcome, done, total.
+RECORD_IMAGES = _script("record_images", "job_index_functions", "end_job_functions")
 
 
 class RecordOutcome(IntEnum):
@@ -56,10 +57,10 @@ class RecordOutcome(IntEnum):
 
 
 # End a live job early (cancelled or failed), allowed over maxmemory so that a cancel works while Redis is full.
-END_JOB = _script("end_job", "end_job_functions")  # returns the job's state afterwards
+END_JOB = _script("end_job", "job_index_functions", "end_job_functions")  # returns the job's state afterwards
 
 # Accept a job: the tenant's limit check and every write of the job in one atomic step.
-ADMIT_JOB = _script("admit_job")
+ADMIT_JOB = _script("admit_job", "job_index_functions")
 
 
 class AdmitOutcome(IntEnum):
@@ -131,6 +132,10 @@ def queued_images_args(model: str, job_ids: list[str]) -> tuple[list[str], list[
     return [redis_keys.active(model), *_active_call(job_ids, redis_keys.job_images)], job_ids
 
 
+# One page of a listing, read-only (job_index.py: the index the scripts above keep).
+LIST_PAGE = _script("list_page")  # returns {job id, score, ...}
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -149,6 +154,7 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
         "cached": "0",
         "created_at": created_at,
         "priority": str(request.priority or 0),
+        "steps": str(request.num_inference_steps),
         "request": request.model_dump_json(),
         **({"callback_url": request.callback_url} if request.callback_url else {}),
     }
@@ -185,6 +191,7 @@ def status_from(fields: dict[str, str], records: dict[str, str] | None) -> JobSt
         error=fields.get("error") or None,
         created_at=datetime.fromisoformat(fields["created_at"]),
         finished_at=datetime.fromisoformat(fields["finished_at"]) if fields.get("finished_at") else None,
+        num_inference_steps=int(fields["steps"]) if fields.get("steps") else None,
         images=images,
     )
 
@@ -203,6 +210,7 @@ def job_keys(job_id: str, model: str, tenant: str, idempotency_key: str | None) 
         redis_keys.job_order(job_id),
         redis_keys.WEBHOOKS,
         idempotency_key or redis_keys.job(job_id),
+        *job_index.index_keys(tenant),
     ]
 
 

@@ -49,7 +49,7 @@ class AuthWalk:
 def walk(api: str, owner: tuple[str, str], other_key: str, *, images_per_tenant: bool) -> AuthWalk:
     """``owner`` (tenant, key) submits a one-image job and waits for it; then every /v1 operation of
     /openapi.json is called with each bad credential (401 expected) and with ``other_key`` (404 expected on
-    routes naming the owner's job, or its image when ``images_per_tenant``)."""
+    routes naming the owner's job, or its image when ``images_per_tenant``; 401 on the admin's routes)."""
     tenant, key = owner
     with GeneratorClient(api, key) as client:
         job = client.wait(client.submit(JobRequest(prompts=["auth walk"], num_inference_steps=2)).id, progress=False)
@@ -70,7 +70,8 @@ def walk(api: str, owner: tuple[str, str], other_key: str, *, images_per_tenant:
                 _expect(figures, seen, method, url, path, kind, 401, sent, params, body)
             names_owned = "{job_id}" in path or ("{sha256}" in path and images_per_tenant)
             if names_owned:
-                _expect(figures, seen, method, url, path, "another tenant's key", 404,
+                refused = 401 if path.startswith("/v1/admin/") else 404  # a tenant's key is no admin's
+                _expect(figures, seen, method, url, path, "another tenant's key", refused,
                         {"Authorization": f"Bearer {other_key}"}, None, body)  # fmt: skip
     figures.statuses = {str(status): n for status, n in sorted(seen.items())}
     return figures

@@ -25,16 +25,17 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import Settings
-from services.generator import store
+from services.generator import job_index, store
 from services.generator.api import jobs as api_jobs
 from services.generator.api import webhooks
 from services.generator.api.events import JobEvents
+from services.generator.api.listings import JobListing
 from services.generator.worker.queue import WorkerQueue
 from services.stack import RedisServer
 
 MODEL, FINGERPRINT, SIZE = "tinyworld", "0" * 64, (32, 32)
 END_MARK = "script-keys: end of scenario"
-SCRIPT_MODULES = (store, api_jobs, webhooks)  # every module that holds Lua
+SCRIPT_MODULES = (store, job_index, api_jobs, webhooks)  # every module that holds Lua
 
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)")
@@ -114,6 +115,8 @@ def script_calls(commands: list[tuple[str, list[bytes]]]) -> list[Call]:
 
 def keys_of(admin: redis.Redis, command: list[bytes]) -> list[bytes]:
     """The keys of a command, as Redis' own key specs find them."""
+    if len(command) == 1:  # TIME: no arguments, so no keys (and COMMAND GETKEYS refuses a command without any)
+        return []
     try:
         keys = admin.command_getkeys(*command)
         return [key.encode() if isinstance(key, str) else key for key in keys]
@@ -166,6 +169,9 @@ async def scenario(url: str) -> None:
     queue.fail_job(failing.id, "the scenario fails it")
     cancelled = await jobs.cancel(hooked.id, "alice")
     assert cancelled is not None and cancelled.status == JobState.cancelled
+
+    page = await JobListing(api).page("alice", None, 1, None)
+    assert (await JobListing(api).page("alice", None, 1, page.next_cursor)).jobs
 
     sender = asyncio.create_task(webhooks.WebhookSender(jobs).run())
     await asyncio.sleep(0.5)

@@ -83,3 +83,10 @@ def test_a_run_config_is_checked_where_torch_is_not_installed(api_env: Path, tmp
     script = "from services.trainer.config import load_config; print(len(load_config('mtil_order1').tasks))"
     result = run_checked([api_env / "python", "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert result.stdout.strip() == "11"
+
+
+def test_the_installed_api_serves_the_console(api_url: str) -> None:
+    """The console's static files ship in the package (package data), not only in a checkout."""
+    page = httpx.get(f"{api_url}/ui/")
+    assert page.status_code == 200 and '<script src="console.js">' in page.text
+    assert httpx.get(f"{api_url}/ui/console.js").status_code == 200

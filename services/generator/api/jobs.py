@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -24,7 +25,7 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import ApiSettings
-from services.generator import replies, stats, store
+from services.generator import job_index, replies, stats, store
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
@@ -255,7 +256,8 @@ class JobService:
         ]
         for _ in range(ADMIT_TRIES):
             named = replies.optional_text(await self.redis.hget(record, "job")) if idempotency else None
-            answer = await self._admit(keys=[*keys, redis_keys.job(named or job_id)], args=[*args, named or ""])
+            listed = [redis_keys.job(named or job_id), *job_index.index_keys(tenant)]
+            answer = await self._admit(keys=[*keys, *listed], args=[*args, named or ""])
             if answer[1] != store.AdmitOutcome.stale:
                 break
         else:
@@ -391,18 +393,25 @@ class JobService:
     async def metrics_snapshot(self, worker_seen_seconds: float) -> stats.Snapshot:
         """One read of everything /metrics reports."""
         names = {*replies.texts(await self.redis.hkeys(redis_keys.MODELS)), self.settings.default_model}
-        queued_jobs, queued_images = {}, 0
+        queued_jobs, queued_images, now = {}, 0, time.time()
+        oldest = now
         for name in names:
             keys, args = store.queued_images_args(
                 name, replies.texts(await self.redis.zrange(redis_keys.active(name), 0, -1))
             )
             queued_jobs[name], images = await self._queued(keys=keys, args=args)
             queued_images += images
+            first = await self.redis.zrange(redis_keys.active(name), 0, 0, withscores=True)
+            oldest = min([oldest, *(float(created) for _, created in cast(list[tuple[str, float]], first))])
+        memory = await self.redis.info("memory")
         return {
             "stats": replies.text_hash(await self.redis.hgetall(redis_keys.STATS)),
             "queued_jobs": queued_jobs,
             "queued_images": queued_images,
-            "workers": await self.redis.zcount(redis_keys.WORKERS, time.time() - worker_seen_seconds, "+inf"),
+            "workers": await self.redis.zcount(redis_keys.WORKERS, now - worker_seen_seconds, "+inf"),
+            "oldest_queued_seconds": round(now - oldest, 3),
+            "redis_memory": (int(memory["used_memory"]), int(memory["maxmemory"])),
+            "admit_fraction": self.settings.redis_admit_fraction,
         }
 
 

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -14,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -23,6 +25,7 @@ from starlette.routing import compile_path
 from gift_common.settings import ApiSettings, load
 from services.generator.api.events import JobEvents
 from services.generator.api.jobs import REDIS_FULL, JobError, JobService
+from services.generator.api.listings import listings
 from services.generator.api.middleware import BodySizeLimit, RequestMetrics
 from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
@@ -31,6 +34,7 @@ from services.generator.api.webhooks import WebhookSender
 from services.generator.blobs import open_blob_store
 
 log = logging.getLogger("gift.api")
+CONSOLE = Path(__file__).parent / "console"  # the web console's static files, served at /ui/
 
 
 def connect(url: str, *, decode: bool) -> Redis:
@@ -71,9 +75,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(v1)
+    app.include_router(listings)
     app.include_router(images)
     app.include_router(streams)
     app.include_router(ops)
+    app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
     app.add_exception_handler(JobError, _job_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(405, _method_not_allowed)

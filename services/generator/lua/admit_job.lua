@@ -2,7 +2,8 @@
 -- cannot pass the limit, and a refused write (Redis full) leaves nothing behind. A submission with an idempotency
 -- key whose job still exists is not a new one: the key (written with the job, expiring with it) names that job.
 -- KEYS: job, images, work, active, tenant_active, stats, idempotency key (or the job key again when none is sent),
--- order, webhooks, and the key of the job the idempotency record named when the caller read it (else the job key).
+-- order, webhooks, the key of the job the idempotency record named when the caller read it (else the job key), then
+-- job_index.index_keys.
 -- ARGV: job id, the tenant's limit, ttl, creation score, then JSON: fields {name: value}, records {index: record},
 -- chunks [encoded indices], counters {stats field: increment}, and the consumer group, then the request's
 -- fingerprint ('' without a key) and the id of the job the record named when read ('' for none).
@@ -37,10 +38,12 @@ if #chunks == 0 then
   if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
     redis.call('XADD', KEYS[9], '*', 'job', ARGV[1], 'attempt', 1)
   end
+  index_add(11, ARGV[1], ARGV[4], 'succeeded', ARGV[3])
   return {queued, 1}
 end
 redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[9], '0', 'MKSTREAM')
 for _, indices in ipairs(chunks) do redis.call('XADD', KEYS[3], '*', 'indices', indices) end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
+index_add(11, ARGV[1], ARGV[4], 'queued', ARGV[3])
 return {queued, 1}

@@ -18,6 +18,7 @@ if recorded > 0 then redis.call('PUBLISH', ARGV[5], ARGV[1]) end
 local done = redis.call('HLEN', KEYS[2])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if done < total then
+  if state == 'queued' then index_move(9, ARGV[1], 'running', ARGV[3]) end
   redis.call('HSET', KEYS[1], 'status', 'running')
   return {1, done, total}
 end

@@ -59,6 +59,7 @@ class Worker:
         self.blobs = Redis.from_url(settings.redis_url, **timeouts)
         self.blob_store = open_blob_store(settings.blob_store, settings.s3_endpoint_url)
         self.queue = WorkerQueue(self.redis, settings, self.consumer, self.blob_store)
+        self.queue.profile = {"models": sorted(models), "device": device_of(models), "batch_size": self.batch_size}
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
         self.stopping = threading.Event()
@@ -316,6 +317,12 @@ def parse_model_spec(spec: str) -> ModelSpec:
 
 
 # Models that installed plugins provide: a callable of the local cache folder that returns a pipeline directory.
+def device_of(models: dict[str, synthesis.LoadedModel]) -> str:
+    """Where the worker's pipelines run, as GET /v1/workers shows it (``cuda:0``, ``cpu``)."""
+    devices = {str(getattr(m.pipeline, "device", m.variant.get("device", "unknown"))) for m in models.values()}
+    return ", ".join(sorted(devices))
+
+
 PLUGIN_MODELS: Registry[Callable[[Path], Path]] = Registry("gift.generator.models", "generator model")
 
 

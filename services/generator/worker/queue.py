@@ -54,6 +54,8 @@ class WorkerQueue:
     def __init__(self, redis: Redis, settings: WorkerSettings, consumer: str, blob_store: BlobStore | None = None):
         self.redis, self.settings, self.consumer, self.blob_store = redis, settings, consumer, blob_store
         self._cursor: dict[str, int] = {}
+        self.profile: dict[str, object] = {}  # what GET /v1/workers shows of this worker: models, device, batch size
+        self.images_done = 0
         self._record = redis.register_script(store.RECORD_IMAGES)
         self._end = redis.register_script(store.END_JOB)
         self._read = redis.register_script(store.READ_ROUND)
@@ -77,10 +79,19 @@ class WorkerQueue:
             pipe.zadd(redis_keys.WORKERS, {self.consumer: now})
             if seen := {name: str(now) for name in models}:
                 pipe.hset(redis_keys.MODELS_SEEN, mapping=seen)  # type: ignore[arg-type]  # str values are fine
+            pipe.set(redis_keys.worker(self.consumer), self._presence(held), ex=self._presence_ttl())
             for job_id, entries in held.items():
                 # ignore: redis-py wants message_ids as an invariant List[StreamIdT], which a list[str] is not
                 pipe.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, 0, entries, justid=True)  # type: ignore[arg-type]
             pipe.execute(raise_on_error=False)
+
+    def _presence(self, held: dict[str, list[str]]) -> str:
+        chunks = {job_id: len(entries) for job_id, entries in held.items()}
+        return json.dumps({**self.profile, "held": chunks, "images_done": self.images_done})
+
+    def _presence_ttl(self) -> int:
+        """Long enough to outlive a few missed heartbeats; the API shows only workers seen lately anyway."""
+        return max(1, round(max(self.settings.worker_seen_seconds, 5 * self.settings.heartbeat_seconds)))
 
     def release(self, held: dict[str, list[str]]) -> None:
         """On a clean stop, mark held chunks as long idle, so other workers take them over at once."""
@@ -96,6 +107,7 @@ class WorkerQueue:
 
     def leave(self) -> None:
         self.redis.zrem(redis_keys.WORKERS, self.consumer)
+        self.redis.delete(redis_keys.worker(self.consumer))
 
     # --- reading work -------------------------------------------------------------------------------
 
@@ -215,6 +227,8 @@ class WorkerQueue:
             args += [index, record, int(cached)]
         keys = store.job_keys(job.job_id, job.model, job.tenant, job.idempotency_key)
         outcome, done, total = self._record(keys=keys, args=args)
+        if outcome != store.RecordOutcome.dropped:
+            self.images_done += len(images)
         if outcome == store.RecordOutcome.finished:
             self._observe_end(job, "jobs_succeeded")
             log.info("job %s succeeded: %d images in %.1f s", job.job_id, total, time.time() - job.created_at)
