@@ -7,7 +7,6 @@ that the integration tests assert on and that ``bench/redis_faults.py`` prints (
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import signal
@@ -32,8 +31,7 @@ from gift_common.client import (
 from gift_common.schemas import JobRequest
 from services.generator.api.admission import READ_EVERY_SECONDS
 from services.stack import LocalStack
-
-IDLE_MODEL = "idle-model"  # registered by the trials, served by no worker: its jobs stay unfinished
+from services.testing.generator import IDLE_MODEL, register_idle_model
 
 
 @dataclass
@@ -296,9 +294,8 @@ class Burst:
 def quota_burst(stack: LocalStack, limit: int, *, threads: int = 16, per_thread: int = 12) -> Burst:
     """``threads`` clients submit at once to a model no worker serves, so nothing finishes during the burst: at
     most ``limit`` may be accepted. The stack's API must run with GIFT_MAX_QUEUED_JOBS_PER_TENANT=limit."""
+    register_idle_model(stack.redis_url)
     admin = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    admin.hset(redis_keys.MODELS, IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
-    admin.hset(redis_keys.MODELS_SEEN, IDLE_MODEL, time.time() + 3600)  # as if a live worker served it
     burst, lock, accepted = Burst(limit), threading.Lock(), []
     start = threading.Barrier(threads)
 

@@ -4,6 +4,7 @@ and reads on a running stack."""
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ FAST_ENV = {
     "GIFT_TORCH_THREADS": "1",
 }
 SMALL = Shape("m", 25, 7.5, 32, 32)  # a batcher shape: model, steps, guidance, height, width
+IDLE_MODEL = "idle-model"  # registered, and seen served by a worker that never reads it: its jobs stay queued
 
 
 def tasks(job: str, n: int, shape: Shape = SMALL, entry: str = "1-0", start: int = 0) -> list[Task]:
@@ -40,6 +42,14 @@ def drop_cache(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(redis_keys.cache("*")):
         client.delete(key)
+
+
+def register_idle_model(redis_url: str) -> None:
+    """Register IDLE_MODEL at 32x32 as served for the next hour, so that jobs for it are accepted (a model no live
+    worker serves is refused) and wait in the queue."""
+    client = redis.Redis.from_url(redis_url)
+    client.hset(redis_keys.MODELS, IDLE_MODEL, json.dumps({"height": 32, "width": 32, "fingerprint": "0" * 64}))
+    client.hset(redis_keys.MODELS_SEEN, IDLE_MODEL, time.time() + 3600)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -7,7 +7,6 @@ against a real stack with two tenants, an admin and a worker.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -17,21 +16,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from gift_common import redis_keys
 from services.stack import LocalStack
-from services.testing.generator import FAST_ENV
+from services.testing.generator import FAST_ENV, IDLE_MODEL, register_idle_model
 
 pytestmark = pytest.mark.integration
 
 KEYS = {"GIFT_API_KEYS": "alice:alice-key,bob:bob-key", "GIFT_ADMIN_KEYS": "ops:admin-key"}
-IDLE_MODEL = "idle-model"  # registered, served by no worker: its jobs stay queued
 BOB = {"Authorization": "Bearer bob-key"}
 
 
@@ -40,8 +36,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Iterator[
     env = {"GIFT_HOME": str(model_home), **FAST_ENV, **KEYS}
     with LocalStack(tmp_path_factory.mktemp("console"), env=env) as stack:
         stack.start(workers=1)
-        entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
-        redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS, IDLE_MODEL, json.dumps(entry))
+        register_idle_model(stack.redis_url)
         yield stack.api_url
 
 

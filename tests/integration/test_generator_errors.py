@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import httpx
 import jsonschema
@@ -14,6 +13,7 @@ import redis
 from gift_common import redis_keys
 from services.stack import Process, free_port, wait_until
 from services.testing.auth_walk import BAD_CREDENTIALS, walk
+from services.testing.generator import IDLE_MODEL, register_idle_model
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,6 @@ LIMITS = {
     "GIFT_MAX_PROMPT_CHARS": "50",
     "GIFT_MAX_BODY_BYTES": "20000",
 }
-IDLE_MODEL = "idle-model"  # registered, and seen served for an hour by a worker that never reads: jobs stay queued
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +36,7 @@ def api(stack, tmp_path_factory):
     process = Process("limited-api", args, tmp_path_factory.mktemp("api") / "api.log", env)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "API", process.popen, process.log)
-    entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
-    redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS, IDLE_MODEL, json.dumps(entry))
-    redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS_SEEN, IDLE_MODEL, time.time() + 3600)
+    register_idle_model(stack.redis_url)
     yield url
     process.stop()
 
