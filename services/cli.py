@@ -30,7 +30,13 @@ def _worker(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from services.trainer.main import run_training
 
-    run_training(config_path=args.config, resume=args.resume)
+    run_training(config_path=args.config, resume=args.resume, overrides=args.set)
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    from services.trainer.config import load_config, resolved_yaml
+
+    print(resolved_yaml(load_config(args.config, args.set)), end="")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -95,6 +101,21 @@ def _explain(parser: argparse.ArgumentParser, about: str, example: str) -> argpa
     return parser
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="FILE|NAME",
+        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
+    )  # fmt: skip
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="change one key of the config, VALUE read as YAML, e.g. training.lr=1e-5 or tasks.0.dataset.root=data "
+        "(repeatable; checked as the file is)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _explain(
         argparse.ArgumentParser(prog="gift"),
@@ -147,11 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = commands.add_parser("train", help="one continual fine-tuning run")
-    train.add_argument(
-        "--config", required=True, metavar="FILE|NAME",
-        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
-    )  # fmt: skip
+    _add_config(train)
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _add_set(train)
     train.set_defaults(func=_train)
     _explain(
         train,
@@ -162,7 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
         "method presets (a config's method.preset; docs/configuration.md says what each sets):\n  {presets}",
         "  gift train --config run.yaml                # run.yaml: a config of your own, or a shipped one\n"
         "  gift train --config run.yaml --resume       # go on from the run's last checkpoint\n"
+        "  gift train --config mtil_order1 --set training.lr=2e-5 --set output_dir=runs/lr2e-5\n"
         "  torchrun --nproc_per_node 4 -m services.cli train --config run.yaml   # data parallel on 4 GPUs",
+    )
+
+    config_parser = commands.add_parser("config", help="run configs: the resolved config, every default included")
+    config_commands = _explain(
+        config_parser,
+        "Run configs (docs/configuration.md): a YAML file, or a shipped one by name, that may extend\n"
+        "another (base: FILE|NAME) and take --set overrides.",
+        "  gift config show --config mtil_order2 --set training.lr=2e-5",
+    ).add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = config_commands.add_parser("show", help="print the resolved config with every default, as YAML")
+    _add_config(show)
+    _add_set(show)
+    show.set_defaults(func=_config_show)
+    _explain(
+        show,
+        "Print the config a run would use: its bases merged in, the --set overrides applied, every\n"
+        "default filled in and relative paths resolved; it is checked as gift train checks it.",
+        "  gift config show --config mtil_order1 > my_run.yaml",
     )
 
     demo = commands.add_parser("demo", help="the embedded default end to end")

@@ -2,12 +2,13 @@
 
 Relative paths are relative to the config file's folder, so a config works from any working directory; a shipped
 config taken by name (`gift train --config tinyworld`) reads them against the current directory, as if it had been
-copied there. Every error
-names the key path and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
+copied there. A config may extend another and take `--set` overrides (compose.py). Every error names the key path
+and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from pydantic import (
 )
 
 from gift_common.errors import UserError
-from services.trainer import configs as shipped_configs
+from services.trainer.compose import compose
 from services.trainer.fields import (
     DEFAULT_TEMPLATE,
     ConfigPath,
@@ -40,7 +41,7 @@ from services.trainer.presets import PRESETS, MethodSettings
 from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
 from services.trainer.sources import MTIL_DATASETS, SOURCES
 
-__all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
+__all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config", "resolved_yaml"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -250,29 +251,16 @@ class RunConfig(Strict):
         return {key: getattr(self.training, key) if getattr(task, key) is None else getattr(task, key) for key in keys}
 
 
-def load_config(path_or_name: str | Path) -> RunConfig:
-    """Read and check a YAML run config, a file or a shipped config's name; any problem is a UserError that names the
-    file, the key and the rule."""
-    path, base = find_config(path_or_name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise UserError(f"cannot read config {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+def load_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and check a YAML run config, a file or a shipped config's name, its bases merged in and `--set`
+    overrides applied (compose.py); any problem is a UserError that names the file, the key and the rule."""
+    data, base = compose(path_or_name, overrides)
     return parse_config(data, base=base, source=str(path_or_name))
 
 
-def find_config(path_or_name: str | Path) -> tuple[Path, Path]:
-    """The config's file and the folder its relative paths start from: a file's own folder, or, for the name of a
-    shipped config that is no file here, the current directory."""
-    path = Path(path_or_name)
-    if not path.exists() and str(path_or_name) in shipped_configs.names():
-        return shipped_configs.path(str(path_or_name)), Path.cwd()
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-        shipped = ", ".join(shipped_configs.names())
-        raise UserError(f"cannot read config {path}: no such file, nor a shipped config of that name ({shipped})")
-    return path, path.resolve().parent
+def resolved_yaml(config: RunConfig) -> str:
+    """The config as a run uses it, every default included, as YAML that loads back as the same config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def parse_config(data: Any, base: Path, source: str = "config") -> RunConfig:
