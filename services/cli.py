@@ -33,6 +33,12 @@ def _train(args: argparse.Namespace) -> None:
     run_training(config_path=args.config, resume=args.resume, overrides=args.set)
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from services.trainer.measure import run_evaluation
+
+    run_evaluation(args.config, args.checkpoint, args.tasks, args.out, args.set)
+
+
 def _config_show(args: argparse.Namespace) -> None:
     from services.trainer.config import load_config, resolved_yaml
 
@@ -183,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
         "  gift train --config run.yaml --resume       # go on from the run's last checkpoint\n"
         "  gift train --config mtil_order1 --set training.lr=2e-5 --set output_dir=runs/lr2e-5\n"
         "  torchrun --nproc_per_node 4 -m services.cli train --config run.yaml   # data parallel on 4 GPUs",
+    )
+
+    evaluate = commands.add_parser("eval", help="measure any weights on a config's tasks")
+    _add_config(evaluate)
+    evaluate.add_argument(
+        "--checkpoint", type=Path, required=True, metavar="PATH",
+        help="weights to measure: a run's weights/NN_TASK.safetensors, or a state dict of the config's architecture",
+    )  # fmt: skip
+    evaluate.add_argument("--tasks", nargs="+", default=[], metavar="NAME", help="only these tasks (default: all)")
+    evaluate.add_argument("--out", type=_folder, help="folder for the reports (default: OUTPUT_DIR/eval/WEIGHTS)")
+    _add_set(evaluate)
+    evaluate.set_defaults(func=_eval)
+    _explain(
+        evaluate,
+        "Measure one model's zero-shot accuracy on a run config's tasks (its split, templates and\n"
+        "pre-training probe) and write metrics.json and results.md as gift train does, with one row.",
+        "  gift eval --config mtil_order1 --checkpoint runs/mtil_order1_gift/weights/03_CIFAR100.safetensors\n"
+        "  gift eval --config run.yaml --checkpoint other.safetensors --tasks DTD MNIST --out eval-out",
     )
 
     config_parser = commands.add_parser("config", help="run configs: the resolved config, every default included")

@@ -4,7 +4,9 @@ A), checkpointed so that `--resume` ends where a run that was never stopped ends
 training gives the zero-shot row; the tiny world's pre-training probe, where asked for, follows each evaluation.
 
 The output folder holds `checkpoint.pt` (the latest, written atomically after each task and every N iterations),
-`losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it was run).
+`weights/NN_TASK.safetensors` (the model after task NN, a state dict `open_clip.create_model(arch, pretrained=FILE)`
+loads as it is), `losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it
+was run). `Runner.measure` evaluates given weights alone, for `gift eval`.
 Under torchrun every process trains; only process 0 writes files.
 """
 
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+import safetensors.torch
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -40,6 +44,7 @@ from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_poo
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"
 CONFIG = "config.json"
+WEIGHTS = "weights"
 # Settings a resumed run may change: they do not change what the run computes.
 OPERATIONAL = {
     "output_dir": True,
@@ -116,6 +121,7 @@ class Runner:
                 self.results.rows.append(self._evaluate())
                 if self.results.probe is not None:
                     self.results.probe.append(self._evaluate_probe())
+                self._save_weights(index)  # before the checkpoint: a run killed between them retrains and rewrites
                 self._checkpoint()
                 self._report()
         finally:
@@ -123,6 +129,18 @@ class Runner:
                 synthetic.close()
             if self._log_file is not None:
                 self._log_file.close()
+        return reports.summary(self.results)
+
+    def measure(self) -> dict[str, Any]:
+        """One row: the configured weights (`model.pretrained`) on every task, and the probe where there is one,
+        reported as a run's are; returns metrics.json's content."""
+        self.results.weights = str(self.config.model.pretrained)
+        self.results.rows.append(self._evaluate())
+        if self.results.probe is not None:
+            self.results.probe.append(self._evaluate_probe())
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._report()
         return reports.summary(self.results)
 
     # --- start and resume -----------------------------------------------------------------------------------
@@ -283,6 +301,18 @@ class Runner:
         }
         with atomic_file(self.out / CHECKPOINT, durable=True) as file:  # a kill leaves the last checkpoint whole
             torch.save(state, file)
+
+    def _save_weights(self, index: int) -> None:
+        """The model after task `index` as safetensors: the ecosystem's format, loadable without this code."""
+        if not distributed.is_main():
+            return
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.tasks[index].name)
+        tensors = {key: value.detach().cpu().contiguous() for key, value in self.engine.model.state_dict().items()}
+        metadata = {"format": "pt", "architecture": self.config.model.architecture, "task": self.tasks[index].name,
+                    "tasks_trained": str(index + 1)}  # fmt: skip
+        path = self.out / WEIGHTS / f"{index + 1:02d}_{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, safetensors.torch.save(tensors, metadata))
 
     def _report(self) -> None:
         if distributed.is_main():
