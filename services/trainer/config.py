@@ -37,13 +37,10 @@ from services.trainer.fields import (
     Template,
     relative_to_config,
 )
-from services.trainer.presets import PRESETS, MethodSettings
-from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
+from services.trainer.registries import CONCEPTS, METHODS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
 from services.trainer.sources import MTIL_DATASETS, SOURCES
 
 __all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config", "resolved_yaml"]
-
-PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 class ModelConfig(Strict):
@@ -68,9 +65,18 @@ class ModelConfig(Strict):
 
 
 class MethodConfig(Strict):
-    preset: PresetName = Field(default="gift", description="the method: a preset of term weights (below)")
+    preset: str = Field(
+        default="gift", description="the method: a built-in preset of term weights (below), or a plugin's method"
+    )
     teacher: TeacherMode = Field(default="cached", description="teacher embeddings cached per task, or per step")
     overrides: dict[str, Any] = Field(default_factory=dict, description="preset settings to change, e.g. {ita: 0.5}")
+
+    @field_validator("preset")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; registered: {', '.join(METHODS.names())}")
+        return value
 
     @field_validator("overrides")
     @classmethod
@@ -79,18 +85,20 @@ class MethodConfig(Strict):
             method_settings(info.data["preset"], overrides)
         return overrides
 
-    def settings(self) -> MethodSettings:
+    def settings(self) -> Any:
         return method_settings(self.preset, self.overrides)
 
 
-def method_settings(preset: str, overrides: dict[str, Any]) -> MethodSettings:
-    """The preset with the overrides applied, each checked against its MethodSettings type."""
-    known = asdict(PRESETS[preset])
+def method_settings(method: str, overrides: dict[str, Any]) -> Any:
+    """The method's settings with the overrides applied, each checked against its field's type (for the presets,
+    MethodSettings)."""
+    defaults = METHODS.get(method).defaults
+    known = asdict(defaults)
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(f"unknown setting {', '.join(unknown)}; known: {', '.join(known)}")
     try:
-        return TypeAdapter(MethodSettings).validate_python(known | overrides)
+        return TypeAdapter(type(defaults)).validate_python(known | overrides)
     except ValidationError as error:
         raise ValueError(format_errors(error)) from None
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from services.trainer.config import RunConfig
 from services.trainer.presets import PRESETS, MethodSettings
-from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES
+from services.trainer.registries import CONCEPTS, METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.sources import SOURCES
 
 HEADER = """\
@@ -165,6 +165,7 @@ def _dataset_types() -> str:
 def _registered() -> str:
     """The names the other registry-backed keys accept in this environment."""
     lines = [
+        f"- `method.preset`: {_names(METHODS.names())}.",
         f"- `synthetic.concepts`: {_names(CONCEPTS.names())}, or a file of one concept per line.",
         f"- `synthetic.source`: {_names(REPLAY_SOURCES.names())}.",
         f"- `evaluation.pretraining_probe`: {_names(['none', *PROBES.names()])}.",

@@ -34,10 +34,9 @@ from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
 from services.trainer.evaluation import probe_accuracies, zero_shot_accuracy
-from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer, image_transforms
 from services.trainer.plugins import Probe, ReplaySets
-from services.trainer.registries import PROBES, REPLAY_SOURCES
+from services.trainer.registries import METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
 from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
 
@@ -93,7 +92,7 @@ class Runner:
         settings = config.method.settings()
         self.engine = Engine(
             self.model,
-            build_terms(settings),
+            METHODS.get(config.method.preset).build_terms(settings),
             device=device,
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
