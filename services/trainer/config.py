@@ -243,6 +243,9 @@ class RunConfig(Strict):
     )
     seed: int = Field(default=0, ge=0, description="random initial weights and the order of every batch stream")
     progress: bool = Field(default=True, description="progress bars (from one process under torchrun)")
+    tensorboard: bool = Field(
+        default=True, description="TensorBoard event files in OUTPUT_DIR/tensorboard (tensorboard --logdir OUTPUT_DIR)"
+    )
 
     @field_validator("tasks")
     @classmethod

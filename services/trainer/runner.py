@@ -39,6 +39,7 @@ from services.trainer.plugins import Probe, ReplaySets
 from services.trainer.registries import METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
 from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
+from services.trainer.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"
@@ -50,6 +51,7 @@ OPERATIONAL = {
     "progress": True,
     "checkpoint_every": True,
     "device": True,
+    "tensorboard": True,
     "training": {"num_workers", "grad_checkpointing"},  # the same gradients, recomputed or kept
     "evaluation": {"num_workers"},
     "synthetic": {"generator_url", "timeout", "cache_dir"},
@@ -105,6 +107,7 @@ class Runner:
         self.results = self._empty_results()
         self.log: list[StepLog] = []
         self._log_file: TextIO | None = None
+        self.tracker: Tracker | None = None
 
     def run(self, resume: bool) -> dict[str, Any]:
         self._start(resume)
@@ -128,6 +131,8 @@ class Runner:
                 synthetic.close()
             if self._log_file is not None:
                 self._log_file.close()
+            if self.tracker is not None:
+                self.tracker.close()
         return reports.summary(self.results)
 
     def measure(self) -> dict[str, Any]:
@@ -161,6 +166,8 @@ class Runner:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / CONFIG, self.config.model_dump_json(indent=2).encode())
             self._log_file = self._open_log()
+            if self.config.tensorboard:
+                self.tracker = Tracker(self.out, len(self.log), self.device)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if changed := changed_settings(checkpoint["config"], self.config):
@@ -256,6 +263,9 @@ class Runner:
         self.log.append(entry)
         if self._log_file is not None:
             self._log_file.write(json.dumps(entry) + "\n")
+        if self.tracker is not None:
+            batch = self.config.schedule(self.tasks[index].config)["batch_size"]
+            self.tracker.step(len(self.log) - 1, entry, batch * (2 if self.needs_replay else 1))
         if (step + 1) % self.config.checkpoint_every == 0:
             self._checkpoint()
 
@@ -316,6 +326,8 @@ class Runner:
     def _report(self) -> None:
         if distributed.is_main():
             reports.write_reports(self.out, self.results, self.log)
+            if self.tracker is not None:
+                self.tracker.report(reports.summary(self.results), self.out / reports.HEATMAP)
 
 
 def build_model(config: RunConfig, device: torch.device) -> nn.Module:

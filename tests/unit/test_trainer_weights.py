@@ -1,4 +1,5 @@
-"""Weights per task that open_clip loads as they are, and `gift eval` measuring them as the run measured them."""
+"""What a run leaves for other tools: weights per task that open_clip loads as they are, `gift eval` measuring them
+as the run measured them, and TensorBoard event files that TensorBoard's own reader reads back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from services.cli import main as cli_main
 from services.testing.trainer import write_tiny_arch
@@ -105,3 +107,25 @@ def test_gift_eval_refuses_unknown_tasks_and_files_in_one_line(
         cli_main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_a_run_leaves_tensorboard_events_with_every_term_and_measure(run: Path) -> None:
+    events = EventAccumulator(str(run / "run" / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    per_step = {"loss/task", "loss/total", "lr", "speed/images_per_s", "memory/peak_gib"}
+    measured = {"accuracy/a", "accuracy/b", "metrics/Transfer", "metrics/Avg", "metrics/Last", "metrics/Forget"}
+    assert per_step | measured <= scalars
+    log = [json.loads(line) for line in (run / "run" / "losses.jsonl").read_text().splitlines()]
+    task = events.Scalars("loss/task")
+    assert [event.step for event in task] == list(range(len(log))) == list(range(6))
+    assert [event.value for event in task] == pytest.approx([entry["task"] for entry in log], rel=1e-6)
+    assert [event.value for event in events.Scalars("lr")] == pytest.approx([entry["lr"] for entry in log], rel=1e-6)
+    metrics = json.loads((run / "run" / "metrics.json").read_text())
+    on_a = events.Scalars("accuracy/a")  # zero-shot, then after each task
+    expected = [metrics["zero_shot"][0], metrics["accuracy"][0][0], metrics["accuracy"][1][0]]
+    assert [event.step for event in on_a] == [0, 1, 2]
+    assert [event.value for event in on_a] == pytest.approx(expected, rel=1e-6)
+    assert events.Scalars("metrics/Avg")[-1].value == pytest.approx(metrics["Avg"], rel=1e-6)
+    assert all(event.value > 0 for event in events.Scalars("memory/peak_gib"))
+    assert [image.step for image in events.Images("accuracy_matrix")] == [0, 1, 2]
