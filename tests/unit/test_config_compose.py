@@ -92,12 +92,13 @@ def test_overrides_are_yaml_values_checked_by_the_schema(tmp_path: Path) -> None
         ("training.lr=[1", "--set training.lr: the value is not valid YAML"),
     ],
 )
+@pytest.mark.parametrize("command", [["config", "show"], ["train"]])
 def test_a_bad_override_is_a_one_line_error_naming_the_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str, command: list[str]
 ) -> None:
     path = write(tmp_path / "run.yaml", BASE)
     with pytest.raises(SystemExit) as exited:
-        cli_main(["config", "show", "--config", str(path), "--set", override])
+        cli_main([*command, "--config", str(path), "--set", override])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.startswith("gift: error: ") and err.count("\n") == 1
     assert message in err
