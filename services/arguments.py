@@ -22,18 +22,12 @@ def folder(text: str) -> Path:
 
 
 class Help(argparse.RawDescriptionHelpFormatter):
-    """Keeps the line breaks of descriptions and examples, and fills in `{presets}` when help is asked for: the
-    presets' module loads torch, which parsing must not (the API's command runs without it)."""
-
-    def add_text(self, text: str | None) -> None:
-        if text and "{presets}" in text:
-            from services.trainer.presets import PRESETS
-
-            text = text.replace("{presets}", ", ".join(PRESETS))
-        super().add_text(text)
+    """Keeps the line breaks of descriptions and examples."""
 
 
-def explain(parser: argparse.ArgumentParser, about: str, example: str) -> argparse.ArgumentParser:
+def explain(
+    parser: argparse.ArgumentParser, about: str, example: str, formatter: type[Help] = Help
+) -> argparse.ArgumentParser:
     """What a command does and an example of it, for its --help."""
-    parser.description, parser.epilog, parser.formatter_class = about, f"example:\n{example}", Help
+    parser.description, parser.epilog, parser.formatter_class = about, f"example:\n{example}", formatter
     return parser

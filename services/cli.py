@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gift_common.errors import UserError
 from services import operator_cli
-from services.arguments import explain, folder, positive
+from services.arguments import Help, explain, folder, positive
 from services.trainer import configs as shipped_configs
 
 
@@ -32,7 +32,19 @@ def _worker(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from services.trainer.main import run_training
 
-    run_training(config_path=args.config, resume=args.resume)
+    run_training(config_path=args.config, resume=args.resume, overrides=args.set)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from services.trainer.measure import run_evaluation
+
+    run_evaluation(args.config, args.checkpoint, args.tasks, args.out, args.set)
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    from services.trainer.config import load_config, resolved_yaml
+
+    print(resolved_yaml(load_config(args.config, args.set)), end="")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -62,6 +74,33 @@ def _rehearse(args: argparse.Namespace) -> None:
     sizes = {key: getattr(args, key) for key in ("iterations", "pairs", "steps", "image_size") if getattr(args, key)}
     run_rehearsal(args.out, args.order, Sizes(**sizes), trainer_threads=args.trainer_threads)
     print((args.out / "rehearsal.md").read_text())
+
+
+class _TrainHelp(Help):
+    """Fills in `{presets}` when help is asked for, not when the command line is parsed: the methods come from the
+    registry, which parsing `gift generator serve` must not load."""
+
+    def add_text(self, text: str | None) -> None:
+        if text and "{presets}" in text:
+            from services.trainer.presets import PRESETS
+
+            text = text.replace("{presets}", ", ".join(PRESETS))
+        super().add_text(text)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="FILE|NAME",
+        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
+    )  # fmt: skip
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="change one key of the config, VALUE read as YAML, e.g. training.lr=1e-5 or tasks.0.dataset.root=data "
+        "(repeatable; checked as the file is)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = commands.add_parser("train", help="one continual fine-tuning run")
-    train.add_argument(
-        "--config", required=True, metavar="FILE|NAME",
-        help=f"a YAML run config, or a shipped one by name ({', '.join(shipped_configs.names())}), e.g. tinyworld",
-    )  # fmt: skip
+    _add_config(train)
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _add_set(train)
     train.set_defaults(func=_train)
     explain(
         train,
@@ -131,10 +168,48 @@ def build_parser() -> argparse.ArgumentParser:
         "method presets (a config's method.preset; docs/configuration.md says what each sets):\n  {presets}",
         "  gift train --config run.yaml                # run.yaml: a config of your own, or a shipped one\n"
         "  gift train --config run.yaml --resume       # go on from the run's last checkpoint\n"
+        "  gift train --config mtil_order1 --set training.lr=2e-5 --set output_dir=runs/lr2e-5\n"
         "  torchrun --nproc_per_node 4 -m services.cli train --config run.yaml   # data parallel on 4 GPUs",
+        _TrainHelp,
     )
 
     operator_cli.add_commands(commands)
+
+    evaluate = commands.add_parser("eval", help="measure any weights on a config's tasks")
+    _add_config(evaluate)
+    evaluate.add_argument(
+        "--checkpoint", type=Path, required=True, metavar="PATH",
+        help="weights to measure: a run's weights/NN_TASK.safetensors, or a state dict of the config's architecture",
+    )  # fmt: skip
+    evaluate.add_argument("--tasks", nargs="+", default=[], metavar="NAME", help="only these tasks (default: all)")
+    evaluate.add_argument("--out", type=folder, help="folder for the reports (default: OUTPUT_DIR/eval/WEIGHTS)")
+    _add_set(evaluate)
+    evaluate.set_defaults(func=_eval)
+    explain(
+        evaluate,
+        "Measure one model's zero-shot accuracy on a run config's tasks (its split, templates and\n"
+        "pre-training probe) and write metrics.json and results.md as gift train does, with one row.",
+        "  gift eval --config mtil_order1 --checkpoint runs/mtil_order1_gift/weights/03_CIFAR100.safetensors\n"
+        "  gift eval --config run.yaml --checkpoint other.safetensors --tasks DTD MNIST --out eval-out",
+    )
+
+    config_parser = commands.add_parser("config", help="run configs: the resolved config, every default included")
+    config_commands = explain(
+        config_parser,
+        "Run configs (docs/configuration.md): a YAML file, or a shipped one by name, that may extend\n"
+        "another (base: FILE|NAME) and take --set overrides.",
+        "  gift config show --config mtil_order2 --set training.lr=2e-5",
+    ).add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = config_commands.add_parser("show", help="print the resolved config with every default, as YAML")
+    _add_config(show)
+    _add_set(show)
+    show.set_defaults(func=_config_show)
+    explain(
+        show,
+        "Print the config a run would use: its bases merged in, the --set overrides applied, every\n"
+        "default filled in and relative paths resolved; it is checked as gift train checks it.",
+        "  gift config show --config mtil_order1 > my_run.yaml",
+    )
 
     demo = commands.add_parser("demo", help="the embedded default end to end")
     demo.add_argument(

@@ -31,7 +31,6 @@ from typing import Any
 
 import redis
 import torch
-import yaml
 from tqdm import tqdm
 
 from gift_common import redis_keys
@@ -44,6 +43,7 @@ from services.runs import Run, start_run, stop_all
 from services.stack import ONE_THREAD, LocalStack, Process, threads
 from services.testing.mtil_fixtures import write_fixtures
 from services.trainer import configs as shipped_configs
+from services.trainer.compose import compose
 
 SD15_DIR = "stable-diffusion-v1-5"  # where `gift rehearsal standins` writes them
 VIT_FILE = "ViT-B-16-quickgelu/open_clip_pytorch_model.bin"
@@ -71,7 +71,7 @@ class Sizes:
 def rehearsal_config(order: int, out: Path, vit: Path, api_url: str, sizes: Sizes) -> dict[str, Any]:
     """The shipped config mtil_order{order} pointed at the fixtures, the stand-in and this generator; only sizes
     changed, and gradient checkpointing on."""
-    config = yaml.safe_load(shipped_configs.path(f"mtil_order{order}").read_text())
+    config, _ = compose(shipped_configs.path(f"mtil_order{order}"))  # its base merged in, as `gift train` reads it
     config["output_dir"] = str(out / "run")
     config["model"] = {**config["model"], "pretrained": str(vit)}
     # Gradient checkpointing: SUN397's 397 class prompts through the text tower with gradients took the trainer past

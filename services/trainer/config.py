@@ -2,12 +2,13 @@
 
 Relative paths are relative to the config file's folder, so a config works from any working directory; a shipped
 config taken by name (`gift train --config tinyworld`) reads them against the current directory, as if it had been
-copied there. Every error
-names the key path and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
+copied there. A config may extend another and take `--set` overrides (compose.py). Every error names the key path
+and the rule it breaks, e.g. `tasks[1].lr: input should be greater than 0 (got -1)`, in one line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from pydantic import (
 )
 
 from gift_common.errors import UserError
-from services.trainer import configs as shipped_configs
+from services.trainer.compose import compose
 from services.trainer.fields import (
     DEFAULT_TEMPLATE,
     ConfigPath,
@@ -36,13 +37,10 @@ from services.trainer.fields import (
     Template,
     relative_to_config,
 )
-from services.trainer.presets import PRESETS, MethodSettings
-from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
+from services.trainer.registries import CONCEPTS, METHODS, PROBES, REPLAY_SOURCES, SHIPPED_MODELS
 from services.trainer.sources import MTIL_DATASETS, SOURCES
 
-__all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config"]
-
-PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+__all__ = ["MTIL_DATASETS", "RunConfig", "TaskConfig", "load_config", "parse_config", "resolved_yaml"]
 
 
 class ModelConfig(Strict):
@@ -67,9 +65,18 @@ class ModelConfig(Strict):
 
 
 class MethodConfig(Strict):
-    preset: PresetName = Field(default="gift", description="the method: a preset of term weights (below)")
+    preset: str = Field(
+        default="gift", description="the method: a built-in preset of term weights (below), or a plugin's method"
+    )
     teacher: TeacherMode = Field(default="cached", description="teacher embeddings cached per task, or per step")
     overrides: dict[str, Any] = Field(default_factory=dict, description="preset settings to change, e.g. {ita: 0.5}")
+
+    @field_validator("preset")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; registered: {', '.join(METHODS.names())}")
+        return value
 
     @field_validator("overrides")
     @classmethod
@@ -78,18 +85,20 @@ class MethodConfig(Strict):
             method_settings(info.data["preset"], overrides)
         return overrides
 
-    def settings(self) -> MethodSettings:
+    def settings(self) -> Any:
         return method_settings(self.preset, self.overrides)
 
 
-def method_settings(preset: str, overrides: dict[str, Any]) -> MethodSettings:
-    """The preset with the overrides applied, each checked against its MethodSettings type."""
-    known = asdict(PRESETS[preset])
+def method_settings(method: str, overrides: dict[str, Any]) -> Any:
+    """The method's settings with the overrides applied, each checked against its field's type (for the presets,
+    MethodSettings)."""
+    defaults = METHODS.get(method).defaults
+    known = asdict(defaults)
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(f"unknown setting {', '.join(unknown)}; known: {', '.join(known)}")
     try:
-        return TypeAdapter(MethodSettings).validate_python(known | overrides)
+        return TypeAdapter(type(defaults)).validate_python(known | overrides)
     except ValidationError as error:
         raise ValueError(format_errors(error)) from None
 
@@ -234,6 +243,9 @@ class RunConfig(Strict):
     )
     seed: int = Field(default=0, ge=0, description="random initial weights and the order of every batch stream")
     progress: bool = Field(default=True, description="progress bars (from one process under torchrun)")
+    tensorboard: bool = Field(
+        default=True, description="TensorBoard event files in OUTPUT_DIR/tensorboard (tensorboard --logdir OUTPUT_DIR)"
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -250,29 +262,16 @@ class RunConfig(Strict):
         return {key: getattr(self.training, key) if getattr(task, key) is None else getattr(task, key) for key in keys}
 
 
-def load_config(path_or_name: str | Path) -> RunConfig:
-    """Read and check a YAML run config, a file or a shipped config's name; any problem is a UserError that names the
-    file, the key and the rule."""
-    path, base = find_config(path_or_name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise UserError(f"cannot read config {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+def load_config(path_or_name: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and check a YAML run config, a file or a shipped config's name, its bases merged in and `--set`
+    overrides applied (compose.py); any problem is a UserError that names the file, the key and the rule."""
+    data, base = compose(path_or_name, overrides)
     return parse_config(data, base=base, source=str(path_or_name))
 
 
-def find_config(path_or_name: str | Path) -> tuple[Path, Path]:
-    """The config's file and the folder its relative paths start from: a file's own folder, or, for the name of a
-    shipped config that is no file here, the current directory."""
-    path = Path(path_or_name)
-    if not path.exists() and str(path_or_name) in shipped_configs.names():
-        return shipped_configs.path(str(path_or_name)), Path.cwd()
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-        shipped = ", ".join(shipped_configs.names())
-        raise UserError(f"cannot read config {path}: no such file, nor a shipped config of that name ({shipped})")
-    return path, path.resolve().parent
+def resolved_yaml(config: RunConfig) -> str:
+    """The config as a run uses it, every default included, as YAML that loads back as the same config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def parse_config(data: Any, base: Path, source: str = "config") -> RunConfig:

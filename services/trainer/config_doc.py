@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from services.trainer.config import RunConfig
 from services.trainer.presets import PRESETS, MethodSettings
-from services.trainer.registries import CONCEPTS, PROBES, REPLAY_SOURCES
+from services.trainer.registries import CONCEPTS, METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.sources import SOURCES
 
 HEADER = """\
@@ -31,7 +31,17 @@ A run config is a YAML file (`gift train --config FILE`); the shipped ones (the 
 are examples to start from, and run by name (`gift train --config tinyworld`). Relative paths in a file are relative
 to its folder; in a shipped config taken by name, to the current directory. An unknown key, a wrong type or a broken
 rule stops the run before it starts, with one line that names the key, e.g. `tasks[1].lr: input should be greater
-than 0 (got -1)`. A task may set its own `lr`, `iterations`, `warmup` and `batch_size`; the others come from
+than 0 (got -1)`.
+
+A config may extend another: `base: FILE|NAME` names a file (relative to the extending file's folder) or a shipped
+config, and the extending file says only what differs. Its mappings merge into the base's key by key; a list (such
+as `tasks`) or a value replaces the base's. Relative paths of every file in the chain are read against the folder of
+the config the command names. `--set KEY.PATH=VALUE` (repeatable, for `gift train`, `gift eval` and `gift config
+show`) changes one key, a list item by its position (`--set tasks.0.dataset.root=/data/mtil`), VALUE read as YAML
+and checked as the file is: an unknown key is an error that names it. `gift config show --config FILE [--set ...]`
+prints the resolved config with every default.
+
+A task may set its own `lr`, `iterations`, `warmup` and `batch_size`; the others come from
 `training`. What the methods compute is in [METHOD.md](METHOD.md); the environment (`GIFT_*`) is in
 [API.md](API.md#environment).
 """
@@ -155,6 +165,7 @@ def _dataset_types() -> str:
 def _registered() -> str:
     """The names the other registry-backed keys accept in this environment."""
     lines = [
+        f"- `method.preset`: {_names(METHODS.names())}.",
         f"- `synthetic.concepts`: {_names(CONCEPTS.names())}, or a file of one concept per line.",
         f"- `synthetic.source`: {_names(REPLAY_SOURCES.names())}.",
         f"- `evaluation.pretraining_probe`: {_names(['none', *PROBES.names()])}.",

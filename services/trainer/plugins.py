@@ -2,14 +2,16 @@
 
 A plugin registers objects under entry-point groups (gift_common.plugins.Registry), and a run config names them:
 
+    gift.methods    a Method           `method.preset: NAME`, its settings changed by `method.overrides`
     gift.datasets   a DatasetSource    `tasks[i].dataset: {type: NAME, ...its options}`
     gift.concepts   a ConceptList      `synthetic.concepts: NAME`, the pre-training concepts of the synthetic prompts
     gift.replay     a ReplaySource     `synthetic.source: NAME`, where the replay pairs' images come from
     gift.probes     a ProbeSource      `evaluation.pretraining_probe: NAME`, what a model keeps of pre-training
 
-The trainer's own kinds (the MTIL datasets, ImageFolder, CSV, ImageNet's concepts, the generator) are registered
-the same way, in sources.py and registries.py, which load no torch. A plugin implements these protocols
-structurally: it never imports the trainer.
+The trainer's own kinds (the method presets, the MTIL datasets, ImageFolder, CSV, ImageNet's concepts, the
+generator) are registered the same way, in sources.py and registries.py, which load no torch. A plugin implements
+these protocols structurally; a method's terms alone come from the trainer (subclasses of methods.LossTerm, which
+the engine runs), so adding a method is one module and one entry point.
 """
 
 from __future__ import annotations
@@ -24,8 +26,20 @@ from pydantic import BaseModel
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from services.trainer.methods import LossTerm
+
 Split = Literal["train", "val", "test"]
 Transform = Callable[[Image.Image], Tensor]
+
+
+class Method(Protocol):
+    """A named set of loss terms with its settings. ``defaults`` is a dataclass instance holding every setting (a
+    config's `method.overrides` replace fields, checked against the field types); ``build_terms`` gets the
+    settings so changed and returns the terms, the task loss included."""
+
+    defaults: Any
+
+    def build_terms(self, settings: Any) -> list[LossTerm]: ...
 
 
 class DatasetSource(Protocol):

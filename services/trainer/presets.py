@@ -1,10 +1,14 @@
-"""Methods by name (METHOD.md): the weight of each loss term, 0 switching it off, and the settings the terms share.
-Light, so that a run config is checked without importing torch; methods.py builds the terms from these settings."""
+"""The built-in methods (METHOD.md): the weight of each loss term, 0 switching it off, and the settings the terms share.
+Light, so that a run config is checked without importing torch; methods.py builds the terms from these settings.
+Each preset is registered as a method (registries.METHODS), beside those plugins register under `gift.methods`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.trainer.methods import LossTerm
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,18 @@ PRESETS: dict[str, MethodSettings] = {
     "gift_no_awc": replace(GIFT, awc=0.0),
     "gift_l2": replace(GIFT, awc=0.0, l2=1.0),
 }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A built-in method (plugins.Method): METHOD.md's terms, weighted as `defaults` says."""
+
+    defaults: MethodSettings
+
+    def build_terms(self, settings: MethodSettings) -> list[LossTerm]:
+        from services.trainer.methods import build_terms  # torch: only when a run starts
+
+        return build_terms(settings)
 
 
 def preset(name: str, **overrides: Any) -> MethodSettings:

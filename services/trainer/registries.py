@@ -1,6 +1,6 @@
-"""What a run config names besides its datasets (sources.py): concept lists, replay sources, pre-training probes and
-shipped CLIP models, registered by name. A config is checked against these names without importing torch; each
-implementation loads when a run asks for it (gift_common.plugins.Registry loads a plugin's entry point then too).
+"""What a run config names besides its datasets (sources.py): methods, concept lists, replay sources, pre-training
+probes and shipped CLIP models, registered by name. A config is checked against these names without importing torch;
+each implementation loads when a run asks for it (gift_common.plugins.Registry loads a plugin's entry point then too).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from gift_common.plugins import Registry
 from services.trainer.fields import DEFAULT_TEMPLATE
+from services.trainer.presets import PRESETS, Preset
 from services.trainer.sources import DATA_DIR
 
 if TYPE_CHECKING:
-    from services.trainer.plugins import ConceptList, ProbeSource, ReplaySets, ReplaySource
+    from services.trainer.plugins import ConceptList, Method, ProbeSource, ReplaySets, ReplaySource
+
+METHODS: Registry[Method] = Registry("gift.methods", "method", {name: Preset(s) for name, s in PRESETS.items()})
 
 
 @cache

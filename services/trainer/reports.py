@@ -44,17 +44,19 @@ class Results:
     probe: list[dict[str, float]] | None = None  # per family, one per row; None = no pre-training probe
     probe_zero_shot: dict[str, float] | None = None
     stand_ins: list[str] = field(default_factory=list)  # stand-in weights the run used (gift_common.stand_in)
+    weights: str | None = None  # set: one model measured (`gift eval`), its single row no matrix
 
 
 def summary(results: Results) -> dict[str, Any]:
     """The matrix so far (row i: after task i) and, once it is square, Transfer, Avg, Last and Forget."""
     names, rows = results.names, results.rows
-    complete = len(rows) == len(names)
+    complete = len(rows) == len(names) and results.weights is None
     figures = metrics.summary(rows) if complete else {}
     zero_shot = results.zero_shot
     probe = results.probe
     return {
         **({"stand_in": NOTICE, "stand_in_weights": results.stand_ins} if results.stand_ins else {}),
+        **({"weights": results.weights} if results.weights is not None else {}),
         "tasks": list(names),
         "split": results.split,
         "accuracy": [list(row) for row in rows],
@@ -84,18 +86,21 @@ def write_reports(out: Path, results: Results, log: Sequence[dict]) -> None:
     result = summary(results)
     atomic_write(out / METRICS, json.dumps(result, indent=2).encode())
     atomic_write(out / TABLE, markdown_table(result).encode())
-    accuracy_matrices(out / HEATMAP, [("", results.names, results.rows)])
-    loss_curves(out / CURVES, log)
+    if results.weights is None:  # one model's row is no matrix, and it trained nothing
+        accuracy_matrices(out / HEATMAP, [("", results.names, results.rows)])
+        loss_curves(out / CURVES, log)
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     names = result["tasks"]
     lines = [f"**{result['stand_in']}**: {', '.join(result['stand_in_weights'])}", ""] if "stand_in" in result else []
     lines += [f"Zero-shot top-1 accuracy (%) on the **{result['split']}** splits.", ""]
+    if "weights" in result:
+        lines += [f"Weights: `{result['weights']}`.", ""]
     lines += ["| after \\ on | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     if result["zero_shot"] is not None:
         lines.append("| (zero-shot) | " + " | ".join(f"{value:.1f}" for value in result["zero_shot"]) + " |")
-    for name, row in zip(names, result["accuracy"], strict=False):
+    for name, row in zip(_row_labels(result), result["accuracy"], strict=False):
         lines.append(f"| {name} | " + " | ".join(f"{value:.1f}" for value in row) + " |")
     if result["complete"]:
         keys = ("Transfer", "Avg", "Last", "Forget")
@@ -108,9 +113,14 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row_labels(result: dict[str, Any]) -> list[str]:
+    """What each row measured: the model after each task, or the weights file `gift eval` was given."""
+    return [Path(result["weights"]).name] if "weights" in result else list(result["tasks"])
+
+
 def _probe_table(result: dict[str, Any]) -> list[str]:
     """Pre-training probe: zero-shot accuracy on held-out world images per concept family, and their mean."""
-    rows = list(zip(result["tasks"], result["pretraining_families"], strict=False))
+    rows = list(zip(_row_labels(result), result["pretraining_families"], strict=False))
     if result["pretraining_zero_shot_families"] is not None:
         rows.insert(0, ("(zero-shot)", result["pretraining_zero_shot_families"]))
     families = list(dict.fromkeys(family for _, row in rows for family in row))

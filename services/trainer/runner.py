@@ -4,7 +4,9 @@ A), checkpointed so that `--resume` ends where a run that was never stopped ends
 training gives the zero-shot row; the tiny world's pre-training probe, where asked for, follows each evaluation.
 
 The output folder holds `checkpoint.pt` (the latest, written atomically after each task and every N iterations),
-`losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it was run).
+`weights/NN_TASK.safetensors` (the model after task NN, a state dict `open_clip.create_model(arch, pretrained=FILE)`
+loads as it is), `losses.jsonl` (one line per step), the reports of `reports.py`, and `config.json` (the config as it
+was run). `Runner.measure` evaluates given weights alone, for `gift eval`.
 Under torchrun every process trains; only process 0 writes files.
 """
 
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+import safetensors.torch
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -30,22 +34,24 @@ from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
 from services.trainer.evaluation import probe_accuracies, zero_shot_accuracy
-from services.trainer.methods import build_terms
 from services.trainer.models import create_model, create_tokenizer, image_transforms
 from services.trainer.plugins import Probe, ReplaySets
-from services.trainer.registries import PROBES, REPLAY_SOURCES
+from services.trainer.registries import METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
 from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
+from services.trainer.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.jsonl"
 CONFIG = "config.json"
+WEIGHTS = "weights"
 # Settings a resumed run may change: they do not change what the run computes.
 OPERATIONAL = {
     "output_dir": True,
     "progress": True,
     "checkpoint_every": True,
     "device": True,
+    "tensorboard": True,
     "training": {"num_workers", "grad_checkpointing"},  # the same gradients, recomputed or kept
     "evaluation": {"num_workers"},
     "synthetic": {"generator_url", "timeout", "cache_dir"},
@@ -88,7 +94,7 @@ class Runner:
         settings = config.method.settings()
         self.engine = Engine(
             self.model,
-            build_terms(settings),
+            METHODS.get(config.method.preset).build_terms(settings),
             device=device,
             teacher_mode=config.method.teacher,
             betas=config.training.betas,
@@ -101,6 +107,7 @@ class Runner:
         self.results = self._empty_results()
         self.log: list[StepLog] = []
         self._log_file: TextIO | None = None
+        self.tracker: Tracker | None = None
 
     def run(self, resume: bool) -> dict[str, Any]:
         self._start(resume)
@@ -116,6 +123,7 @@ class Runner:
                 self.results.rows.append(self._evaluate())
                 if self.results.probe is not None:
                     self.results.probe.append(self._evaluate_probe())
+                self._save_weights(index)  # before the checkpoint: a run killed between them retrains and rewrites
                 self._checkpoint()
                 self._report()
         finally:
@@ -123,6 +131,20 @@ class Runner:
                 synthetic.close()
             if self._log_file is not None:
                 self._log_file.close()
+            if self.tracker is not None:
+                self.tracker.close()
+        return reports.summary(self.results)
+
+    def measure(self) -> dict[str, Any]:
+        """One row: the configured weights (`model.pretrained`) on every task, and the probe where there is one,
+        reported as a run's are; returns metrics.json's content."""
+        self.results.weights = str(self.config.model.pretrained)
+        self.results.rows.append(self._evaluate())
+        if self.results.probe is not None:
+            self.results.probe.append(self._evaluate_probe())
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._report()
         return reports.summary(self.results)
 
     # --- start and resume -----------------------------------------------------------------------------------
@@ -144,6 +166,8 @@ class Runner:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / CONFIG, self.config.model_dump_json(indent=2).encode())
             self._log_file = self._open_log()
+            if self.config.tensorboard:
+                self.tracker = Tracker(self.out, len(self.log), self.device)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if changed := changed_settings(checkpoint["config"], self.config):
@@ -239,6 +263,9 @@ class Runner:
         self.log.append(entry)
         if self._log_file is not None:
             self._log_file.write(json.dumps(entry) + "\n")
+        if self.tracker is not None:
+            batch = self.config.schedule(self.tasks[index].config)["batch_size"]
+            self.tracker.step(len(self.log) - 1, entry, batch * (2 if self.needs_replay else 1))
         if (step + 1) % self.config.checkpoint_every == 0:
             self._checkpoint()
 
@@ -284,9 +311,23 @@ class Runner:
         with atomic_file(self.out / CHECKPOINT, durable=True) as file:  # a kill leaves the last checkpoint whole
             torch.save(state, file)
 
+    def _save_weights(self, index: int) -> None:
+        """The model after task `index` as safetensors: the ecosystem's format, loadable without this code."""
+        if not distributed.is_main():
+            return
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.tasks[index].name)
+        tensors = {key: value.detach().cpu().contiguous() for key, value in self.engine.model.state_dict().items()}
+        metadata = {"format": "pt", "architecture": self.config.model.architecture, "task": self.tasks[index].name,
+                    "tasks_trained": str(index + 1)}  # fmt: skip
+        path = self.out / WEIGHTS / f"{index + 1:02d}_{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, safetensors.torch.save(tensors, metadata))
+
     def _report(self) -> None:
         if distributed.is_main():
             reports.write_reports(self.out, self.results, self.log)
+            if self.tracker is not None:
+                self.tracker.report(reports.summary(self.results), self.out / reports.HEATMAP)
 
 
 def build_model(config: RunConfig, device: torch.device) -> nn.Module:

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from services.rehearsal.run import Report, Sizes, _watch, rehearsal_config
 from services.runs import Run
 from services.stack import Process
 from services.trainer import configs as shipped_configs
+from services.trainer.compose import compose
 from services.trainer.config import parse_config
 from services.trainer.runner import LOSSES
 
@@ -35,7 +35,7 @@ def changed(before: object, after: object, at: tuple = ()) -> set[tuple]:
 
 @pytest.mark.parametrize("order", [1, 2])
 def test_only_paths_and_sizes_change(tmp_path: Path, order: int) -> None:
-    original = yaml.safe_load(shipped_configs.path(f"mtil_order{order}").read_text())
+    original, _ = compose(shipped_configs.path(f"mtil_order{order}"))
     vit = tmp_path / "models" / "ViT-B-16-quickgelu" / "open_clip_pytorch_model.bin"
     config = rehearsal_config(order, tmp_path, vit, "http://127.0.0.1:1", Sizes())
     roots = {("tasks", i, "dataset", "root") for i in range(len(original["tasks"]))}

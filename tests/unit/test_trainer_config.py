@@ -65,7 +65,7 @@ def test_a_task_overrides_the_training_defaults(tmp_path: Path) -> None:
         ({"tasks": []}, "tasks: list should have at least 1 item"),
         ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "templates": ["a photo"]}]}, "exactly one '{}'"),
         ({"tasks": [{"dataset": {"type": "MNIST", "root": "d"}, "templates": ["a {} {kind}"]}]}, "no other braces"),
-        ({"method": {"preset": "zscl"}}, "method.preset: input should be 'ft'"),
+        ({"method": {"preset": "zscl"}}, "method.preset: unknown method 'zscl'; registered: ewc, ft, gift"),
         ({"method": {"overrides": {"itaa": 1}}}, "method.overrides: unknown setting itaa; known: distill"),
         ({"method": {"overrides": {"ewc_batches": 2.5}}}, "method.overrides: ewc_batches: input should be a valid int"),
         ({"synthetic": {"height": 30}}, "synthetic.height: input should be a multiple of 8"),
