@@ -1,0 +1,262 @@
+"""Why GIFT's weight consolidation costs the tiny world's tasks what they learn: one variant, one or two tasks, val.
+
+    python -m services.experiments.diagnosis VARIANT [--tasks 1] [--out runs/diagnosis]
+
+Each variant is GIFT at the paper's weights (distillation 1, ITA 0.25, AWC 1) with one thing changed, or a
+reference (FT, GIFT without AWC). The run is the embedded default's config (configs/tinyworld.yaml, order 1, val
+splits, seed 0) with replay on real world images (`synthetic.source: tinyworld`: the same prompts, no generator),
+driven task by task through the trainer's own Runner and Engine, so that the loss, the step and the evaluation are
+the trainer's. Only the first `--tasks` tasks are trained; every task is evaluated, so the untrained ones measure
+Transfer. AWC is replaced by `ObservedAWC`, which computes the same loss (or the variant's importance) and records:
+
+- the token table's importance on the class-word rows of the task being learnt (their share of the table's mass,
+  and how many times the row average they weigh);
+- each tensor's share of the consolidation gradient's squared norm, Σ (2 F (θ − θ_{t−1}))²;
+- how well one step's importance agrees with the task's mean importance (cosine), early and late in the task;
+- Adam's second moment on the class-word rows at the task's end (against the same rows under GIFT without AWC).
+
+The JSON it writes (`OUT/VARIANT.json`) holds the accuracy rows, the pre-training probe, each task's displacement
+‖θ_t − θ_{t−1}‖ / ‖θ_{t−1}‖ (whole model and token table) and those records; docs/results/2026-12-07-gift-diagnosis.md
+reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gift_common.files import atomic_write
+from services.devices import describe
+from services.run_configs import run_config
+from services.trainer import losses
+from services.trainer.config import parse_config
+from services.trainer.context import StepContext
+from services.trainer.methods import AWC
+from services.trainer.runner import Runner
+from services.trainer.synthetic import concept_names
+
+TOKEN_TABLE = "token_embedding.weight"
+ORDER = ("objects", "textures", "digits", "scenes", "letters", "sketches")
+PAPER = {"distill": 1.0, "ita": 0.25, "awc": 1.0}
+RECORD_EVERY = 10  # steps between two importance records (each reads every parameter)
+COSINE_STEPS = (0, 1, 5, 20, 50, 100, 200)  # steps whose importance is compared with the task's mean
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a run changes from GIFT at the paper's weights."""
+
+    weights: Mapping[str, float] = field(default_factory=lambda: PAPER)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    importance: str = "step"  # step (the paper's), no_token_table, ema
+    pool_without_task_words: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "ft": Variant(weights={"distill": 0.0, "ita": 0.0, "awc": 0.0}),
+    "no_awc": Variant(weights={**PAPER, "awc": 0.0}),
+    "paper": Variant(),
+    "awc_0.03": Variant(weights={**PAPER, "awc": 0.03}),
+    "awc_0.01": Variant(weights={**PAPER, "awc": 0.01}),
+    "awc_0.003": Variant(weights={**PAPER, "awc": 0.003}),
+    "no_token_table": Variant(importance="no_token_table"),
+    "pool_without_task_words": Variant(pool_without_task_words=True),
+    "ema": Variant(importance="ema"),
+    "lr1e-4_x3": Variant(training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
+    "no_awc_lr1e-4_x3": Variant(weights={**PAPER, "awc": 0.0}, training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
+}
+EMA_DECAY = 0.99  # the moving average's memory: about 100 steps, a third of a task
+
+
+class ObservedAWC(AWC):
+    """AWC as the trainer computes it, with its importance optionally changed, recording what the module says."""
+
+    def __init__(self, weight: float, importance: str, class_rows: Callable[[], Tensor]) -> None:
+        super().__init__(weight)
+        self.importance = importance
+        self.class_rows = class_rows  # the token ids of the current task's class words
+        self.step = 0
+        self.ema: dict[str, Tensor] = {}
+        self.records: list[dict[str, Any]] = []
+        self.snapshots: dict[int, Tensor] = {}
+        self.total: Tensor | None = None
+
+    def begin_task(self) -> None:
+        self.step, self.ema, self.snapshots, self.total = 0, {}, {}, None
+
+    def value(self, ctx: StepContext) -> Tensor:
+        fisher = self.fisher(ctx)
+        if self.step % RECORD_EVERY == 0:
+            self.records.append(self.record(ctx, fisher))
+        flat = torch.cat([f.reshape(-1) for f in fisher.values()])
+        self.total = flat.clone() if self.total is None else self.total.add_(flat)
+        if self.step in COSINE_STEPS:
+            self.snapshots[self.step] = flat
+        self.step += 1
+        return losses.consolidation_loss(ctx.params, ctx.anchor, fisher)
+
+    def fisher(self, ctx: StepContext) -> dict[str, Tensor]:
+        if self.importance == "ema":  # a moving average of the squared gradient, then the paper's normalisation
+            for name, p in ctx.params.items():
+                if p.grad is not None:
+                    square = p.grad.detach().square()
+                    self.ema[name] = square if name not in self.ema else self.ema[name].lerp_(square, 1 - EMA_DECAY)
+            return losses.normalise_importance(self.ema, ctx.params)
+        fisher = losses.awc_fisher(ctx.params, ctx.grad_scale)
+        if self.importance == "no_token_table":
+            fisher[TOKEN_TABLE] = torch.zeros_like(fisher[TOKEN_TABLE])
+        return fisher
+
+    def record(self, ctx: StepContext, fisher: dict[str, Tensor]) -> dict[str, Any]:
+        table, rows = fisher[TOKEN_TABLE], self.class_rows()
+        row_mass = table.sum(dim=1)
+        pulls = {n: (2 * fisher[n] * (p.detach() - ctx.anchor[n])).square().sum().item() for n, p in ctx.params.items()}
+        total_pull = sum(pulls.values()) or 1.0
+        top = sorted(pulls.items(), key=lambda kv: -kv[1])[:3]
+        return {
+            "step": self.step,
+            "class_rows_share": (row_mass[rows].sum() / row_mass.sum().clamp_min(1e-30)).item(),
+            "class_row_weight": (row_mass[rows].mean() / row_mass.mean().clamp_min(1e-30)).item(),
+            "rows_with_importance": int((row_mass > 0).sum()),
+            "token_table_pull_share": pulls[TOKEN_TABLE] / total_pull,
+            "top_pull_shares": {n: v / total_pull for n, v in top},
+        }
+
+    def agreement(self) -> dict[int, float]:
+        """Cosine between the importance of each snapshotted step and the task's mean importance."""
+        if self.total is None:
+            return {}
+        return {
+            s: torch.nn.functional.cosine_similarity(f, self.total, dim=0).item() for s, f in self.snapshots.items()
+        }
+
+
+def class_word_ids(tokenizer: Callable[[Sequence[str]], Tensor], prompts: Sequence[str], template: str) -> Tensor:
+    """The token ids of a task's prompts that its template does not hold: the rows its class words look up."""
+    ids = set(tokenizer(list(prompts)).unique().tolist())
+    ids -= set(tokenizer([template.format("")]).unique().tolist())
+    return torch.tensor(sorted(ids))
+
+
+def config_for(name: str, variant: Variant, out: Path) -> dict[str, Any]:
+    config = run_config(
+        out,
+        name,
+        None,
+        "gift",
+        weights=dict(variant.weights),
+        tasks=ORDER,
+        training=dict(variant.training),
+        synthetic={"source": "tinyworld"},
+        evaluation={"split": "val"},
+    )
+    return config
+
+
+def pool_concepts(runner: Runner, trained: int, out: Path) -> Path:
+    """A concept list without any concept whose prompt shares a class word with the tasks to be trained."""
+    settings = runner.config.synthetic
+    words: set[int] = set()
+    for task in runner.tasks[:trained]:
+        words |= set(class_word_ids(runner.tokenizer, task.prompts, task.templates[0]).tolist())
+    kept = [c for c in concept_names(settings.concepts)
+            if not words & set(runner.tokenizer([settings.concept_template.format(c)]).unique().tolist())]  # fmt: skip
+    path = out / "concepts-without-task-words.txt"
+    path.write_text("\n".join(kept) + "\n")
+    return path
+
+
+def displacement(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> dict[str, float]:
+    def norm(tensors: Sequence[Tensor]) -> float:
+        return torch.cat([t.reshape(-1) for t in tensors]).norm().item()
+
+    names = list(before)
+    return {
+        "model": norm([after[n] - before[n] for n in names]) / norm([before[n] for n in names]),
+        "token_table": (after[TOKEN_TABLE] - before[TOKEN_TABLE]).norm().item() / before[TOKEN_TABLE].norm().item(),
+    }
+
+
+def run(name: str, trained: int, out: Path) -> dict[str, Any]:
+    variant = VARIANTS[name]
+    config = config_for(name, variant, out)
+    if variant.pool_without_task_words:
+        probe_runner = Runner(parse_config(config, out), torch.device("cpu"))
+        config["synthetic"]["concepts"] = str(pool_concepts(probe_runner, trained, out))
+    runner = Runner(parse_config(config, out), torch.device("cpu"))
+    engine, current = runner.engine, {"rows": torch.empty(0, dtype=torch.long)}
+    observed = next((t for t in engine.terms if isinstance(t, AWC)), None)
+    if observed is not None:
+        observed = ObservedAWC(observed.weight, variant.importance, lambda: current["rows"])
+        engine.terms = [observed if isinstance(t, AWC) else t for t in engine.terms]
+    result: dict[str, Any] = {"variant": name, "config": {k: config[k] for k in ("method", "training")}}
+    result["zero_shot"], result["probe_zero_shot"] = runner._evaluate(), probe_mean(runner)
+    synthetic = runner._start_synthetic() if runner.needs_replay else None
+    result["tasks"] = []
+    for index in range(trained):
+        data = runner.tasks[index]
+        current["rows"] = class_word_ids(runner.tokenizer, data.prompts, data.templates[0])
+        if observed is not None:
+            observed.begin_task()
+        before = {n: p.detach().clone() for n, p in runner.model.named_parameters() if p.requires_grad}
+        started = time.monotonic()
+        log = engine.train_task(runner._task(index, synthetic))
+        after = {n: p.detach() for n, p in runner.model.named_parameters() if n in before}
+        task: dict[str, Any] = {
+            "name": data.name,
+            "seconds": round(time.monotonic() - started),
+            "row": runner._evaluate(),
+            "probe": probe_mean(runner),
+            "displacement": displacement(before, after),
+            "class_rows_adam_v": None,
+            "last_losses": {k: sum(s[k] for s in log[-20:]) / len(log[-20:]) for k in log[-1]},
+        }
+        state = engine.optimizer.state.get(dict(runner.model.named_parameters())[TOKEN_TABLE], {})
+        if "exp_avg_sq" in state:
+            task["class_rows_adam_v"] = state["exp_avg_sq"][current["rows"]].sqrt().mean().item()
+        if observed is not None:
+            task["importance"] = observed.records
+            task["agreement_with_task_mean"] = observed.agreement()
+            observed.records = []
+        result["tasks"].append(task)
+        print(json.dumps({k: v for k, v in task.items() if k != "importance"}), flush=True)
+    return result
+
+
+def probe_mean(runner: Runner) -> float | None:
+    if runner.probe is None:
+        return None
+    families = runner._evaluate_probe()
+    return sum(families.values()) / len(families)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.experiments.diagnosis", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("variant", choices=list(VARIANTS))
+    parser.add_argument("--tasks", type=int, default=1, choices=range(1, len(ORDER) + 1), help="tasks to train")
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnosis"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result = run(args.variant, args.tasks, out) | {"machine": machine()}
+    atomic_write(out / f"{args.variant}-{args.tasks}task.json", json.dumps(result, indent=1).encode())
+
+
+def machine() -> str:
+    return describe(torch.device("cpu"))
+
+
+if __name__ == "__main__":
+    main()
