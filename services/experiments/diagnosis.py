@@ -72,6 +72,10 @@ VARIANTS: dict[str, Variant] = {
     "ema": Variant(importance="ema"),
     "lr1e-4_x3": Variant(training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
     "no_awc_lr1e-4_x3": Variant(weights={**PAPER, "awc": 0.0}, training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
+    # Σ lr of MTIL's tasks at 1e-5 (5.0e-3) instead of the tiny world's 4.5e-2: lr 3e-4 × 5.0/45.3
+    "mtil_sum_lr": Variant(training={"lr": 3.3e-5}),
+    "ft_mtil_sum_lr": Variant(weights={"distill": 0.0, "ita": 0.0, "awc": 0.0}, training={"lr": 3.3e-5}),
+    "no_awc_mtil_sum_lr": Variant(weights={**PAPER, "awc": 0.0}, training={"lr": 3.3e-5}),
 }
 EMA_DECAY = 0.99  # the moving average's memory: about 100 steps, a third of a task
 
@@ -174,7 +178,9 @@ def pool_concepts(runner: Runner, trained: int, out: Path) -> Path:
     return path
 
 
-def displacement(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> dict[str, float]:
+def displacement(before: Mapping[str, Tensor], after: Mapping[str, Tensor], rows: Tensor) -> dict[str, float]:
+    """‖θ_t − θ_{t−1}‖ / ‖θ_{t−1}‖ for the whole model, the token table, and the task's class-word rows of it."""
+
     def norm(tensors: Sequence[Tensor]) -> float:
         return torch.cat([t.reshape(-1) for t in tensors]).norm().item()
 
@@ -182,6 +188,8 @@ def displacement(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> d
     return {
         "model": norm([after[n] - before[n] for n in names]) / norm([before[n] for n in names]),
         "token_table": (after[TOKEN_TABLE] - before[TOKEN_TABLE]).norm().item() / before[TOKEN_TABLE].norm().item(),
+        "class_rows": (after[TOKEN_TABLE][rows] - before[TOKEN_TABLE][rows]).norm().item()
+        / before[TOKEN_TABLE][rows].norm().item(),
     }
 
 
@@ -215,7 +223,7 @@ def run(name: str, trained: int, out: Path) -> dict[str, Any]:
             "seconds": round(time.monotonic() - started),
             "row": runner._evaluate(),
             "probe": probe_mean(runner),
-            "displacement": displacement(before, after),
+            "displacement": displacement(before, after, current["rows"]),
             "class_rows_adam_v": None,
             "last_losses": {k: sum(s[k] for s in log[-20:]) / len(log[-20:]) for k in log[-1]},
         }
@@ -242,16 +250,64 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m services.experiments.diagnosis", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("variant", choices=list(VARIANTS))
+    parser.add_argument("variant", nargs="?", choices=list(VARIANTS))
     parser.add_argument("--tasks", type=int, default=1, choices=range(1, len(ORDER) + 1), help="tasks to train")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnosis"))
+    parser.add_argument("--table", action="store_true", help="print the table of every run in OUT, and run nothing")
     args = parser.parse_args(argv)
+    out = args.out.resolve()
+    if args.table:
+        print(table(sorted(out.glob("*task.json"))))
+        return
+    if args.variant is None:
+        parser.error("give a variant, or --table")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     result = run(args.variant, args.tasks, out) | {"machine": machine()}
     atomic_write(out / f"{args.variant}-{args.tasks}task.json", json.dumps(result, indent=1).encode())
+
+
+def table(paths: Sequence[Path]) -> str:
+    """One line per trained task of each run: what it learnt, what the untrained tasks and pre-training kept, how far
+    it moved, and (GIFT's AWC) the class-word rows' importance and Adam's second moment there."""
+    lines = [
+        "| run | task | learnt | earlier tasks | Transfer | probe | ‖Δθ‖/‖θ‖ | token table | class rows "
+        "| √v class rows | class rows' share (× row mean) | token table's pull |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path in paths:
+        result = json.loads(path.read_text())
+        if path == paths[0]:
+            zero, probe = result["zero_shot"], result["probe_zero_shot"]
+            lines.append(f"| zero-shot | | {zero[0]:.1f} | | {_mean(zero[1:]):.1f} | {probe:.1f} | | | | | | |")
+        for index, task in enumerate(result["tasks"]):
+            row, moved = task["row"], task["displacement"]
+            later = [r for r in task.get("importance", []) if r["step"] >= 100]  # once the anchor is left behind
+            share = _mean([r["class_rows_share"] for r in later])
+            weight = _mean([r["class_row_weight"] for r in later])
+            pull = _mean([r["token_table_pull_share"] for r in later])
+            awc = "" if share is None else f"{100 * share:.0f}% ({weight:.0f}×)"
+            lines.append(
+                f"| {path.stem} | {task['name']} | {row[index]:.1f} | {_number(_mean(row[:index]))} "
+                f"| {_mean(row[len(result['tasks']) :]):.1f} "
+                f"| {task['probe']:.1f} | {100 * moved['model']:.2f}% | {100 * moved['token_table']:.2f}% "
+                f"| {_percent(moved.get('class_rows'))} | {task['class_rows_adam_v']:.3f} | {awc} "
+                f"| {'' if pull is None else f'{100 * pull:.0f}%'} |"
+            )
+    return "\n".join(lines)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
 
 
 def machine() -> str:
