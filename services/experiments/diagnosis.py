@@ -58,6 +58,7 @@ class Variant:
     training: Mapping[str, Any] = field(default_factory=dict)
     importance: str = "step"  # step (the paper's), no_token_table, ema
     pool_without_task_words: bool = False
+    measure_overlap: bool = False  # one more backward pass every RECORD_EVERY steps
 
 
 VARIANTS: dict[str, Variant] = {
@@ -72,6 +73,14 @@ VARIANTS: dict[str, Variant] = {
     "ema": Variant(importance="ema"),
     "lr1e-4_x3": Variant(training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
     "no_awc_lr1e-4_x3": Variant(weights={**PAPER, "awc": 0.0}, training={"lr": 1e-4, "iterations": 900, "warmup": 30}),
+    # AWC too weak to act (1e-6), to read the pull that weight 1 would exert along distillation and ITA's path
+    "awc_1e-6": Variant(weights={**PAPER, "awc": 1e-6}),
+    "awc_1e-6_mtil_sum_lr": Variant(weights={**PAPER, "awc": 1e-6}, training={"lr": 3.3e-5}),
+    # where the task's gradient falls on the importance, along the path of distillation and ITA alone
+    "overlap": Variant(weights={**PAPER, "awc": 1e-6}, training={"iterations": 100}, measure_overlap=True),
+    "overlap_pool_without_task_words": Variant(
+        weights={**PAPER, "awc": 1e-6}, training={"iterations": 100}, pool_without_task_words=True, measure_overlap=True
+    ),
     # Σ lr of MTIL's tasks at 1e-5 (5.0e-3) instead of the tiny world's 4.5e-2: lr 3e-4 × 5.0/45.3
     "mtil_sum_lr": Variant(training={"lr": 3.3e-5}),
     "ft_mtil_sum_lr": Variant(weights={"distill": 0.0, "ita": 0.0, "awc": 0.0}, training={"lr": 3.3e-5}),
@@ -83,9 +92,12 @@ EMA_DECAY = 0.99  # the moving average's memory: about 100 steps, a third of a t
 class ObservedAWC(AWC):
     """AWC as the trainer computes it, with its importance optionally changed, recording what the module says."""
 
-    def __init__(self, weight: float, importance: str, class_rows: Callable[[], Tensor]) -> None:
+    def __init__(
+        self, weight: float, importance: str, class_rows: Callable[[], Tensor], measure_overlap: bool = False
+    ) -> None:
         super().__init__(weight)
         self.importance = importance
+        self.measure_overlap = measure_overlap
         self.class_rows = class_rows  # the token ids of the current task's class words
         self.step = 0
         self.ema: dict[str, Tensor] = {}
@@ -131,7 +143,27 @@ class ObservedAWC(AWC):
             "class_row_weight": (row_mass[rows].mean() / row_mass.mean().clamp_min(1e-30)).item(),
             "rows_with_importance": int((row_mass > 0).sum()),
             "token_table_pull_share": pulls[TOKEN_TABLE] / total_pull,
+            "penalty": losses.consolidation_loss(ctx.params, ctx.anchor, fisher).item(),  # unweighted
             "top_pull_shares": {n: v / total_pull for n, v in top},
+            **self.overlap(ctx, fisher),
+        }
+
+    def overlap(self, ctx: StepContext, fisher: dict[str, Tensor]) -> dict[str, float]:
+        """Σ F g² / Σ g² for the task loss's gradient g: 1 where the task's gradient ignores the importance (whose
+        mean is 1 in each tensor), far above 1 where the task must move the very weights replay marks important."""
+        if not self.measure_overlap:
+            return {}
+        names = list(ctx.params)
+        task = losses.task_loss(ctx.task_logits, ctx.labels)
+        grads = torch.autograd.grad(task, [ctx.params[n] for n in names], retain_graph=True, allow_unused=True)
+        weighted = {
+            n: (fisher[n] * g.square()).sum().item() for n, g in zip(names, grads, strict=True) if g is not None
+        }
+        plain = {n: g.square().sum().item() for n, g in zip(names, grads, strict=True) if g is not None}
+        towers = [n for n in plain if n != TOKEN_TABLE]
+        return {
+            "task_overlap": sum(weighted.values()) / sum(plain.values()),
+            "task_overlap_towers": sum(weighted[n] for n in towers) / sum(plain[n] for n in towers),
         }
 
     def agreement(self) -> dict[int, float]:
@@ -203,7 +235,7 @@ def run(name: str, trained: int, out: Path) -> dict[str, Any]:
     engine, current = runner.engine, {"rows": torch.empty(0, dtype=torch.long)}
     observed = next((t for t in engine.terms if isinstance(t, AWC)), None)
     if observed is not None:
-        observed = ObservedAWC(observed.weight, variant.importance, lambda: current["rows"])
+        observed = ObservedAWC(observed.weight, variant.importance, lambda: current["rows"], variant.measure_overlap)
         engine.terms = [observed if isinstance(t, AWC) else t for t in engine.terms]
     result: dict[str, Any] = {"variant": name, "config": {k: config[k] for k in ("method", "training")}}
     result["zero_shot"], result["probe_zero_shot"] = runner._evaluate(), probe_mean(runner)
@@ -273,27 +305,28 @@ def table(paths: Sequence[Path]) -> str:
     it moved, and (GIFT's AWC) the class-word rows' importance and Adam's second moment there."""
     lines = [
         "| run | task | learnt | earlier tasks | Transfer | probe | ‖Δθ‖/‖θ‖ | token table | class rows "
-        "| √v class rows | class rows' share (× row mean) | token table's pull |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| √v class rows | class rows' share (× row mean) | token table's pull | penalty at the end |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for path in paths:
         result = json.loads(path.read_text())
         if path == paths[0]:
             zero, probe = result["zero_shot"], result["probe_zero_shot"]
-            lines.append(f"| zero-shot | | {zero[0]:.1f} | | {_mean(zero[1:]):.1f} | {probe:.1f} | | | | | | |")
+            lines.append(f"| zero-shot | | {zero[0]:.1f} | | {_mean(zero[1:]):.1f} | {probe:.1f} | | | | | | | |")
         for index, task in enumerate(result["tasks"]):
             row, moved = task["row"], task["displacement"]
             later = [r for r in task.get("importance", []) if r["step"] >= 100]  # once the anchor is left behind
             share = _mean([r["class_rows_share"] for r in later])
             weight = _mean([r["class_row_weight"] for r in later])
             pull = _mean([r["token_table_pull_share"] for r in later])
+            end = [r["penalty"] for r in later[-5:] if "penalty" in r]  # Σ F (θ − θ_{t−1})², the last 50 steps
             awc = "" if share is None else f"{100 * share:.0f}% ({weight:.0f}×)"
             lines.append(
                 f"| {path.stem} | {task['name']} | {row[index]:.1f} | {_number(_mean(row[:index]))} "
                 f"| {_mean(row[len(result['tasks']) :]):.1f} "
                 f"| {task['probe']:.1f} | {100 * moved['model']:.2f}% | {100 * moved['token_table']:.2f}% "
                 f"| {_percent(moved.get('class_rows'))} | {task['class_rows_adam_v']:.3f} | {awc} "
-                f"| {'' if pull is None else f'{100 * pull:.0f}%'} |"
+                f"| {'' if pull is None else f'{100 * pull:.0f}%'} | {_number(_mean(end))} |"
             )
     return "\n".join(lines)
 
