@@ -34,6 +34,7 @@ def test_observed_awc_is_the_trainers_awc_and_records_the_class_rows() -> None:
     rows = ctx.params[TOKEN_TABLE].grad.square().sum(dim=1)
     assert record["class_rows_share"] == pytest.approx((rows[2] / rows.sum()).item())
     assert record["rows_with_importance"] == 2
+    assert record["penalty"] == pytest.approx(AWC(1.0)(ctx).item())
 
 
 def test_zero_token_table_importance_leaves_only_the_other_tensors_pull() -> None:
@@ -73,5 +74,17 @@ def test_table_lists_each_trained_task(tmp_path) -> None:
     path = tmp_path / "ft-1task.json"
     path.write_text(json.dumps(result))
     lines = table([path]).splitlines()
-    assert lines[2].startswith("| zero-shot | | 40.0 | | 37.0 | 84.0 |")
+    assert lines[2] == "| zero-shot | | 40.0 | | 37.0 | 84.0 |" + " |" * 7
     assert lines[3].startswith("| ft-1task | objects | 60.0 |  | 35.0 | 80.0 | 4.00% | 0.50% | 5.0% | 0.030 |")
+
+
+def test_overlap_is_one_where_the_importance_is_flat_and_follows_it_otherwise() -> None:
+    ctx = _context()
+    features = torch.randn(8, 4)
+    ctx.task_logits = features @ ctx.params["proj"] + ctx.params[TOKEN_TABLE][:3].sum(dim=1)
+    ctx.labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    observed = ObservedAWC(1.0, "step", lambda: torch.tensor([2]), measure_overlap=True)
+    flat = {n: torch.ones_like(p) for n, p in ctx.params.items()}
+    assert observed.overlap(ctx, flat) == pytest.approx({"task_overlap": 1.0, "task_overlap_towers": 1.0})
+    doubled = {**flat, "proj": 2 * flat["proj"]}
+    assert observed.overlap(ctx, doubled)["task_overlap_towers"] == pytest.approx(2.0)
