@@ -319,16 +319,26 @@ def table(paths: Sequence[Path]) -> str:
             share = _mean([r["class_rows_share"] for r in later])
             weight = _mean([r["class_row_weight"] for r in later])
             pull = _mean([r["token_table_pull_share"] for r in later])
-            end = [r["penalty"] for r in later[-5:] if "penalty" in r]  # Σ F (θ − θ_{t−1})², the last 50 steps
+            end = _end_penalty(task, result["config"]["method"]["overrides"].get("awc", 0.0))
             awc = "" if share is None else f"{100 * share:.0f}% ({weight:.0f}×)"
             lines.append(
                 f"| {path.stem} | {task['name']} | {row[index]:.1f} | {_number(_mean(row[:index]))} "
                 f"| {_mean(row[len(result['tasks']) :]):.1f} "
                 f"| {task['probe']:.1f} | {100 * moved['model']:.2f}% | {100 * moved['token_table']:.2f}% "
                 f"| {_percent(moved.get('class_rows'))} | {task['class_rows_adam_v']:.3f} | {awc} "
-                f"| {'' if pull is None else f'{100 * pull:.0f}%'} | {_number(_mean(end))} |"
+                f"| {'' if pull is None else f'{100 * pull:.0f}%'} | {_number(end)} |"
             )
     return "\n".join(lines)
+
+
+def _end_penalty(task: dict[str, Any], weight: float) -> float | None:
+    """The unweighted Σ F (θ − θ_{t−1})² over a task's last steps: its records of the last 50, or else the logged
+    AWC term of the last 20 divided by its weight (runs made before the records held it)."""
+    records = [r["penalty"] for r in task.get("importance", [])[-5:] if "penalty" in r]
+    if records:
+        return _mean(records)
+    logged = task["last_losses"].get("awc")
+    return None if logged is None or not weight else logged / weight
 
 
 def _mean(values: Sequence[float]) -> float | None:
