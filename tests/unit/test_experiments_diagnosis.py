@@ -68,14 +68,24 @@ def test_sum_lr_follows_the_warmup_cosine_schedule() -> None:
 
 
 def test_table_lists_each_trained_task(tmp_path) -> None:
-    task = {"name": "objects", "row": [60.0, 40.0, 30.0], "probe": 80.0, "class_rows_adam_v": 0.03,
-            "displacement": {"model": 0.04, "token_table": 0.005, "class_rows": 0.05}}  # fmt: skip
-    result = {"zero_shot": [40.0, 42.0, 32.0], "probe_zero_shot": 84.0, "tasks": [task]}
-    path = tmp_path / "ft-1task.json"
-    path.write_text(json.dumps(result))
-    lines = table([path]).splitlines()
+    task = {
+        "name": "objects",
+        "row": [60.0, 40.0, 30.0],
+        "probe": 80.0,
+        "class_rows_adam_v": 0.03,
+        "displacement": {"model": 0.04, "token_table": 0.005, "class_rows": 0.05},
+        "last_losses": {"task": 1.5},
+    }
+    result = {"zero_shot": [40.0, 42.0, 32.0], "probe_zero_shot": 84.0, "tasks": [task],
+              "config": {"method": {"overrides": {"awc": 0.0}}}}  # fmt: skip
+    (tmp_path / "ft-1task.json").write_text(json.dumps(result))
+    awc = {**task, "last_losses": {"task": 1.9, "awc": 0.4}}  # an AWC run whose records predate the penalty
+    gift = {**result, "tasks": [awc], "config": {"method": {"overrides": {"awc": 2.0}}}}
+    (tmp_path / "gift-1task.json").write_text(json.dumps(gift))
+    lines = table([tmp_path / "ft-1task.json", tmp_path / "gift-1task.json"]).splitlines()
     assert lines[2] == "| zero-shot | | 40.0 | | 37.0 | 84.0 |" + " |" * 7
-    assert lines[3].startswith("| ft-1task | objects | 60.0 |  | 35.0 | 80.0 | 4.00% | 0.50% | 5.0% | 0.030 |")
+    assert lines[3] == "| ft-1task | objects | 60.0 |  | 35.0 | 80.0 | 4.00% | 0.50% | 5.0% | 0.030 |  |  |  |"
+    assert lines[4].endswith("| 0.2 |")  # the logged term over its weight
 
 
 def test_overlap_is_one_where_the_importance_is_flat_and_follows_it_otherwise() -> None:
