@@ -84,6 +84,10 @@ VARIANTS: dict[str, Variant] = {
     # Σ lr of MTIL's tasks at 1e-5 (5.0e-3) instead of the tiny world's 4.5e-2: lr 3e-4 × 5.0/45.3
     "mtil_sum_lr": Variant(training={"lr": 3.3e-5}),
     "ft_mtil_sum_lr": Variant(weights={"distill": 0.0, "ita": 0.0, "awc": 0.0}, training={"lr": 3.3e-5}),
+    # MTIL's schedule itself (lr 1e-5, 1,000 steps, 100 warm-up): can the world's tasks be learnt at its displacement?
+    "ft_mtil_schedule": Variant(
+        weights={"distill": 0.0, "ita": 0.0, "awc": 0.0}, training={"lr": 1e-5, "iterations": 1000, "warmup": 100}
+    ),
     "no_awc_mtil_sum_lr": Variant(weights={**PAPER, "awc": 0.0}, training={"lr": 3.3e-5}),
 }
 EMA_DECAY = 0.99  # the moving average's memory: about 100 steps, a third of a task
