@@ -1,16 +1,19 @@
 """The size of each docker image (issue 16): the api, worker and trainer targets built from the project's
-Dockerfiles, split into the base image and the project's layers, with a smoke run of the api and worker images.
+Dockerfiles, split into the base image and the project's layers, with a smoke run of the api and worker images and
+`gift demo` in the trainer image.
 
 For each image: its size as the engine reports it (`docker image inspect`, the size `docker image ls` shows),
 the base's share, the layer that installs the role's file of the lock and the one that installs the project
 (`docker history`), and the installed packages inside it (`du -sb` of the directory the project went into).
 The smoke: a redis-server on this host, the api and worker images as containers against it; GET /healthz,
 GET /readyz once the worker's heartbeat arrives, one job of two images with the embedded default model, each
-image downloaded and checked; the api image must not import torch. The last line printed is one JSON object.
+image downloaded and checked; the api image must not import torch. The demo: `gift demo` in the trainer image with
+no network but the container's loopback (its own redis-server, API, worker and two trainers), at its test size or
+with its defaults (--demo default), timed from `docker run` to exit. The last line printed is one JSON object.
 
 Needs a Docker engine; pip in the build reaches the package index through the host's network (`--network=host`).
 Where Docker Hub is out of reach, make a base first (bench/debian_base.sh) and pass it with --base.
-Run: python bench/image_sizes.py [--base IMAGE] [--no-build] [--out DIR]
+Run: python bench/image_sizes.py [--base IMAGE] [--no-build] [--demo {test,default}] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import json
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from gift_common.client import GeneratorClient
 from gift_common.schemas import JobRequest
 from services.stack import ONE_THREAD, RedisServer, free_port, wait_until
+from services.testing.installs import DEMO_TEST_SIZE
 
 # image name: (Dockerfile, target); the trainer's Dockerfile has one stage
 TARGETS = {
@@ -33,6 +38,7 @@ TARGETS = {
     "trainer": ("services/trainer/Dockerfile", None),
 }
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_SIZES: dict[str, Sequence[str]] = {"test": DEMO_TEST_SIZE, "default": ()}
 MB = 1e6
 
 
@@ -134,6 +140,21 @@ def smoke(tags: dict[str, str], out: Path) -> dict[str, object]:
         redis.stop()
 
 
+def demo(tag: str, size: Sequence[str], out: Path) -> dict[str, object]:
+    """`gift demo` in ``tag`` on no network but the container's loopback: its wall time and the table it printed."""
+    args = ["docker", "run", "--rm", "--network=none", tag, "gift", "demo", "--out", "/tmp/demo-out", *size]
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    (out / "demo.log").write_text(done.stdout + done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"gift demo in {tag} failed ({done.returncode}); its output is in {out / 'demo.log'}")
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| ft |", "| gift |"))]
+    if len(rows) != 2:
+        raise RuntimeError(f"gift demo in {tag} printed {len(rows)} of its table's two rows; see {out / 'demo.log'}")
+    return {"args": " ".join(size), "wall_s": round(seconds, 1), "table_rows": rows}
+
+
 def imports(tag: str, modules: str) -> bool:
     """Whether ``import modules`` succeeds in the image; a failure other than a missing module is an error."""
     result = subprocess.run(
@@ -148,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="python:3.11-slim", help="the BASE_IMAGE build argument")
     parser.add_argument("--no-build", action="store_true", help="measure the images of an earlier run")
+    parser.add_argument("--demo", choices=DEMO_SIZES, default="test", help="the demo's size in the trainer image")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "images", help="build logs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +180,7 @@ def main() -> None:
     result = smoke(tags, args.out)
     result["api_imports_torch"] = imports(tags["api"], "torch")
     result["trainer_imports_open_clip_tinyworld"] = imports(tags["trainer"], "open_clip, tinyworld, services.trainer")
+    result["trainer_demo"] = demo(tags["trainer"], DEMO_SIZES[args.demo], args.out)
     print(docker("image", "ls", "--filter", "reference=gift-*:measured"), end="")
     print(docker("image", "ls", args.base), end="")
     for name, figures in sizes.items():

@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout whose lock and source
 # an earlier build (setuptools does not clear it) slips moved or deleted modules into a wheel.
 SOURCES = ("pyproject.toml", "README.md", "gift_common", "services", "plugins/tinyworld")
 NOT_SOURCES = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*")
+# `gift demo` at its test size, as every install is checked (a checkout, the wheels, the trainer image): the whole
+# path, generator included, in a minute or two; the figures are noise at this size.
+DEMO_TEST_SIZE = ("--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2",
+                  "--probe-size", "60")  # fmt: skip
 
 
 def run_checked(args: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -15,13 +15,13 @@ import psutil
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.integration
+from services.testing.installs import DEMO_TEST_SIZE
 
-SMALL = ["--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2", "--probe-size", "60"]
+pytestmark = pytest.mark.integration
 
 
 def demo_command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "services.cli", "demo", "--out", str(out), *SMALL]
+    return [sys.executable, "-m", "services.cli", "demo", "--out", str(out), *DEMO_TEST_SIZE]
 
 
 def demo_env(tmp_path: Path) -> dict[str, str]:

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from services.testing.installs import build_wheels, fresh_environment, run_checked
+from services.testing.installs import DEMO_TEST_SIZE, build_wheels, fresh_environment, run_checked
 
 pytestmark = pytest.mark.integration
-
-SMALL = ["--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2", "--probe-size", "60"]
 
 # Run in the installed environment from an empty folder: where the code and the shipped configs come from, and that
 # checking an MTIL config loads no torch (gift rehearsal run reads mtil_order{1,2} through the same lookup; the tiny
@@ -67,7 +65,7 @@ def test_installed_code_finds_its_shipped_configs_from_any_folder(installed: Pat
 def test_the_installed_demo_runs_from_an_unrelated_folder(installed: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    demo = [installed / "gift", "demo", "--out", "demo-out", *SMALL]
+    demo = [installed / "gift", "demo", "--out", "demo-out", *DEMO_TEST_SIZE]
     done = subprocess.run(demo, cwd=elsewhere, env=user_env(tmp_path), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((elsewhere / "demo-out" / "summary.json").read_text())

@@ -100,6 +100,15 @@ def test_generator_images_install_their_role_from_the_lock(service, role):
     assert f"--require-hashes --no-deps -r requirements/{role}.txt" in _stage(service)
 
 
+def test_the_trainer_image_holds_what_gift_demo_starts():
+    """The demo runs a redis-server, the generator's API and worker and two trainers in one container: the trainer
+    image installs the worker's file of the lock beside its own, and Debian's redis-server."""
+    build = SERVICES["trainer"]["build"]
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    assert "--require-hashes --no-deps -r requirements/trainer.txt -r requirements/worker.txt" in dockerfile
+    assert re.search(r"^RUN apt-get update && apt-get install .*\bredis-server\b", dockerfile, flags=re.MULTILINE)
+
+
 def test_api_image_leaves_out_the_tiny_world():
     assert "plugins" not in _stage("generator-api")
 
