@@ -101,8 +101,12 @@ def test_submit_watch_and_see_every_image_as_a_tenant(api: str, browser: WebDriv
     seen = set()
 
     def finished() -> bool:
-        seen.add(text(browser, "job-counts").split(" ")[0])
-        return text(browser, "job-state") == "succeeded"
+        # One read of both: the page may change between two WebDriver calls.
+        counts, state = browser.execute_script(
+            "return ['job-counts', 'job-state'].map((id) => document.getElementById(id).textContent)"
+        )
+        seen.add(counts.split(" ")[0])
+        return bool(state == "succeeded")
 
     until(browser, finished, "the job to succeed in the page", timeout=120)
     assert "6/6" in seen and len(seen) > 1, f"progress was seen live: {sorted(seen)}"

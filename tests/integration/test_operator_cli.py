@@ -4,23 +4,21 @@ script as a process, against a real stack with tenants and an admin."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from gift_common import redis_keys
-from services.stack import free_port
+from services.stack import LocalStack, free_port
+from services.testing.generator import FAST_ENV, IDLE_MODEL, register_idle_model
 
 pytestmark = pytest.mark.integration
 
 KEYS = {"GIFT_API_KEYS": "alice:alice-key,bob:bob-key", "GIFT_ADMIN_KEYS": "ops:admin-key"}
-IDLE_MODEL = "idle-model"  # registered, served by no worker: its jobs stay queued
 
 
 def gift(url: str, key: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,15 +39,11 @@ def one_line_error(run: subprocess.CompletedProcess[str], *words: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, model_home):
-    from services.stack import LocalStack
-    from services.testing.generator import FAST_ENV
-
+def api(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Iterator[str]:
     env = {"GIFT_HOME": str(model_home), **FAST_ENV, **KEYS}
     with LocalStack(tmp_path_factory.mktemp("operator"), env=env) as stack:
         stack.start(workers=1)
-        entry = {"height": 32, "width": 32, "fingerprint": "0" * 64}
-        redis.Redis.from_url(stack.redis_url).hset(redis_keys.MODELS, IDLE_MODEL, json.dumps(entry))
+        register_idle_model(stack.redis_url)
         yield stack.api_url
 
 
