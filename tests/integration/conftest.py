@@ -10,7 +10,7 @@ import redis
 
 from gift_common.client import GeneratorClient
 from services.stack import LocalStack
-from services.testing.generator import FAST_ENV
+from services.testing.generator import FAST_ENV, register_idle_model
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +73,16 @@ def client(stack: LocalStack) -> Iterator[GeneratorClient]:
 @pytest.fixture
 def redis_client(stack: LocalStack) -> redis.Redis:
     return redis.Redis.from_url(stack.redis_url, decode_responses=True)
+
+
+@pytest.fixture(scope="module")
+def tenants_api(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Iterator[str]:
+    """The URL of a stack with one worker, two tenants (keys alice-key, bob-key), an admin (admin-key) and the idle
+    model, whose jobs stay queued."""
+    keys = {"GIFT_API_KEYS": "alice:alice-key,bob:bob-key", "GIFT_ADMIN_KEYS": "ops:admin-key"}
+    with LocalStack(
+        tmp_path_factory.mktemp("tenants"), env={"GIFT_HOME": str(model_home), **FAST_ENV, **keys}
+    ) as stack:
+        stack.start(workers=1)
+        register_idle_model(stack.redis_url)
+        yield stack.api_url

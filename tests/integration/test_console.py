@@ -22,22 +22,16 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from services.stack import LocalStack
-from services.testing.generator import FAST_ENV, IDLE_MODEL, register_idle_model
+from services.testing.generator import IDLE_MODEL
 
 pytestmark = pytest.mark.integration
 
-KEYS = {"GIFT_API_KEYS": "alice:alice-key,bob:bob-key", "GIFT_ADMIN_KEYS": "ops:admin-key"}
 BOB = {"Authorization": "Bearer bob-key"}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Iterator[str]:
-    env = {"GIFT_HOME": str(model_home), **FAST_ENV, **KEYS}
-    with LocalStack(tmp_path_factory.mktemp("console"), env=env) as stack:
-        stack.start(workers=1)
-        register_idle_model(stack.redis_url)
-        yield stack.api_url
+def api(tenants_api: str) -> str:
+    return tenants_api
 
 
 @pytest.fixture

@@ -7,18 +7,15 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.stack import LocalStack, free_port
-from services.testing.generator import FAST_ENV, IDLE_MODEL, register_idle_model
+from services.stack import free_port
+from services.testing.generator import IDLE_MODEL
 
 pytestmark = pytest.mark.integration
-
-KEYS = {"GIFT_API_KEYS": "alice:alice-key,bob:bob-key", "GIFT_ADMIN_KEYS": "ops:admin-key"}
 
 
 def gift(url: str, key: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,12 +36,8 @@ def one_line_error(run: subprocess.CompletedProcess[str], *words: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Iterator[str]:
-    env = {"GIFT_HOME": str(model_home), **FAST_ENV, **KEYS}
-    with LocalStack(tmp_path_factory.mktemp("operator"), env=env) as stack:
-        stack.start(workers=1)
-        register_idle_model(stack.redis_url)
-        yield stack.api_url
+def api(tenants_api: str) -> str:
+    return tenants_api
 
 
 def test_generate_writes_the_images_and_prints_the_job(api: str, tmp_path: Path) -> None:
