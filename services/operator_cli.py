@@ -96,14 +96,15 @@ def _size(text: str) -> tuple[int, int]:
 def _client(args: argparse.Namespace) -> Iterator[GeneratorClient]:
     """A client whose failures become one line each: down, refused key, unknown job, or the server's own detail."""
     from gift_common.client import GeneratorClient, GeneratorError, GeneratorHTTPError, GeneratorUnavailable
-    from gift_common.settings import ClientSettings, load
+    from gift_common.settings import ClientSettings, load, without_credentials
 
     url = args.url or load(ClientSettings).generator_url
     try:
         with GeneratorClient(url, retries=CLI_RETRIES, backoff=0.2) as client:
             yield client
     except GeneratorUnavailable as error:
-        raise UserError(f"the generator at {url} does not answer ({error.cause}); is it running there?") from None
+        where = without_credentials(url)  # the error is printed: a URL's user:password stays out of it
+        raise UserError(f"the generator at {where} does not answer ({error.cause}); is it running there?") from None
     except GeneratorHTTPError as error:
         raise UserError(_refusal(error, getattr(args, "all", False))) from None
     except GeneratorError as error:

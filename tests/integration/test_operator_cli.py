@@ -92,5 +92,9 @@ def test_a_wrong_key_a_server_down_and_bad_input_are_one_line_each(api: str) -> 
     one_line_error(gift(api, None, "workers"), "refused the key")
     down = f"http://127.0.0.1:{free_port()}"
     one_line_error(gift(down, "alice-key", "jobs", "list"), "does not answer", down)
+    secret_url = down.replace("http://", "http://ops:url-pw-7c1e@")
+    refused = gift(secret_url, "alice-key", "jobs", "list")
+    one_line_error(refused, "does not answer", down)
+    assert "url-pw-7c1e" not in refused.stderr + refused.stdout
     one_line_error(gift(api, "alice-key", "jobs", "show", "f" * 32), "404", "not found")
     one_line_error(gift(api, "alice-key", "generate", "x", "--steps", "500", "--out", "/tmp/unused"), "less than")
