@@ -14,7 +14,7 @@ and a worker (or the API sending the job's webhook) continues from it, so the sp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import trace
@@ -28,6 +28,8 @@ from gift_common.settings import without_credentials
 ENQUEUE, BATCH, WEBHOOK = "gift.job.enqueue", "gift.worker.batch", "gift.webhook.deliver"
 _propagator = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None  # set by setup when tracing is on
+_flush: Callable[[int], bool] | None = None  # the provider's force_flush(timeout_millis), set with _tracer
+FLUSH_SECONDS = 2.0  # the longest a stopping process waits for its last spans to leave
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -45,7 +47,7 @@ def endpoint_of(gift_endpoint: str | None) -> str | None:
 def setup(service: str, gift_endpoint: str | None) -> str | None:
     """Export this process's spans, as ``service`` (unless OTEL_SERVICE_NAME names it), when an endpoint is
     configured; returns where they go without any user:password, for the log, or None when tracing is off."""
-    global _tracer
+    global _tracer, _flush
     url = endpoint_of(gift_endpoint)
     if url is None:
         return None
@@ -55,15 +57,22 @@ def setup(service: str, gift_endpoint: str | None) -> str | None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service})
-    provider = TracerProvider(resource=resource)  # flushes its spans when the process exits
+    provider = TracerProvider(resource=resource)  # flushes its spans at exit (the API's server stops before: flush)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
     trace.set_tracer_provider(provider)
-    _tracer = provider.get_tracer("gift")
+    _tracer, _flush = provider.get_tracer("gift"), provider.force_flush
     return without_credentials(url)
 
 
 def active() -> bool:
     return _tracer is not None
+
+
+def flush() -> None:
+    """Send the spans still queued, waiting FLUSH_SECONDS at most: the API's server ends its process by the signal
+    that stopped it, so exit handlers do not run."""
+    if _flush is not None:
+        _flush(int(FLUSH_SECONDS * 1000))
 
 
 def parent_of(traceparent: str | None) -> Context | None:

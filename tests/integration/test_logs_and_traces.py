@@ -161,3 +161,22 @@ def test_every_log_line_about_the_job_carries_its_ids(run):
         assert line.get("trace_id") == CLIENT_TRACE or "started" in line["message"], line  # before a span opens
     accepted = next(line for line in api if "accepted" in line["message"])
     assert accepted["span_id"] == run.first["POST /v1/jobs"].span_id
+
+
+def test_a_stopping_api_sends_its_last_spans(tmp_path):
+    """Spans wait to leave in batches (here for up to ten minutes); an API that is stopped sends them first, as its
+    server ends the process by the signal that stopped it, where no exit handler runs."""
+    with OtlpReceiver() as receiver:
+        env = {"GIFT_HOME": str(tmp_path), "GIFT_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+        stack = LocalStack(tmp_path, env=env)
+        try:
+            assert stack.redis is not None
+            stack.redis.start()
+            api = stack.start_api()
+            for _ in range(3):
+                httpx.get(f"{stack.api_url}/healthz").raise_for_status()
+            assert receiver.spans == [], "nothing was sent before the stop"
+            api.stop()
+            assert [span.name for span in receiver.spans].count("GET /healthz") >= 3
+        finally:
+            stack.stop()

@@ -68,6 +68,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             task.cancel()
         await redis.aclose()
         await blobs.aclose()
+        await asyncio.to_thread(tracing.flush)
 
     app = FastAPI(
         title="GIFT generator",
