@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import httpx
 import torch
 
 from services.devices import describe
-from services.stack import LocalStack, Process, free_port, wait_until
+from services.stack import LocalStack, free_port
 from services.testing.generator import IDLE_MODEL, register_idle_model
 from services.testing.otlp import OtlpReceiver
 
@@ -33,16 +32,6 @@ SETTINGS = {
     "json, tracing on": {"GIFT_LOG_FORMAT": "json", "OTEL_BSP_SCHEDULE_DELAY": "200"},
     "json, tracing on, collector down": {"GIFT_LOG_FORMAT": "json", "OTEL_BSP_SCHEDULE_DELAY": "200"},
 }
-
-
-def _api(stack: LocalStack, name: str, env: dict[str, str]) -> tuple[Process, str]:
-    port = free_port()
-    args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    env = {**stack.env, "GIFT_REDIS_URL": stack.redis_url, **env}
-    process = Process(name, args, stack.run_dir / f"{name}.log", env)
-    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, name, process.popen, process.log)
-    return process, url
 
 
 def _submit_seconds(client: httpx.Client, url: str, jobs: int) -> list[float]:
@@ -73,7 +62,7 @@ def main() -> None:
             for index, (name, extra) in enumerate(SETTINGS.items()):
                 where = [url for setting, url in collectors.items() if name.endswith(setting)]
                 tracing = {"GIFT_OTLP_ENDPOINT": where[0]} if where else {}
-                apis[name] = _api(stack, f"api{index}", {**extra, **tracing})
+                apis[name] = stack.start_another_api(f"api{index}", {**extra, **tracing})
             seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
             with httpx.Client(timeout=30) as client:
                 for _, url in apis.values():

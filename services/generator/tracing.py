@@ -14,6 +14,7 @@ and a worker (or the API sending the job's webhook) continues from it, so the sp
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -28,8 +29,8 @@ from gift_common.settings import without_credentials
 ENQUEUE, BATCH, WEBHOOK = "gift.job.enqueue", "gift.worker.batch", "gift.webhook.deliver"
 _propagator = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None  # set by setup when tracing is on
-_flush: Callable[[int], bool] | None = None  # the provider's force_flush(timeout_millis), set with _tracer
-FLUSH_SECONDS = 2.0  # the longest a stopping process waits for its last spans to leave
+_shutdown: Callable[[], None] | None = None  # the provider's shutdown, which sends the spans still queued
+CLOSE_SECONDS = 2.0  # the longest a stopping process waits for its last spans to leave
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -47,7 +48,7 @@ def endpoint_of(gift_endpoint: str | None) -> str | None:
 def setup(service: str, gift_endpoint: str | None) -> str | None:
     """Export this process's spans, as ``service`` (unless OTEL_SERVICE_NAME names it), when an endpoint is
     configured; returns where they go without any user:password, for the log, or None when tracing is off."""
-    global _tracer, _flush
+    global _tracer, _shutdown
     url = endpoint_of(gift_endpoint)
     if url is None:
         return None
@@ -57,10 +58,10 @@ def setup(service: str, gift_endpoint: str | None) -> str | None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service})
-    provider = TracerProvider(resource=resource)  # flushes its spans at exit (the API's server stops before: flush)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # close() sends the last spans, in time
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
     trace.set_tracer_provider(provider)
-    _tracer, _flush = provider.get_tracer("gift"), provider.force_flush
+    _tracer, _shutdown = provider.get_tracer("gift"), provider.shutdown
     return without_credentials(url)
 
 
@@ -68,11 +69,17 @@ def active() -> bool:
     return _tracer is not None
 
 
-def flush() -> None:
-    """Send the spans still queued, waiting FLUSH_SECONDS at most: the API's server ends its process by the signal
-    that stopped it, so exit handlers do not run."""
-    if _flush is not None:
-        _flush(int(FLUSH_SECONDS * 1000))
+def close() -> None:
+    """Send the spans still queued and stop tracing, as the process stops; wait CLOSE_SECONDS at most, as a
+    collector that does not answer is retried for up to OTEL_EXPORTER_OTLP_TIMEOUT (10 s). Not left to an exit
+    handler: the API's server ends its process by the signal that stopped it, where none runs."""
+    global _tracer, _shutdown
+    if _shutdown is None:
+        return
+    closing = threading.Thread(target=_shutdown, name="trace-close", daemon=True)
+    closing.start()
+    closing.join(CLOSE_SECONDS)
+    _tracer, _shutdown = None, None
 
 
 def parent_of(traceparent: str | None) -> Context | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,20 +164,28 @@ def test_every_log_line_about_the_job_carries_its_ids(run):
     assert accepted["span_id"] == run.first["POST /v1/jobs"].span_id
 
 
-def test_a_stopping_api_sends_its_last_spans(tmp_path):
+def test_a_stopping_api_sends_its_last_spans_and_waits_not_long_for_an_absent_collector(tmp_path):
     """Spans wait to leave in batches (here for up to ten minutes); an API that is stopped sends them first, as its
-    server ends the process by the signal that stopped it, where no exit handler runs."""
+    server ends the process by the signal that stopped it, where no exit handler runs. One whose collector does not
+    answer (its batches retried for up to 10 s) stops within tracing.CLOSE_SECONDS all the same."""
     with OtlpReceiver() as receiver:
-        env = {"GIFT_HOME": str(tmp_path), "GIFT_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
-        stack = LocalStack(tmp_path, env=env)
+        stack, apis = LocalStack(tmp_path, env={"GIFT_HOME": str(tmp_path)}), []
         try:
             assert stack.redis is not None
             stack.redis.start()
-            api = stack.start_api()
+            env = {"GIFT_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+            apis.append(stack.start_another_api("held", env))
+            apis.append(stack.start_another_api("absent", {"GIFT_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}))
+            (held, url), (absent, _) = apis
             for _ in range(3):
-                httpx.get(f"{stack.api_url}/healthz").raise_for_status()
+                httpx.get(f"{url}/healthz").raise_for_status()
             assert receiver.spans == [], "nothing was sent before the stop"
-            api.stop()
+            held.stop()
             assert [span.name for span in receiver.spans].count("GET /healthz") >= 3
+            started = time.monotonic()
+            absent.stop()
+            assert time.monotonic() - started < tracing.CLOSE_SECONDS + 2
         finally:
+            for api, _ in apis:
+                api.stop()
             stack.stop()

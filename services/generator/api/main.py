@@ -68,7 +68,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             task.cancel()
         await redis.aclose()
         await blobs.aclose()
-        await asyncio.to_thread(tracing.flush)
+        await asyncio.to_thread(tracing.close)
 
     app = FastAPI(
         title="GIFT generator",

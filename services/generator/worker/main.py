@@ -394,7 +394,10 @@ def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
     logs.set_process_fields(worker_id=worker.consumer)  # on every line from here on, whatever its thread
     signal.signal(signal.SIGTERM, partial(_stop, worker, "SIGTERM"))
     signal.signal(signal.SIGINT, partial(_stop, worker, "Ctrl-C"))
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        tracing.close()
     if worker.interrupted:
         raise KeyboardInterrupt  # the command line's status 130, as for any Ctrl-C
 
