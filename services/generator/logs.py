@@ -31,17 +31,22 @@ _process: dict[str, Value] = {}  # ids of the whole process (a worker's id)
 def add(**fields: Value | None) -> None:
     """Give the lines logged from here on in this context (a request's task, a worker step) these ids; None leaves an
     id as it was."""
-    _context.set({**_context.get({}), **{name: value for name, value in fields.items() if value is not None}})
+    _context.set(_with(fields))
 
 
 @contextmanager
 def bound(**fields: Value | None) -> Iterator[None]:
     """These ids on the lines logged inside the block, and the ids before it after it."""
-    token = _context.set({**_context.get({}), **{name: value for name, value in fields.items() if value is not None}})
+    token = _context.set(_with(fields))
     try:
         yield
     finally:
         _context.reset(token)
+
+
+def _with(fields: dict[str, Value | None]) -> dict[str, Value]:
+    """The ids in context with ``fields`` over them (None: left as it was), as a new dict."""
+    return {**_context.get({}), **{name: value for name, value in fields.items() if value is not None}}
 
 
 def current(name: str) -> str | None:

@@ -1,8 +1,9 @@
 """OpenTelemetry traces of a job, from the API request through Redis to the worker's pipeline call and its webhook.
 
 Off unless an OTLP endpoint is configured (``GIFT_OTLP_ENDPOINT``, else the standard
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``); off, no span is made, no middleware is
-added and the SDK is not even imported. On, spans go out over OTLP/HTTP (protobuf) in batches, from a thread.
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``); off, no span is made (FastAPI's own
+request spans are off too, api/main.py) and the SDK is not even imported. On, spans go out over OTLP/HTTP (protobuf)
+in batches, from a thread.
 
 A job carries its trace in Redis: the API stores the W3C ``traceparent`` of the span that enqueued it with the job,
 and a worker (or the API sending the job's webhook) continues from it, so the spans of one job share one trace:
