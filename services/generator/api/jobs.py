@@ -132,6 +132,8 @@ class JobService:
             origin = {"request_id": logs.current("request_id"), "traceparent": tracing.traceparent()}
             fields = store.new_job_fields(job_id, tenant, request, created_at, origin)
             fields, records, first = await self._create(job_id, tenant, request, fields, hits, misses, key)
+            if first is not None:  # nothing was enqueued: the span names the job that answers
+                tracing.annotate(job_id=first)
         if first is not None:
             return await self._replay(first, tenant)
         logs.add(job_id=job_id)
