@@ -45,7 +45,25 @@ class ClientSettings(_FromEnvironment):
         return checked_url(value, HTTP_SCHEMES)
 
 
-class QueueSettings(HomeSettings):
+class TelemetrySettings(_FromEnvironment):
+    """How the API and the workers log and trace (services/generator/logs.py and tracing.py)."""
+
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one line for a person; json: one object a line with the ids of its job"
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="the OTLP/HTTP collector's base URL that traces go to (/v1/traces is added); "
+        "unset: OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        return checked_url(value, HTTP_SCHEMES) if value else None
+
+
+class QueueSettings(HomeSettings, TelemetrySettings):
     """The job queue and the image store, which the API and the workers share."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"

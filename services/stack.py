@@ -173,6 +173,15 @@ class LocalStack:
                     self.api.popen, self.api.log)  # fmt: skip
         return self.api
 
+    def start_another_api(self, name: str, env: dict[str, str] | None = None) -> tuple[Process, str]:
+        """One more API process against the same Redis, on a free port, with ``env`` over the stack's; and its URL,
+        once it answers. The caller stops it."""
+        port = free_port()
+        args = [sys.executable, "-m", "services.cli", "generator", "serve", "--port", str(port)]
+        api, url = Process(name, args, self.run_dir / f"{name}.log", self._env(env)), f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, name, api.popen, api.log)
+        return api, url
+
     def start_worker(self, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> Process:
         index = len(self.workers)
         args = [sys.executable, "-m", "services.cli", "generator", "worker", *(extra_args or [])]

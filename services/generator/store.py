@@ -22,7 +22,7 @@ The scripts are Lua files in ``lua/`` (each says its KEYS, ARGV and answer), rea
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
 from importlib.resources import files
@@ -144,7 +144,10 @@ def parse_time(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: str) -> dict[str, str]:
+def new_job_fields(
+    job_id: str, tenant: str, request: JobRequest, created_at: str, origin: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """The job hash's first fields; ``origin`` is what its workers' logs and traces carry on (ORIGIN_FIELDS)."""
     return {
         "id": job_id,
         "tenant": tenant,
@@ -157,7 +160,13 @@ def new_job_fields(job_id: str, tenant: str, request: JobRequest, created_at: st
         "steps": str(request.num_inference_steps),
         "request": request.model_dump_json(),
         **({"callback_url": request.callback_url} if request.callback_url else {}),
+        **{name: value for name, value in (origin or {}).items() if value},
     }
+
+
+# The fields of the job hash that say where the job came from: the id of the request that created it (logs.py) and
+# the W3C traceparent of the span that enqueued it (tracing.py), stored only with tracing on.
+ORIGIN_FIELDS = ("request_id", "traceparent")
 
 
 class ImageRecord(TypedDict):

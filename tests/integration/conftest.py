@@ -33,11 +33,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
+def _own(line: str) -> bool:
+    """A line of the service's own loggers, in the text or the JSON format (GIFT_LOG_FORMAT)."""
+    return " gift." in line or '"logger": "gift.' in line
+
+
 def print_logs_if_failed(request: pytest.FixtureRequest, stack: LocalStack) -> None:
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
         for log in sorted(stack.run_dir.glob("*.log")):
-            lines = [line for line in log.read_text(errors="replace").splitlines() if " gift." in line]
+            lines = [line for line in log.read_text(errors="replace").splitlines() if _own(line)]
             print(f"--- {log.name} (last 30 lines of the service's own log) ---", *lines[-30:], sep="\n")
 
 

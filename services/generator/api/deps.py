@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gift_common.settings import ApiSettings
+from services.generator import logs, tracing
 from services.generator.api.jobs import JobService
 
 LOCAL_TENANT = "local"  # the single tenant when GIFT_API_KEYS is unset
@@ -52,10 +53,11 @@ async def get_tenant(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     tenants = settings.tenants_by_key()
-    if not tenants:
-        return LOCAL_TENANT
-    if (tenant := _holder(tenants, credentials)) is None:
+    tenant = _holder(tenants, credentials) if tenants else LOCAL_TENANT
+    if tenant is None:
         raise _unauthorized()
+    logs.add(tenant=tenant)  # the request's log lines and span say whose it is from here on
+    tracing.annotate(tenant=tenant)
     return tenant
 
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
@@ -25,7 +26,7 @@ from gift_common import redis_keys
 from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import ApiSettings
-from services.generator import job_index, replies, stats, store
+from services.generator import job_index, logs, replies, stats, store, tracing
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
@@ -118,12 +119,25 @@ class JobService:
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()
         hits = await self._cache_hits(request, models.get(model), request.cache_owner(tenant))
-        fields = store.new_job_fields(job_id, tenant, request, created_at)
         misses = [i for i in range(len(request.prompts)) if i not in hits]
         key = (idempotency_key, fingerprint) if idempotency_key else None
-        fields, records, first = await self._create(job_id, tenant, request, fields, hits, misses, key)
+        attributes: tracing.Attributes = {
+            "gift.job_id": job_id,
+            "gift.tenant": tenant,
+            "gift.model": model,
+            "gift.images": len(request.prompts),
+        }
+        with tracing.span(tracing.ENQUEUE, kind=SpanKind.PRODUCER, attributes=attributes):
+            # the job keeps the request's id and this span, which the lines and spans of its workers carry on
+            origin = {"request_id": logs.current("request_id"), "traceparent": tracing.traceparent()}
+            fields = store.new_job_fields(job_id, tenant, request, created_at, origin)
+            fields, records, first = await self._create(job_id, tenant, request, fields, hits, misses, key)
+            if first is not None:  # nothing was enqueued: the span names the job that answers
+                tracing.annotate(job_id=first)
         if first is not None:
             return await self._replay(first, tenant)
+        logs.add(job_id=job_id)
+        tracing.annotate(job_id=job_id)
         log.info(
             "job %s accepted: tenant=%s model=%s images=%d cached=%d queued=%d",
             job_id, tenant, request.model, len(request.prompts), len(hits), len(misses),
@@ -284,6 +298,7 @@ class JobService:
 
     async def _replay(self, job_id: str, tenant: str) -> JobStatus:
         """The answer to a retried submission: the first job's status now."""
+        logs.add(job_id=job_id)
         status = await self.status(job_id, tenant)
         if status is None:  # it expired in the moment since the admission script saw it
             raise JobError(409, f"Idempotency-Key: its job {job_id} expired just now; send the request again")

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gift_common import redis_keys
 from gift_common.schemas import JobPage, JobState, JobStatus, JobSummary, WorkerInfo
-from services.generator import replies, store
+from services.generator import logs, replies, store
 from services.generator.api.deps import AdminDep, JobsDep, SettingsDep, TenantDep, Viewer, ViewerDep
 from services.generator.api.jobs import JobService
 from services.generator.api.routes import V1_ERRORS, ConcreteFirstRoute, JobId, _errors, _not_found
@@ -159,6 +159,7 @@ async def admin_get_job(job_id: JobId, jobs: JobsDep, _admin: AdminDep) -> JobSt
 )
 async def admin_cancel_job(job_id: JobId, jobs: JobsDep, admin: AdminDep) -> JobStatus:
     tenant = await _tenant_of(jobs, job_id)
+    logs.add(tenant=tenant)
     status = await jobs.cancel(job_id, tenant)
     if status is None:
         raise _not_found(job_id)

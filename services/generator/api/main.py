@@ -23,10 +23,11 @@ from redis.backoff import ExponentialBackoff
 from starlette.routing import compile_path
 
 from gift_common.settings import ApiSettings, load
+from services.generator import logs, tracing
 from services.generator.api.events import JobEvents
 from services.generator.api.jobs import REDIS_FULL, JobError, JobService
 from services.generator.api.listings import listings
-from services.generator.api.middleware import BodySizeLimit, RequestMetrics
+from services.generator.api.middleware import BodySizeLimit, RequestIds, RequestMetrics
 from services.generator.api.openai_images import images
 from services.generator.api.routes import ops, v1
 from services.generator.api.stream import streams
@@ -67,12 +68,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             task.cancel()
         await redis.aclose()
         await blobs.aclose()
+        await asyncio.to_thread(tracing.close)
 
     app = FastAPI(
         title="GIFT generator",
         version="1",
         description="Batch text-to-image synthesis over a Redis job queue (see API.md).",
         lifespan=lifespan,
+        # With tracing on (tracing.py), the framework's own span of each request, named by its route (POST /v1/jobs),
+        # the child of the caller's traceparent; without operation spans, metrics (Prometheus has them) or OTel logs
+        # (they would carry exception messages).
+        telemetry={"tracing": tracing.active(), "operation_spans": False, "metrics": False, "logs": False},
     )
     app.include_router(v1)
     app.include_router(listings)
@@ -88,6 +94,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestIds)  # the last added runs first: every line of the request has its id
     _headers_never_null(app)
     return app
 
@@ -178,10 +185,13 @@ class _Server(uvicorn.Server):
 
 
 def serve(host: str, port: int) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO line per request quotes a webhook's user:password
-    app = create_app()
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    settings = load(ApiSettings)
+    logs.configure(settings.log_format)
+    if traces := tracing.setup("gift-api", settings.otlp_endpoint):
+        log.info("traces go to %s over OTLP/HTTP", traces)
+    app = create_app(settings)
+    # log_config=None: uvicorn's own warnings go through the handler above, in the same format
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, log_config=None))
     app.state.server = server
     server.run()
     if server.interrupted:

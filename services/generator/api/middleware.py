@@ -1,12 +1,16 @@
-"""ASGI middleware: the request body limit and the API's own request metrics."""
+"""ASGI middleware: request ids, the request body limit and the API's own request metrics."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.generator import logs, tracing
 
 API_REGISTRY = CollectorRegistry()
 REQUEST_SECONDS = Histogram(
@@ -15,6 +19,36 @@ REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     registry=API_REGISTRY,
 )
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's id that is safe to log and send back
+
+
+class RequestIds:
+    """Give each request an id, which every log line about it carries (logs.py), the jobs it creates keep, and the
+    answer's ``X-Request-ID`` header returns: the caller's own ``X-Request-ID`` when it is a plain token of at most
+    64 characters (a proxy's id then follows the request), else a new one."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+        request_id = sent if _PLAIN_ID.fullmatch(sent) else uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        tracing.annotate(request_id=request_id)  # on the request's span, which the framework opened (main.py)
+        with logs.bound(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodySizeLimit:

@@ -6,7 +6,7 @@ import functools
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,6 +15,7 @@ from starlette.types import Scope
 
 from gift_common import redis_keys
 from gift_common.schemas import ErrorBody, InvalidRequestBody, JobRequest, JobState, JobStatus, ModelInfo
+from services.generator import logs, tracing
 from services.generator.api.archive import tar_stream
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
 from services.generator.api.middleware import API_REGISTRY
@@ -81,7 +82,17 @@ V1_ERRORS = (401, 422, 503)  # a key, a path or query parameter, Redis
 v1 = APIRouter(prefix="/v1", tags=["jobs"], route_class=ConcreteFirstRoute)
 ops = APIRouter(tags=["operations"])
 
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /v1/jobs returned")]
+
+async def _job_id(
+    job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="the id POST /v1/jobs returned")],
+) -> str:
+    """The path's job id, which from here on the request's log lines and span carry."""
+    logs.add(job_id=job_id)
+    tracing.annotate(job_id=job_id)
+    return job_id
+
+
+JobId = Annotated[str, Depends(_job_id)]
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the PNG bytes")]
 IdempotencyKey = Annotated[
     str | None,

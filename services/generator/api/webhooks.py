@@ -18,12 +18,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis import exceptions as redis_errors
 from redis.typing import EncodableT, FieldT
 
 from gift_common import redis_keys
 from gift_common.settings import without_credentials
-from services.generator import replies, stats
+from services.generator import logs, replies, stats, store, tracing
 from services.generator.api.jobs import JobService
 
 log = logging.getLogger("gift.api")
@@ -148,26 +149,35 @@ class WebhookSender:
         return replies.group_read(read)
 
     async def _deliver(self, http: httpx.AsyncClient, entry_id: str, job_id: str, attempt: int) -> None:
+        """One attempt, in a task of its own: the ids it adds to the log lines stay with it."""
         try:
-            webhook = await self._webhook_of(job_id)
-            error = await post(http, webhook) if webhook else None
-            if webhook is None or error is None:
-                await self._finish(entry_id)
-            elif attempt >= self.settings.webhook_attempts:
-                log.error("webhook of job %s given up after %d attempts: %s", job_id, attempt, error)
-                await self._finish(entry_id, given_up=webhook.given_up(attempt, error))
-            else:
-                delay = self.settings.webhook_backoff_seconds * 2 ** (attempt - 1)
-                log.warning("webhook of job %s, attempt %d: %s; next in %.1f s", job_id, attempt, error, delay)
-                await self._finish(entry_id, retry=(f"{job_id}:{attempt + 1}", time.time() + delay))
+            read = await self.redis.hmget(redis_keys.job(job_id), ["tenant", *store.ORIGIN_FIELDS])
+            tenant, request_id, traceparent = map(replies.optional_text, read)
+            logs.add(job_id=job_id, tenant=tenant, request_id=request_id)
+            attributes: tracing.Attributes = {"gift.job_id": job_id, "gift.webhook.attempt": attempt}
+            parent = tracing.parent_of(traceparent)
+            with tracing.span(tracing.WEBHOOK, parent=parent, kind=SpanKind.CLIENT, attributes=attributes) as span:
+                webhook = await self._webhook_of(job_id, tenant)
+                error = await post(http, webhook) if webhook else None
+                if span is not None and error is not None:
+                    span.set_status(Status(StatusCode.ERROR, "not delivered"))
+                if webhook is None or error is None:
+                    await self._finish(entry_id)
+                elif attempt >= self.settings.webhook_attempts:
+                    log.error("webhook of job %s given up after %d attempts: %s", job_id, attempt, error)
+                    await self._finish(entry_id, given_up=webhook.given_up(attempt, error))
+                else:
+                    delay = self.settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+                    log.warning("webhook of job %s, attempt %d: %s; next in %.1f s", job_id, attempt, error, delay)
+                    await self._finish(entry_id, retry=(f"{job_id}:{attempt + 1}", time.time() + delay))
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError, OSError):
             pass  # left pending: taken over again after claim_idle
         finally:
             self._slots.release()
 
-    async def _webhook_of(self, job_id: str) -> Webhook | None:
-        """What to POST for the job; None when there is nothing left to send (it expired, or lost its secret)."""
-        tenant = replies.optional_text(await self.redis.hget(redis_keys.job(job_id), "tenant"))
+    async def _webhook_of(self, job_id: str, tenant: str | None) -> Webhook | None:
+        """What to POST for the job of ``tenant`` (None: it expired); None when there is nothing left to send (it
+        expired, or its tenant lost its secret)."""
         status = await self.jobs.status(job_id, tenant) if tenant else None
         request = await self.jobs.request_of(job_id) if status else None
         secret = self.settings.webhook_secret_of(tenant) if tenant else None

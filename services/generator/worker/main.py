@@ -15,12 +15,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import torch
+from opentelemetry.trace import Span
 from redis import Redis
 from redis import exceptions as redis_errors
 
@@ -30,6 +32,7 @@ from gift_common.errors import UserError
 from gift_common.plugins import Registry
 from gift_common.settings import WorkerSettings, load
 from services.devices import resolve_device
+from services.generator import logs, tracing
 from services.generator.blobs import open_blob_store, sweep
 from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
@@ -171,14 +174,43 @@ class Worker:
 
     def _make(self, batch: list[Task]) -> None:
         batch = self._drop_ended(batch)
-        hits = self._cached(batch)
-        cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
-        misses = [task for task, sha in zip(batch, hits, strict=True) if not sha]
-        started = time.perf_counter()
-        made = self._synthesise(misses) if misses else []
-        seconds = time.perf_counter() - started
-        self._until_redis_answers(lambda: self._store_and_record(cached, made))
+        with tracing.job_spans(tracing.BATCH, self._span_starts(batch)) as spans:
+            hits = self._cached(batch)
+            cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
+            misses = [task for task, sha in zip(batch, hits, strict=True) if not sha]
+            started = time.perf_counter()
+            with logs.bound(job_ids=sorted({task.job_id for task in misses})):  # the call's lines name its jobs
+                made = self._synthesise(misses) if misses else []
+            seconds = time.perf_counter() - started
+            outcome = {
+                "gift.batch.generated": len(made),
+                "gift.batch.cached": len(cached),
+                "gift.batch.seconds": seconds,
+            }
+            for span in spans.values():
+                span.set_attributes(outcome)
+            self._until_redis_answers(lambda: self._store_and_record(cached, made, spans))
         self._until_redis_answers(lambda: self.queue.observe_batch(len(made), len(cached), seconds))
+
+    def _span_starts(self, batch: list[Task]) -> dict[str, tuple[str | None, tracing.Attributes]]:
+        """Where each job's span of this pipeline call starts: its stored traceparent, and what it says."""
+        if not tracing.active():
+            return {}
+        counts = Counter(task.job_id for task in batch)
+        starts: dict[str, tuple[str | None, tracing.Attributes]] = {}
+        for job_id, images in counts.items():
+            if (job := self.jobs.get(job_id)) is None:
+                continue
+            attributes: tracing.Attributes = {
+                "gift.job_id": job_id,
+                "gift.tenant": job.tenant,
+                "gift.model": job.model,
+                "gift.worker_id": self.consumer,
+                "gift.batch.images": len(batch),
+                "gift.job.images": images,
+            }
+            starts[job_id] = (job.traceparent, attributes)
+        return starts
 
     def _fill_backlog(self) -> None:
         if time.monotonic() >= self._next_reclaim:
@@ -198,7 +230,8 @@ class Worker:
                 self.queue.ack(chunk.job_id, [chunk.entry_id])
                 continue
             if chunk.job_id not in self.jobs:
-                log.info("job %s: started (%d images)", job.job_id, len(job.request.prompts))
+                with logs.bound(**job.ids()):
+                    log.info("job %s: started (%d images)", job.job_id, len(job.request.prompts))
             self.jobs[chunk.job_id] = job
             self.backlog.add_chunk([self._task(job, chunk.entry_id, index) for index in chunk.indices])
 
@@ -234,8 +267,9 @@ class Worker:
 
     def _forget(self, job_id: str) -> None:
         self.queue.ack(job_id, self.backlog.drop_job(job_id))
-        self.jobs.pop(job_id, None)
-        log.info("job %s: ended elsewhere (cancelled or failed); its remaining work is dropped", job_id)
+        job = self.jobs.pop(job_id, None)
+        with logs.bound(**(job.ids() if job else {"job_id": job_id})):
+            log.info("job %s: ended elsewhere (cancelled or failed); its remaining work is dropped", job_id)
 
     def _synthesise(self, tasks: list[Task]) -> list[tuple[Task, str, bytes]]:
         shape = tasks[0].shape
@@ -268,7 +302,9 @@ class Worker:
             self._call = None
         return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
 
-    def _store_and_record(self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]]) -> None:
+    def _store_and_record(
+        self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]], spans: Mapping[str, Span]
+    ) -> None:
         self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png in made])
         by_job: dict[str, list[tuple[Task, str, bool]]] = {}
         for task, sha in cached:
@@ -279,7 +315,11 @@ class Worker:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
+            span = spans.get(job_id)
+            with logs.bound(**job.ids()), tracing.use(span):
+                result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
+            if span is not None and result.outcome == RecordOutcome.finished:
+                span.add_event("job succeeded", {"gift.images": result.total})
             if result.outcome == RecordOutcome.dropped:
                 self._forget(job_id)
                 continue
@@ -336,9 +376,11 @@ def plugin_models(home: Path) -> list[ModelSpec]:
 
 def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
     """Serve until SIGTERM or Ctrl-C, which finish the batch in hand; a second Ctrl-C stops at once (status 130)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {"batch_size": ("--batch-size", batch_size)} if batch_size is not None else {}
     settings = load(WorkerSettings, flags)
+    logs.configure(settings.log_format)
+    if traces := tracing.setup("gift-worker", settings.otlp_endpoint):
+        log.info("traces go to %s over OTLP/HTTP", traces)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
@@ -349,9 +391,13 @@ def run_worker(models: list[ModelSpec], batch_size: int | None = None) -> None:
     options = synthesis.RuntimeOptions(scheduler=settings.scheduler, compile_unet=settings.compile_unet)
     loaded = {m.name: synthesis.load_model(m.name, m.directory, device, options, m.batch_size) for m in models}
     worker = Worker(loaded, settings)
+    logs.set_process_fields(worker_id=worker.consumer)  # on every line from here on, whatever its thread
     signal.signal(signal.SIGTERM, partial(_stop, worker, "SIGTERM"))
     signal.signal(signal.SIGINT, partial(_stop, worker, "Ctrl-C"))
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        tracing.close()
     if worker.interrupted:
         raise KeyboardInterrupt  # the command line's status 130, as for any Ctrl-C
 

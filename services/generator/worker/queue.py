@@ -19,7 +19,7 @@ from redis import exceptions as redis_errors
 from gift_common import redis_keys
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import WorkerSettings
-from services.generator import replies, stats, store
+from services.generator import logs, replies, stats, store
 from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.worker")
@@ -41,6 +41,12 @@ class JobInfo:
     request: JobRequest
     created_at: float
     idempotency_key: str | None
+    request_id: str | None = None  # of the request that created the job: its log lines carry it
+    traceparent: str | None = None  # of the span that enqueued it: its spans continue that trace
+
+    def ids(self) -> dict[str, str | None]:
+        """What the log lines about this job carry (logs.py)."""
+        return {"job_id": self.job_id, "tenant": self.tenant, "request_id": self.request_id}
 
 
 @dataclass(frozen=True)
@@ -157,13 +163,17 @@ class WorkerQueue:
             claimed = self.redis.xclaim(redis_keys.job_work(job_id), redis_keys.GROUP, self.consumer, idle_ms, ids)  # type: ignore[arg-type]
         except redis_errors.ResponseError:  # the job ended meanwhile
             return []
-        log.info("job %s: took over %d chunk(s) from %s", job_id, len(claimed), sorted({p["consumer"] for p in stale}))
+        with logs.bound(job_id=job_id):
+            log.info(
+                "job %s: took over %d chunk(s) from %s", job_id, len(claimed), sorted({p["consumer"] for p in stale})
+            )
         entries = replies.entries(claimed)
         return [Chunk(job_id, entry, store.decode_indices(fields["indices"])) for entry, fields in entries]
 
     def job_info(self, job_id: str) -> JobInfo | None:
-        tenant, model, request, created_at, state, idempotency_key = self.redis.hmget(
-            redis_keys.job(job_id), ["tenant", "model", "request", "created_at", "status", "idempotency_key"]
+        names = ["tenant", "model", "request", "created_at", "status", "idempotency_key", *store.ORIGIN_FIELDS]
+        tenant, model, request, created_at, state, idempotency_key, *origin = self.redis.hmget(
+            redis_keys.job(job_id), names
         )
         if request is None or state not in store.LIVE_STATES:
             return None
@@ -175,6 +185,7 @@ class WorkerQueue:
             JobRequest.model_validate_json(request),
             created,
             replies.optional_text(idempotency_key),
+            *map(replies.optional_text, origin),
         )
 
     def live(self, job_ids: set[str]) -> set[str]:
@@ -243,7 +254,8 @@ class WorkerQueue:
                 pipe.execute()
 
     def fail_job(self, job_id: str, error: str) -> None:
-        model, tenant, idempotency_key = self.redis.hmget(redis_keys.job(job_id), store.JOB_KEY_FIELDS)
+        read = self.redis.hmget(redis_keys.job(job_id), [*store.JOB_KEY_FIELDS, "request_id"])
+        model, tenant, idempotency_key, request_id = read
         if model is None:
             return
         keys = store.job_keys(job_id, replies.text(model), replies.text(tenant), replies.optional_text(idempotency_key))
@@ -257,7 +269,8 @@ class WorkerQueue:
         ]
         if self._end(keys=keys, args=args) == JobState.failed.value:
             self.redis.hincrby(*stats.counter_increment("jobs_failed"))
-            log.error("job %s failed: %s", job_id, error)
+            with logs.bound(job_id=job_id, tenant=replies.text(tenant), request_id=replies.optional_text(request_id)):
+                log.error("job %s failed: %s", job_id, error)
 
     def observe_batch(self, generated: int, hits: int, seconds: float) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
