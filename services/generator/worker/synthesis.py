@@ -42,7 +42,7 @@ class ModelDirectoryError(UserError):
     """A --model directory that is not a diffusers pipeline; the message says what to put where."""
 
 
-REDRAWS = 5  # draws after a blacked-out one before the black image is kept (the checker flags 1 to 3 % of photos)
+REDRAWS = 5  # draws after a blacked-out one; a prompt flagged every time then stays black rather than hold the job
 
 
 class Interrupted(Exception):
