@@ -87,6 +87,14 @@ def check_seed_run(seed: int, count: int) -> None:
         )
 
 
+class Scheduler(StrEnum):
+    """The sampler of a job's images: the one the model's directory names (Stable Diffusion v1.5: PNDM), or
+    DPM-Solver++ (2M) on the same noise schedule, which needs fewer steps."""
+
+    directory = "directory"
+    dpmsolver = "dpmsolver++"
+
+
 class JobRequest(BaseModel):
     """A batch of prompts to synthesise. Server-side limits (prompt count, length) are checked by the API."""
 
@@ -98,6 +106,7 @@ class JobRequest(BaseModel):
     seeds: list[Seed] | None = None
     num_inference_steps: Integer = Field(default=25, ge=1, le=200)
     guidance_scale: Number = Field(default=7.5, ge=0, le=30, allow_inf_nan=False)
+    scheduler: Scheduler | None = Field(default=None, description="the sampler; none = the worker's GIFT_SCHEDULER")
     height: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     width: Integer | None = Field(default=None, ge=8, le=2048, multiple_of=8)
     negative_prompt: Text | None = None
@@ -155,6 +164,10 @@ class JobStatus(BaseModel):
     finished_at: datetime | None = None
     num_inference_steps: int | None = Field(
         default=None, description="the job's denoising steps; null for jobs submitted before this field existed"
+    )
+    replaced: int = Field(
+        default=0,
+        description="images the model's safety checker blacked out, drawn again from derived seeds (API.md)",
     )
     images: list[ImageInfo] = []
 

@@ -41,6 +41,15 @@ def _eval(args: argparse.Namespace) -> None:
     run_evaluation(args.config, args.checkpoint, args.tasks, args.out, args.set)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from services.experiments.config_sweep import run_config_sweep
+    from services.trainer.config import load_config
+
+    methods = args.methods or [load_config(args.config, args.set).method.preset]
+    print(run_config_sweep(args.config, args.set, methods, args.seeds, args.out, args.page, args.parallel,
+                           args.local_generator, args.page_only), end="")  # fmt: skip
+
+
 def _config_show(args: argparse.Namespace) -> None:
     from services.trainer.config import load_config, resolved_yaml
 
@@ -191,6 +200,31 @@ def build_parser() -> argparse.ArgumentParser:
         "pre-training probe) and write metrics.json and results.md as gift train does, with one row.",
         "  gift eval --config mtil_order1 --checkpoint runs/mtil_order1_gift/weights/03_CIFAR100.safetensors\n"
         "  gift eval --config run.yaml --checkpoint other.safetensors --tasks DTD MNIST --out eval-out",
+    )
+
+    sweep = commands.add_parser("sweep", help="a config's methods over seeds, into one results page")
+    _add_config(sweep)
+    sweep.add_argument("--methods", nargs="+", default=[], metavar="METHOD",
+                       help="method presets or plugins' methods (default: the config's own)")  # fmt: skip
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="(default: 0)")
+    _add_set(sweep)
+    sweep.add_argument("--out", type=folder, help="runs and page (default: runs/sweeps/CONFIG)")
+    sweep.add_argument("--page", type=folder, help="where results.md, runs.json and charts go (default: OUT)")
+    sweep.add_argument("--parallel", type=positive, default=1, help="runs at a time (default: %(default)s)")
+    sweep.add_argument("--local-generator", action="store_true",
+                       help="start a generator stack here for the runs (the embedded default model), else the "
+                       "config's generator (GIFT_GENERATOR_URL) serves them")  # fmt: skip
+    sweep.add_argument("--page-only", action="store_true", help="write the page from the runs finished so far")
+    sweep.set_defaults(func=_sweep)
+    explain(
+        sweep,
+        "Run a config once per method and seed (gift train processes, each its own output folder) and\n"
+        "write one results page: mean and deviation over seeds of Transfer, Avg, Last and Forget. The\n"
+        "page keeps its finished runs (runs.json): run again, it runs only what it lacks, and a stopped\n"
+        "run goes on from its checkpoint. Other --set values belong in another --out.",
+        "  gift sweep --config mtil_order1 --methods gift ft --seeds 0 1 2 --set training.lr=2e-5 \\\n"
+        "      --out runs/sweeps/order1-lr2e-5\n"
+        "  gift sweep --config tinyworld --methods gift ft l2 --seeds 0 1 --local-generator",
     )
 
     config_parser = commands.add_parser("config", help="run configs: the resolved config, every default included")

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from gift_common.files import atomic_write
-from services.experiments.page import collect, results_page, schedule_line, settings_line
-from services.experiments.records import PageRecord, finished
+from services.experiments.page import LABELS, TINY_WORLD_TITLE, schedule_line
+from services.experiments.plan import Plan, run_plan
 from services.experiments.sweep import (
     ALL_METHODS,
     METHODS,
@@ -31,7 +29,6 @@ from services.experiments.sweep import (
     cell_config,
     method_overrides,
     method_weights,
-    sweep,
 )
 
 
@@ -55,32 +52,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     training = {key: getattr(args, key) for key in ("lr", "iterations") if getattr(args, key) is not None}
     try:
         overrides = Overrides(training, method_weights(args.methods, method_overrides(args.set)))
-        weights = {method: overrides.methods.get(method, {}) for method in args.methods}
-        record = PageRecord.open(page_dir, args.split, schedule_line(training), weights)
+        plan = Plan(
+            title=TINY_WORLD_TITLE,
+            # method by method, in the order given: a sweep cut short leaves whole columns on the page
+            cells=[Cell(o, s, m) for m in args.methods for o in args.orders for s in args.seeds],
+            config_of=lambda cell, api_url: cell_config(cell, out, args.split, api_url, overrides),
+            orders=ORDERS,
+            labels=LABELS,
+            split=args.split,
+            schedule=schedule_line(training),
+            weights={method: overrides.methods.get(method, {}) for method in args.methods},
+        )
+        print(run_plan(plan, out, page_dir, args.parallel, args.page_only), flush=True)
     except ValueError as error:
         parser.error(str(error))
-    # method by method, in the order given: a sweep cut short leaves whole columns on the page
-    cells = [Cell(o, s, m) for m in args.methods for o in args.orders for s in args.seeds]
-
-    def done(cell: Cell) -> dict[str, Any] | None:
-        return finished(out, cell, cell_config(cell, out, args.split, None, overrides))
-
-    def publish(*ended: Cell) -> None:
-        """Take finished runs into the record, and write it and the page again."""
-        for cell in ended:
-            if (metrics := done(cell)) is not None:
-                record.add(cell, metrics, weights[cell.method])
-        record.save(page_dir)
-        page = results_page(collect(record.cells()), args.split, page_dir, settings_line(record))
-        atomic_write(page_dir / "results.md", page.encode())
-
-    try:
-        publish(*[cell for cell in cells if cell not in record and done(cell)])
-    except ValueError as error:
-        parser.error(str(error))
-    todo = [cell for cell in cells if cell not in record]
-    print(f"experiments: {len(cells) - len(todo)} of {len(cells)} runs on the page already; {len(todo)} to run",
-          flush=True)  # fmt: skip
-    if not args.page_only:
-        sweep(todo, out, args.split, args.parallel, overrides, on_finish=publish)
-    print((page_dir / "results.md").read_text(), flush=True)

@@ -3,7 +3,7 @@ Transfer task by task, and a bar chart per task order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from services.trainer.config import ModelConfig
 from services.trainer.reports import save_figure
 
 LABELS = {key: method.label for key, method in ALL_METHODS.items()}
+TINY_WORLD_TITLE = "Tiny world: continual fine-tuning of the tiny CLIP"
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
 MTIL = ("Transfer", "Avg", "Last", "Forget")
@@ -50,15 +51,16 @@ def run_figures(result: dict[str, Any]) -> dict[str, float]:
     """The page's figures, and Transfer task by task (keys `TASK_TRANSFER` + task)."""
     learnt = float(np.mean(np.diag(result["accuracy"])))
     per_task = zip(result["tasks"][1:], metrics.transfer_per_task(result["accuracy"]), strict=True)
-    return ({key: result[key] for key in MTIL} | {"learnt": learnt, "pretraining": result["pretraining"][-1]}
+    kept = {"pretraining": result["pretraining"][-1]} if result.get("pretraining") else {}  # a run with a probe
+    return ({key: result[key] for key in MTIL} | {"learnt": learnt} | kept
             | {TASK_TRANSFER + task: value for task, value in per_task})  # fmt: skip
 
 
 def zero_shot_figures(result: dict[str, Any]) -> dict[str, float]:
     """The pre-trained model as a method that never trains: every row of its matrix is the zero-shot row."""
-    row = result["zero_shot"]
+    row, probe = result["zero_shot"], result.get("pretraining_zero_shot")
     return run_figures({**metrics.summary([row] * len(row)), "accuracy": [row] * len(row), "tasks": result["tasks"],
-                        "pretraining": [result["pretraining_zero_shot"]]})  # fmt: skip
+                        "pretraining": [probe] if probe is not None else []})  # fmt: skip
 
 
 def schedule_line(training: dict[str, Any]) -> str:
@@ -80,18 +82,27 @@ def settings_line(record: PageRecord) -> str:
     return f"Every run: {record.schedule}{changed}."
 
 
-def results_page(table: Table, split: str, out: Path, settings: str = "") -> str:
-    lines = [f"# Tiny world: continual fine-tuning of the tiny CLIP ({split} splits)", "", settings, ""]
+def results_page(
+    table: Table,
+    split: str,
+    out: Path,
+    settings: str = "",
+    title: str = TINY_WORLD_TITLE,
+    orders: Mapping[int, Sequence[str]] = ORDERS,
+    labels: Mapping[str, str] = LABELS,
+) -> str:
+    lines = [f"# {title} ({split} splits)", "", settings, ""]
     for order, methods in sorted(table.items()):
-        lines += [f"## Order {order}: {' → '.join(ORDERS[order])}", ""]
-        lines += ["| method | seeds | " + " | ".join(FIGURES) + " |", "|---|---:" + "|---:" * len(FIGURES) + "|"]
-        for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
-            cells = [_mean_sd(methods[method][key].values()) for key in FIGURES]
-            lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
+        figures = [key for key in FIGURES if key in methods[ZERO_SHOT]]  # no probe, no pretraining column
+        lines += [f"## Order {order}: {' → '.join(orders[order])}", ""]
+        lines += ["| method | seeds | " + " | ".join(figures) + " |", "|---|---:" + "|---:" * len(figures) + "|"]
+        for method in _rows(methods, labels):
+            cells = [_mean_sd(methods[method][key].values()) for key in figures]
+            lines.append(f"| {labels.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
                          + " | ".join(cells) + " |")  # fmt: skip
-        lines += ["", *bar_lines(methods), "", *transfer_lines(methods), ""]
+        lines += ["", *bar_lines(methods, labels), "", *transfer_lines(methods, labels), ""]
         chart = out / f"results-order{order}.png"
-        bar_chart(chart, methods, order)
+        bar_chart(chart, methods, order, labels)
         lines += [f"![order {order}]({chart.name})", ""]
     lines.append("Mean ± standard deviation over seeds (differences: over seed-paired runs). learnt = mean accuracy on "
                  "each task right after training it; pretraining = zero-shot accuracy on held-out world images, mean "
@@ -100,18 +111,23 @@ def results_page(table: Table, split: str, out: Path, settings: str = "") -> str
     return "\n".join(lines) + "\n"
 
 
-def transfer_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+def _rows(methods: Mapping[str, object], labels: Mapping[str, str]) -> list[str]:
+    """The methods of a table in the page's order, the pre-trained model last."""
+    return [m for m in (*labels, ZERO_SHOT) if m in methods]
+
+
+def transfer_lines(methods: dict[str, dict[str, dict[int, float]]], labels: Mapping[str, str] = LABELS) -> list[str]:
     """Transfer task by task, mean over seeds: on which unseen tasks a method loses what the pre-trained model had."""
     tasks = [key.removeprefix(TASK_TRANSFER) for key in methods[ZERO_SHOT] if key.startswith(TASK_TRANSFER)]
     lines = ["| Transfer on | " + " | ".join(tasks) + " |", "|---" + "|---:" * len(tasks) + "|"]
-    for method in [m for m in (*LABELS, ZERO_SHOT) if m in methods]:
+    for method in _rows(methods, labels):
         values = [np.mean(list(methods[method][TASK_TRANSFER + task].values())) for task in tasks]
-        lines.append(f"| {LABELS.get(method, 'zero-shot (no training)')} | " + " | ".join(f"{v:.1f}" for v in values)
+        lines.append(f"| {labels.get(method, 'zero-shot (no training)')} | " + " | ".join(f"{v:.1f}" for v in values)
                      + " |")  # fmt: skip
     return lines
 
 
-def bar_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+def bar_lines(methods: dict[str, dict[str, dict[int, float]]], labels: Mapping[str, str] = LABELS) -> list[str]:
     """The aim, checked on seed-paired differences: GIFT − FT on Transfer (≥ 5) and Avg (≥ 3), and GIFT − each
     baseline that replays no data on Avg (> 0)."""
     if "gift" not in methods:
@@ -127,7 +143,7 @@ def bar_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
             gain = float(np.mean(differences))
             met = "yes" if (gain >= bar if bar else gain > 0) else "no"
             aim = f"≥ {bar:g}" if bar else "> 0"
-            lines.append(f"| {key} over {LABELS[method]} {aim} | {_mean_sd(differences)} | {met} |")
+            lines.append(f"| {key} over {labels.get(method, method)} {aim} | {_mean_sd(differences)} | {met} |")
     return lines
 
 
@@ -136,9 +152,11 @@ def _mean_sd(values: Iterable[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
 
 
-def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int) -> None:
+def bar_chart(
+    path: Path, methods: dict[str, dict[str, dict[int, float]]], order: int, labels: Mapping[str, str] = LABELS
+) -> None:
     """Mean ± deviation per method and figure, the pre-trained model's own figure as a dashed line over each group."""
-    keys = ("Transfer", "Avg", "Last", "learnt", "pretraining")
+    keys = [key for key in ("Transfer", "Avg", "Last", "learnt", "pretraining") if key in methods[ZERO_SHOT]]
     trained = [m for m in methods if m != ZERO_SHOT]
     fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.8 / len(trained)
@@ -146,7 +164,7 @@ def bar_chart(path: Path, methods: dict[str, dict[str, dict[int, float]]], order
         values = [list(methods[method][k].values()) for k in keys]
         errors = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in values]
         ax.bar(np.arange(len(keys)) + i * width, [np.mean(v) for v in values], width, yerr=errors,
-               label=LABELS[method], capsize=2)  # fmt: skip
+               label=labels.get(method, method), capsize=2)  # fmt: skip
     if ZERO_SHOT in methods:
         for k, key in enumerate(keys):
             level = np.mean(list(methods[ZERO_SHOT][key].values()))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,36 +126,63 @@ def method_weights(names: Sequence[str], chosen: dict[str, dict[str, float]]) ->
     return weights
 
 
+ConfigOf = Callable[[Cell, str | None], dict[str, Any]]  # a cell's run config, given a local generator's URL or None
+
+
 def sweep(
-    todo: Sequence[Cell], out: Path, split: str, parallel: int, overrides: Overrides, on_finish: Callable[[Cell], None]
+    todo: Sequence[Cell],
+    out: Path,
+    parallel: int,
+    config_of: ConfigOf,
+    on_finish: Callable[[Cell], None],
+    local_generator: bool = True,
+    env: Mapping[str, str] = ONE_THREAD,
 ) -> None:
-    """Run the cells, ``parallel`` at a time, against one generator stack, calling `on_finish` as each run ends
-    well; a failed run is reported and the others go on."""
+    """Run the cells, ``parallel`` at a time, each a `gift train --resume` process with `env` (a run stopped earlier
+    goes on from its checkpoint), calling `on_finish` as each run ends well; a failed run is reported and the
+    others go on. With `local_generator`, one generator stack started here serves every run; else each config's
+    own generator does."""
     stop_on_signals()
     if not todo:
         return
+    with contextlib.ExitStack() as cleanup:
+        api_url = None
+        if local_generator:
+            stack = cleanup.enter_context(
+                LocalStack(out / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD)
+            )
+            stack.start(workers=1)
+            api_url = stack.api_url
+        _run_all(todo, out, parallel, [config_of(cell, api_url) for cell in todo], on_finish, env)
+
+
+def _run_all(
+    todo: Sequence[Cell],
+    out: Path,
+    parallel: int,
+    configs: list[dict[str, Any]],
+    on_finish: Callable[[Cell], None],
+    env: Mapping[str, str],
+) -> None:
     by_name = {cell.name: cell for cell in todo}
-    with LocalStack(out / "logs", redis_url=os.environ.get("GIFT_REDIS_URL"), env=ONE_THREAD) as stack:
-        stack.start(workers=1)
-        configs = [cell_config(cell, out, split, stack.api_url, overrides) for cell in todo]
-        steps = sum(len(c["tasks"]) * c["training"]["iterations"] for c in configs)
-        running: list[Run] = []
-        done_steps = 0
-        with tqdm(total=steps, desc="experiments", unit="step", dynamic_ncols=True) as bar:
-            try:
-                while configs or running:
-                    while configs and len(running) < parallel:
-                        config = configs.pop(0)
-                        name = Path(config["output_dir"]).name
-                        running.append(start_run(name, config, out / "configs", env=ONE_THREAD, resume=True))
-                    for run in [r for r in running if not r.process.alive()]:
-                        running.remove(run)
-                        done_steps += run.total_steps
-                        if run.process.popen.returncode != 0:
-                            tqdm.write(f"experiments: run {run.name} failed; see {run.process.log}")
-                        else:
-                            on_finish(by_name[run.name])
-                    bar.update(done_steps + sum(r.steps_done() for r in running) - bar.n)
-                    time.sleep(1.0)
-            finally:
-                stop_all(running)
+    steps = sum(len(c["tasks"]) * c["training"]["iterations"] for c in configs)
+    running: list[Run] = []
+    done_steps = 0
+    with tqdm(total=steps, desc="sweep", unit="step", dynamic_ncols=True) as bar:
+        try:
+            while configs or running:
+                while configs and len(running) < parallel:
+                    config = configs.pop(0)
+                    name = Path(config["output_dir"]).name
+                    running.append(start_run(name, config, out / "configs", env=env, resume=True))
+                for run in [r for r in running if not r.process.alive()]:
+                    running.remove(run)
+                    done_steps += run.total_steps
+                    if run.process.popen.returncode != 0:
+                        tqdm.write(f"sweep: run {run.name} failed; see {run.process.log}")
+                    else:
+                        on_finish(by_name[run.name])
+                bar.update(done_steps + sum(r.steps_done() for r in running) - bar.n)
+                time.sleep(1.0)
+        finally:
+            stop_all(running)

@@ -197,6 +197,7 @@ def status_from(fields: dict[str, str], records: dict[str, str] | None) -> JobSt
         total=int(fields["total"]),
         done=int(fields.get("done", len(images))),
         cached=int(fields.get("cached", 0)),
+        replaced=int(fields.get("replaced", 0)),
         error=fields.get("error") or None,
         created_at=datetime.fromisoformat(fields["created_at"]),
         finished_at=datetime.fromisoformat(fields["finished_at"]) if fields.get("finished_at") else None,

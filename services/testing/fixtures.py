@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +47,27 @@ def tiny_standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             patch.setitem(standins.TEXT_ENCODER_CONFIG, key, value)
         patch.setattr(standins, "VIT_NAME", "RN50")  # the smallest built-in architecture; the call is the same
         return standins.write_standins(tmp_path_factory.mktemp("standins"))
+
+
+SAFETY_PROMPTS = [f"a photo of a {name}." for name in ("cat", "dog", "boat", "tree")]  # seeds 0..3, 2 PNDM steps
+
+
+@pytest.fixture(scope="module")
+def checked_sd_dir(tiny_standins: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD stand-in with a safety checker that flags about half of SAFETY_PROMPTS' first draws."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from services.generator.worker.synthesis import RuntimeOptions, generate, load_model
+    from services.testing.standins import SD15_NAME, add_safety_checker
+
+    directory = tmp_path_factory.mktemp("checked") / "sd"
+    shutil.copytree(tiny_standins[SD15_NAME], directory)
+    plain = load_model("plain", directory, torch.device("cpu"), RuntimeOptions(scheduler="directory"))
+    n = len(SAFETY_PROMPTS)
+    drawn = generate(plain, prompts=SAFETY_PROMPTS, negative_prompts=[None] * n, seeds=list(range(n)),
+                     num_inference_steps=2, guidance_scale=5.0, height=plain.height, width=plain.width)  # fmt: skip
+    add_safety_checker(directory, [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in drawn.pngs])
+    return directory

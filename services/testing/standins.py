@@ -13,12 +13,14 @@ dtype at load) and each network is cast as soon as it is built, so writing peaks
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gift_common.clip_tokenizer import write_clip_tokenizer
@@ -163,3 +165,34 @@ def write_standins(out: Path, seed: int = 0) -> dict[str, Path]:
     sd15 = _write_atomically(out / SD15_NAME, lambda d: write_sd15(d, seed))
     vit = _write_atomically(out / VIT_NAME, lambda d: write_vit_b16(d, seed), VIT_CHECKPOINT) / VIT_CHECKPOINT
     return {SD15_NAME: sd15, VIT_NAME: vit}
+
+
+def add_safety_checker(directory: Path, calibration: Sequence[np.ndarray], seed: int = 0) -> None:
+    """Give a pipeline directory a toy safety checker (Stable Diffusion's class, a tiny CLIP vision tower) that
+    flags about half of the pictures like ``calibration`` (uint8 RGB arrays, the pipeline's own draws): its
+    threshold is their median score, so a test meets both outcomes. Real SD v1.5 directories hold the full-size
+    checker; the worker treats both alike."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16))
+        pixels = processor(list(calibration), return_tensors="pt").pixel_values
+        with torch.no_grad():
+            embeds = torch.nn.functional.normalize(checker.visual_projection(checker.vision_model(pixels)[1]))
+            concept = torch.nn.functional.normalize(embeds[0] - embeds.mean(0), dim=0)
+            checker.concept_embeds.copy_(concept.expand_as(checker.concept_embeds))
+            checker.concept_embeds_weights.fill_(float((embeds @ concept).median()))
+            checker.special_care_embeds_weights.fill_(2.0)  # a cosine never exceeds 1: no special care
+    checker.save_pretrained(directory / "safety_checker")
+    processor.save_pretrained(directory / "feature_extractor")
+    index_file = directory / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index |= {"safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+              "feature_extractor": ["transformers", "CLIPImageProcessor"], "requires_safety_checker": True}  # fmt: skip
+    index_file.write_text(json.dumps(index, indent=2))

@@ -169,6 +169,11 @@ class SyntheticConfig(Strict):
     concept_template: Template = Field(default=DEFAULT_TEMPLATE, description="default: the concept list's own")
     model: str | None = Field(default=None, description="a generator model name; None = the server's default")
     steps: int = Field(default=25, ge=1, le=200, description="the sampler's denoising steps per image")
+    scheduler: Literal["directory", "dpmsolver++"] | None = Field(
+        default=None,
+        description="directory: the sampler the model's directory names (SD v1.5: PNDM); dpmsolver++: DPM-Solver++ "
+        "(2M), fewer steps; None = the generator worker's GIFT_SCHEDULER",
+    )
     guidance: float = Field(default=7.5, ge=0, le=30, description="classifier-free guidance scale")
     height: int | None = Field(default=None, ge=8, le=2048, multiple_of=8, description="None = the model's own")
     width: int | None = Field(default=None, ge=8, le=2048, multiple_of=8, description="None = the model's own")
@@ -229,6 +234,18 @@ class EvaluationConfig(Strict):
         return value
 
 
+class WandbConfig(Strict):
+    """Weights & Biases, beside the TensorBoard files: the same scalars and pictures."""
+
+    mode: Literal["off", "offline", "online"] = Field(
+        default="off",
+        description="offline: a run folder in OUTPUT_DIR/wandb, no network (`wandb sync` it later); online: live, "
+        "after `wandb login` (or WANDB_API_KEY)",
+    )
+    project: str = Field(default="gift", min_length=1, description="the W&B project")
+    entity: str | None = Field(default=None, description="the W&B user or team; None = the login's default")
+
+
 class RunConfig(Strict):
     output_dir: ConfigPath = Field(description="the checkpoint, metrics.json, results.md and figures go here")
     model: ModelConfig = Field(description="the CLIP model fine-tuned")
@@ -246,6 +263,7 @@ class RunConfig(Strict):
     tensorboard: bool = Field(
         default=True, description="TensorBoard event files in OUTPUT_DIR/tensorboard (tensorboard --logdir OUTPUT_DIR)"
     )
+    wandb: WandbConfig = Field(default=WandbConfig(), description="Weights & Biases tracking (the wandb extra)")
 
     @field_validator("tasks")
     @classmethod

@@ -52,6 +52,7 @@ OPERATIONAL = {
     "checkpoint_every": True,
     "device": True,
     "tensorboard": True,
+    "wandb": True,
     "training": {"num_workers", "grad_checkpointing"},  # the same gradients, recomputed or kept
     "evaluation": {"num_workers"},
     "synthetic": {"generator_url", "timeout", "cache_dir"},
@@ -166,8 +167,7 @@ class Runner:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / CONFIG, self.config.model_dump_json(indent=2).encode())
             self._log_file = self._open_log()
-            if self.config.tensorboard:
-                self.tracker = Tracker(self.out, len(self.log), self.device)
+            self.tracker = Tracker.for_run(self.out, len(self.log), self.device, self.config)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if changed := changed_settings(checkpoint["config"], self.config):
@@ -238,7 +238,10 @@ class Runner:
         if not synthetic.ready(name):
             say(f"task {name}: waiting for its synthetic set")
         prompts = synthetic.requests[name].prompts
-        pairs = SyntheticPairs(synthetic.images(name), self.tokenizer(prompts), self.eval_transform)
+        images = synthetic.images(name)
+        pairs = SyntheticPairs(images, self.tokenizer(prompts), self.eval_transform)
+        if self.tracker is not None:
+            self.tracker.samples(name, index, images, prompts)
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),

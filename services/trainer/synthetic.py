@@ -91,6 +91,7 @@ def set_request(pool: Sequence[str], settings: SyntheticConfig, task_index: int)
         seed=settings.seed + task_index * settings.size,  # seeds never repeat across the tasks of a run
         num_inference_steps=settings.steps,
         guidance_scale=settings.guidance,
+        scheduler=settings.scheduler,
         height=settings.height,
         width=settings.width,
         negative_prompt=settings.negative_prompt,

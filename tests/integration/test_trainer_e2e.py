@@ -19,6 +19,7 @@ import redis
 import torch
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gift_common import redis_keys
 from gift_common.client import GeneratorClient
@@ -121,6 +122,11 @@ def test_a_run_writes_every_output(folder: Path) -> None:
     assert {"task", "distill", "ita", "awc", "loss", "lr"} <= set(log[0]) and log[-1]["task_name"] == "more colors"
     assert json.loads((out / "config.json").read_text())["checkpoint_every"] == CHECKPOINT_EVERY
     assert torch.load(out / "checkpoint.pt", weights_only=False)["engine"]["tasks_done"] == 2
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    for k, task in enumerate(["colors", "more colors"]):  # each set's grid, before its task trains
+        (grid,) = events.Images(f"synthetic/{task}")
+        assert grid.step == k and (grid.width, grid.height) == (8 * 96, 2 * (96 + 40))  # 16 pairs, 8 a row
 
 
 def test_synthetic_sets_follow_the_pools(folder: Path) -> None:

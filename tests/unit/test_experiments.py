@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import services.run_configs
-from services.experiments import cli
+from services.experiments import plan
 from services.experiments import sweep as sweeping
 from services.experiments.cli import main
 from services.experiments.page import bar_lines, collect, results_page, schedule_line, settings_line
@@ -134,7 +134,7 @@ def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> No
 def test_page_only_writes_the_page_from_finished_runs_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "sweep", lambda *args: pytest.fail("--page-only started runs"))
+    monkeypatch.setattr(plan, "sweep", lambda *args: pytest.fail("--page-only started runs"))
     for seed in (0, 1):
         write_metrics(tmp_path / "test", Cell(1, seed, "ft"), 30.0 + seed)
     main(["--out", str(tmp_path), "--orders", "1", "--methods", "ft", "gift", "--page-only"])
@@ -146,7 +146,7 @@ def test_the_page_keeps_its_runs_so_a_later_sweep_runs_only_what_it_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[list[Cell]] = []
-    monkeypatch.setattr(cli, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    monkeypatch.setattr(plan, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
     page = tmp_path / "page"
     write_metrics(tmp_path / "first" / "test", Cell(1, 0, "ft"), 30.0)
     main(["--out", str(tmp_path / "first"), "--page", str(page), "--orders", "1", "--seeds", "0", "1",
@@ -165,7 +165,7 @@ def test_the_sweep_runs_method_by_method_so_a_cut_short_sweep_leaves_whole_colum
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[list[Cell]] = []
-    monkeypatch.setattr(cli, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
+    monkeypatch.setattr(plan, "sweep", lambda todo, *args, **kwargs: asked.append(list(todo)))
     main(["--out", str(tmp_path), "--orders", "1", "2", "--seeds", "0", "--methods", "gift", "ft"])
     assert asked == [[Cell(1, 0, "gift"), Cell(2, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "ft")]]
 
@@ -225,7 +225,7 @@ def test_the_sweep_hands_on_each_run_that_ends_well_and_names_the_one_that_faile
     monkeypatch.setattr(sweeping.time, "sleep", lambda seconds: None)
     ended: list[Cell] = []
     todo = [Cell(1, 0, "gift"), Cell(1, 0, "ft"), Cell(2, 0, "gift")]
-    sweep(todo, tmp_path, "test", 2, Overrides(), on_finish=ended.append)
+    sweep(todo, tmp_path, 2, lambda cell, url: cell_config(cell, tmp_path, "test", url, Overrides()), ended.append)
     assert ended == [Cell(1, 0, "gift"), Cell(2, 0, "gift")]
     assert "run order1-seed0-ft failed" in capsys.readouterr().out
 

@@ -209,6 +209,9 @@ def test_shipped_mtil_configs_have_the_papers_settings(name: str, order: list[st
     assert {label for label, s in schedules.items() if s["lr"] == 5e-5} == {"Aircraft", "MNIST"}
     assert {s["lr"] for s in schedules.values()} == {1e-5, 5e-5}
     assert config.evaluation.templates == "all"  # the benchmark's classifier: the mean over every template
+    # the authors' sampling: SD v1.5's own scheduler (PNDM) at 50 steps, guidance 7.5
+    synthetic = config.synthetic
+    assert (synthetic.model, synthetic.scheduler, synthetic.steps, synthetic.guidance) == ("sd15", "directory", 50, 7.5)
 
 
 def test_a_first_template_evaluation_keeps_only_the_training_template() -> None:

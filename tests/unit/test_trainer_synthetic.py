@@ -119,7 +119,7 @@ def test_the_pool_holds_concepts_and_earlier_classes_in_their_templates() -> Non
 
 
 def test_a_set_draws_uniformly_from_its_pool_with_its_own_seeds() -> None:
-    settings = SyntheticConfig(size=2000, seed=3, steps=4, guidance=2.0, model="sd15")
+    settings = SyntheticConfig(size=2000, seed=3, steps=4, guidance=2.0, model="sd15", scheduler="directory")
     pool = [f"a photo of a {i}." for i in range(4)]
     request = set_request(pool, settings, task_index=2)
     counts = Counter(request.prompts)
@@ -127,6 +127,7 @@ def test_a_set_draws_uniformly_from_its_pool_with_its_own_seeds() -> None:
     assert request == set_request(pool, settings, task_index=2)
     assert request.prompts != set_request(pool, settings, task_index=1).prompts
     assert (request.seed, request.num_inference_steps, request.guidance_scale, request.model) == (4003, 4, 2.0, "sd15")
+    assert request.scheduler == "directory"
     assert set_request(pool, settings, task_index=1).seed + 2000 == request.seed  # no seed repeats across tasks
 
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from services.cli import main as cli_main
 from services.testing.trainer import write_tiny_arch
+from services.testing.wandb_runs import history
 from services.trainer.main import run_training
 from services.trainer.models import create_model
 
@@ -35,7 +36,8 @@ def make_folders(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-task fine-tuning run of the tiny CLIP (no generator: FT replays nothing)."""
+    """A two-task fine-tuning run of the tiny CLIP (no generator: FT replays nothing), W&B offline beside
+    TensorBoard."""
     folder = tmp_path_factory.mktemp("weights")
     make_folders(folder)
     write_tiny_arch(folder)
@@ -46,6 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "training": {"iterations": 3, "warmup": 1, "batch_size": 4, "lr": 1e-3, "num_workers": 0},
         "evaluation": {"batch_size": 8, "num_workers": 0},
         "progress": False,
+        "wandb": {"mode": "offline", "project": "gift-tests"},
         "tasks": [{"dataset": {"type": "imagefolder", "root": task}} for task in COLORS],
     }
     (folder / "run.yaml").write_text(yaml.safe_dump(config))
@@ -129,3 +132,22 @@ def test_a_run_leaves_tensorboard_events_with_every_term_and_measure(run: Path) 
     assert events.Scalars("metrics/Avg")[-1].value == pytest.approx(metrics["Avg"], rel=1e-6)
     assert all(event.value > 0 for event in events.Scalars("memory/peak_gib"))
     assert [image.step for image in events.Images("accuracy_matrix")] == [0, 1, 2]
+
+
+def test_the_offline_wandb_run_holds_the_same_values(run: Path) -> None:
+    (run_dir,) = (run / "run" / "wandb").glob("offline-run-*")
+    rows = history(run_dir)
+    log = [json.loads(line) for line in (run / "run" / "losses.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "loss/task" in row]
+    assert [row["step"] for row in steps] == list(range(len(log)))
+    assert [row["loss/task"] for row in steps] == pytest.approx([entry["task"] for entry in log], rel=1e-6)
+    metrics = json.loads((run / "run" / "metrics.json").read_text())
+    on_a = [row for row in rows if "accuracy/a" in row]  # zero-shot, then after each task
+    expected = [metrics["zero_shot"][0], metrics["accuracy"][0][0], metrics["accuracy"][1][0]]
+    assert [row["tasks_trained"] for row in on_a] == [0, 1, 2]
+    assert [row["accuracy/a"] for row in on_a] == pytest.approx(expected, rel=1e-6)
+    assert [row["metrics/Avg"] for row in rows if "metrics/Avg" in row] == pytest.approx([metrics["Avg"]], rel=1e-6)
+    pictures = [row for row in rows if "accuracy_matrix/path" in row]  # a picture's fields, flattened
+    assert [row["tasks_trained"] for row in pictures] == [0, 1, 2]
+    last = Image.open(run_dir / "files" / pictures[-1]["accuracy_matrix/path"])
+    assert last.size == Image.open(run / "run" / "accuracy_matrix.png").size

@@ -46,9 +46,15 @@ def test_dpm_solver_replaces_the_directorys_scheduler_and_changes_the_fingerprin
     assert swapped.stand_in and swapped.batch_size == 3 and swapped.variant["attention"] == "sdpa"
     assert len({swapped.fingerprint, native.fingerprint, fingerprint(directory)}) == 3
     assert load_model("sd", directory, cpu).fingerprint == swapped.fingerprint  # deterministic: the cache still hits
+    # either worker keys each scheduler a job may name as the other keys its own
+    assert swapped.fingerprints == native.fingerprints == {"dpmsolver++": swapped.fingerprint,
+                                                           "directory": native.fingerprint}  # fmt: skip
     args = dict(prompts=["a cat"], negative_prompts=[None], seeds=[0], num_inference_steps=3, guidance_scale=5.0)
     size = dict(height=swapped.height, width=swapped.width)
-    assert generate(swapped, **args, **size) != generate(native, **args, **size)  # why the variant is in the key
+    dpm, own = generate(swapped, **args, **size), generate(native, **args, **size)
+    assert dpm != own  # why the variant is in the key
+    assert generate(native, **args, **size, scheduler="dpmsolver++") == dpm  # a job may name the other one
+    assert generate(native, **args, **size) == own  # and the next job that names none has the worker's again
 
 
 @pytest.mark.slow  # inductor compiles C++ for the UNet: minutes on a CPU (4 min 46 s beside other work)
@@ -66,7 +72,7 @@ def test_a_compiled_unet_warms_up_at_load_draws_the_same_picture_and_has_its_own
     assert compiled.variant["compile_unet"] and compiled.fingerprint != eager.fingerprint
     args = dict(prompts=["a cat", "a dog"], negative_prompts=[None, None], seeds=[0, 1], num_inference_steps=3,
                 guidance_scale=5.0, height=eager.height, width=eager.width)  # fmt: skip
-    pictures = [[np.asarray(Image.open(io.BytesIO(png)), dtype=int) for png in generate(model, **args)]
+    pictures = [[np.asarray(Image.open(io.BytesIO(png)), dtype=int) for png in generate(model, **args).pngs]
                 for model in (eager, compiled)]  # fmt: skip
     for picture, twin in zip(*pictures, strict=True):  # fused kernels round differently: a level or two at most
         assert np.abs(picture - twin).max() <= 2

@@ -58,6 +58,7 @@ async def tar_stream(
                 "model": request.model,
                 "num_inference_steps": request.num_inference_steps,
                 "guidance_scale": request.guidance_scale,
+                "scheduler": request.scheduler,
                 **_png_size(png),
                 "negative_prompt": request.negative_prompt,
             }

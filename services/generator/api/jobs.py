@@ -50,7 +50,13 @@ class JobError(Exception):
 @dataclass(frozen=True)
 class RegisteredModel:
     info: ModelInfo
-    fingerprint: str
+    fingerprint: str  # the images of jobs that name no scheduler
+    schedulers: dict[str, str]  # the fingerprint under each scheduler a job may name
+
+    def fingerprint_for(self, request: JobRequest) -> str | None:
+        """The fingerprint the request's images are keyed under; None when the worker registered none for its
+        scheduler (a worker older than the field), so nothing is taken from the cache."""
+        return self.fingerprint if request.scheduler is None else self.schedulers.get(request.scheduler.value)
 
 
 class JobService:
@@ -95,7 +101,7 @@ class JobService:
                 max_image_cost=self.settings.max_image_cost,
                 stand_in=entry.get("stand_in", False),
             )
-            models[name] = RegisteredModel(info, entry["fingerprint"])
+            models[name] = RegisteredModel(info, entry["fingerprint"], entry.get("schedulers", {}))
         return models
 
     async def models(self) -> list[ModelInfo]:
@@ -206,10 +212,11 @@ class JobService:
         self, request: JobRequest, model: RegisteredModel | None, owner: str | None
     ) -> dict[int, str]:
         """Indices whose image is already stored, with its SHA-256; the cache's TTLs are refreshed."""
-        if model is None:
+        fingerprint = None if model is None else model.fingerprint_for(request)
+        if model is None or fingerprint is None:
             return {}
         native = (model.info.height, model.info.width)
-        keys = [request_image_key(request, i, model.fingerprint, native) for i in range(len(request.prompts))]
+        keys = [request_image_key(request, i, fingerprint, native) for i in range(len(request.prompts))]
         found: list[str | None] = []
         for batch in store.lookup_batches(keys, owner):
             shas = replies.optional_texts(await self.redis.mget(batch))

@@ -25,7 +25,8 @@ log = logging.getLogger("gift.api")
 
 MAX_PAGE = 200
 FILL_ROUNDS = 4  # reads of the index that skip jobs expired since the scope's last write, before a short page
-SUMMARY_FIELDS = ("id", "tenant", "model", "status", "total", "cached", "error", "created_at", "finished_at", "steps")
+SUMMARY_FIELDS = ("id", "tenant", "model", "status", "total", "cached", "replaced", "error", "created_at",
+                  "finished_at", "steps")  # fmt: skip
 
 listings = APIRouter(prefix="/v1", tags=["listings"], route_class=ConcreteFirstRoute)
 

@@ -1,6 +1,7 @@
 -- Uses end_job_functions.lua, which store.py puts before this code.
 -- Record finished images of one job; finish the job when the last one is in.
--- KEYS: job_keys. ARGV: job id, now, ttl, end channel, progress channel, then (index, record, cached).
+-- KEYS: job_keys. ARGV: job id, now, ttl, end channel, progress channel, then (index, record, origin): origin '1'
+-- for an image served from the cache, '0' for one generated, 'r' for one drawn again after the safety checker.
 -- Returns {outcome, done, total}, the outcome a RecordOutcome.
 local foreign = foreign_record()
 if foreign then return foreign end
@@ -12,6 +13,7 @@ for i = 6, #ARGV, 3 do
     redis.call('RPUSH', KEYS[6], ARGV[i])
     recorded = recorded + 1
     if ARGV[i + 2] == '1' then redis.call('HINCRBY', KEYS[1], 'cached', 1) end
+    if ARGV[i + 2] == 'r' then redis.call('HINCRBY', KEYS[1], 'replaced', 1) end
   end
 end
 if recorded > 0 then redis.call('PUBLISH', ARGV[5], ARGV[1]) end

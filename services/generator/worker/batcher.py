@@ -24,6 +24,7 @@ class Shape:
     guidance_scale: float
     height: int
     width: int
+    scheduler: str | None = None  # one of the model's schedulers; None: the one it loaded
 
 
 @dataclass(frozen=True)

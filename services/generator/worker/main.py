@@ -46,6 +46,15 @@ REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, re
 RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
+class Made(NamedTuple):
+    """An image generated for a task; ``replaced`` when the safety checker blacked out its first draw."""
+
+    task: Task
+    sha256: str
+    png: bytes
+    replaced: bool
+
+
 class Stopped(Exception):
     """A stop was asked for while Redis did not answer: what is in hand is left to the claim timeout."""
 
@@ -108,7 +117,9 @@ class Worker:
 
     def _register(self) -> None:
         for model in self.models.values():
-            self.queue.register_model(model.name, model.height, model.width, model.fingerprint, model.stand_in)
+            self.queue.register_model(
+                model.name, model.height, model.width, model.fingerprint, model.stand_in, model.fingerprints
+            )
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
@@ -237,14 +248,17 @@ class Worker:
 
     def _task(self, job: JobInfo, entry_id: str, index: int) -> Task:
         request, model = job.request, self.models[job.model]
+        scheduler = request.scheduler.value if request.scheduler and model.schedulers else None
         shape = Shape(
             job.model,
             request.num_inference_steps,
             request.guidance_scale,
             request.height or model.height,
             request.width or model.width,
+            scheduler or model.scheduler,
         )
-        key = request_image_key(request, index, model.fingerprint, (model.height, model.width))
+        fingerprint = model.fingerprints[scheduler] if scheduler else model.fingerprint
+        key = request_image_key(request, index, fingerprint, (model.height, model.width))
         prompt, negative = request.prompts[index], request.negative_prompt
         owner = request.cache_owner(job.tenant)
         return Task(job.job_id, entry_id, index, prompt, negative, request.seed_of(index), shape, key, owner,
@@ -271,12 +285,13 @@ class Worker:
         with logs.bound(**(job.ids() if job else {"job_id": job_id})):
             log.info("job %s: ended elsewhere (cancelled or failed); its remaining work is dropped", job_id)
 
-    def _synthesise(self, tasks: list[Task]) -> list[tuple[Task, str, bytes]]:
+    def _synthesise(self, tasks: list[Task]) -> list[Made]:
+        """The batch's images from one pipeline call (and the redraws of those the safety checker blacked out)."""
         shape = tasks[0].shape
         job_ids, stop = {task.job_id for task in tasks}, threading.Event()
         self._call = (job_ids, stop)
         try:
-            pngs = synthesis.generate(
+            drawn = synthesis.generate(
                 self.models[shape.model],
                 prompts=[task.prompt for task in tasks],
                 negative_prompts=[task.negative_prompt for task in tasks],
@@ -285,6 +300,7 @@ class Worker:
                 guidance_scale=shape.guidance_scale,
                 height=shape.height,
                 width=shape.width,
+                scheduler=shape.scheduler,
                 interrupted=stop.is_set,
             )
         except synthesis.Interrupted as stopped:
@@ -300,24 +316,28 @@ class Worker:
             return []
         finally:
             self._call = None
-        return [(task, hashlib.sha256(png).hexdigest(), png) for task, png in zip(tasks, pngs, strict=True)]
+        if drawn.replaced:
+            log.info("pipeline call of %d images: %d blacked out by the safety checker, drawn again",
+                     len(tasks), len(drawn.replaced))  # fmt: skip
+        replaced = set(drawn.replaced)
+        return [Made(task, hashlib.sha256(png).hexdigest(), png, i in replaced) for i, (task, png) in
+                enumerate(zip(tasks, drawn.pngs, strict=True))]  # fmt: skip
 
-    def _store_and_record(
-        self, cached: list[tuple[Task, str]], made: list[tuple[Task, str, bytes]], spans: Mapping[str, Span]
-    ) -> None:
-        self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png in made])
+    def _store_and_record(self, cached: list[tuple[Task, str]], made: list[Made], spans: Mapping[str, Span]) -> None:
+        self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png, _ in made])
         by_job: dict[str, list[tuple[Task, str, bool]]] = {}
         for task, sha in cached:
             by_job.setdefault(task.job_id, []).append((task, sha, True))
-        for task, sha, _ in made:
+        for task, sha, _, _ in made:
             by_job.setdefault(task.job_id, []).append((task, sha, False))
         for job_id, items in by_job.items():
             job = self.jobs.get(job_id)
             if job is None:
                 continue
             span = spans.get(job_id)
+            replaced = {image.task.index for image in made if image.replaced and image.task.job_id == job_id}
             with logs.bound(**job.ids()), tracing.use(span):
-                result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items])
+                result = self.queue.record(job, [(task.index, sha, hit) for task, sha, hit in items], replaced)
             if span is not None and result.outcome == RecordOutcome.finished:
                 span.add_event("job succeeded", {"gift.images": result.total})
             if result.outcome == RecordOutcome.dropped:

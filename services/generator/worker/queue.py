@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -69,11 +69,22 @@ class WorkerQueue:
 
     # --- presence -----------------------------------------------------------------------------------
 
-    def register_model(self, name: str, height: int, width: int, fingerprint: str, stand_in: bool = False) -> None:
+    def register_model(
+        self,
+        name: str,
+        height: int,
+        width: int,
+        fingerprint: str,
+        stand_in: bool = False,
+        schedulers: dict[str, str] | None = None,
+    ) -> None:
+        """``fingerprint`` keys the images of jobs that name no scheduler (this worker's setting); ``schedulers``
+        the fingerprint under each scheduler a job may name, so the API's cache lookup finds their images too."""
         previous = self.redis.hget(redis_keys.MODELS, name)
         if previous and json.loads(previous)["fingerprint"] != fingerprint:
             log.warning("model %s was registered with other weights; this worker's now take its place", name)
         entry = {"height": height, "width": width, "fingerprint": fingerprint, "stand_in": stand_in}
+        entry |= {"schedulers": schedulers} if schedulers else {}
         self.redis.hset(redis_keys.MODELS, name, json.dumps(entry))
         self.redis.hset(redis_keys.MODELS_SEEN, name, time.time())
 
@@ -224,8 +235,9 @@ class WorkerQueue:
                 pipe.set(redis_keys.cache(key, owner), sha, ex=ttl)
             pipe.execute()
 
-    def record(self, job: JobInfo, images: list[tuple[int, str, bool]]) -> Recorded:
-        """Record (index, sha256, cached) of one job; finishes the job when its last image is in."""
+    def record(self, job: JobInfo, images: list[tuple[int, str, bool]], replaced: Collection[int] = ()) -> Recorded:
+        """Record (index, sha256, cached) of one job, ``replaced`` the indices drawn again after the model's safety
+        checker blacked out their first draw; finishes the job when its last image is in."""
         args: list[str | int] = [
             job.job_id,
             store.now_iso(),
@@ -235,7 +247,7 @@ class WorkerQueue:
         ]
         for index, sha, cached in images:
             record = store.image_record(index, job.request.prompts[index], job.request.seed_of(index), sha)
-            args += [index, record, int(cached)]
+            args += [index, record, "1" if cached else "r" if index in replaced else "0"]
         keys = store.job_keys(job.job_id, job.model, job.tenant, job.idempotency_key)
         outcome, done, total = self._record(keys=keys, args=args)
         if outcome != store.RecordOutcome.dropped:

@@ -1,7 +1,9 @@
 """Diffusers pipelines, loaded once from local directories, turned into PNG bytes.
 
 An image depends only on its own prompt, negative prompt and seed: each gets its own CPU ``torch.Generator``
-(CPU so that a seed means the same noise on every device), whatever else shares its pipeline call.
+(CPU so that a seed means the same noise on every device), whatever else shares its pipeline call. A pipeline
+directory with a safety checker (Stable Diffusion v1.5's) blacks out the images it flags; such an image is drawn
+again from seeds derived from its own, so a set keeps its size and the same request still gives the same images.
 
 On CUDA a model runs in float16 with PyTorch's scaled-dot-product attention, channels-last convolutions and,
 when asked, a compiled UNet. Everything of that kind that can change pixels (device, dtype, attention, memory
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from PIL import Image
 
 from gift_common.errors import UserError
 from gift_common.manifest import verify as verify_manifest
+from gift_common.schemas import MAX_SEED
 from gift_common.stand_in import is_stand_in
 
 if TYPE_CHECKING:  # imported only where a model is loaded; not type-checked (pyproject.toml), so Any to mypy
@@ -39,6 +42,9 @@ class ModelDirectoryError(UserError):
     """A --model directory that is not a diffusers pipeline; the message says what to put where."""
 
 
+REDRAWS = 5  # draws after a blacked-out one; a prompt flagged every time then stays black rather than hold the job
+
+
 class Interrupted(Exception):
     """A pipeline call cut short between denoising steps: nobody wants its images any more."""
 
@@ -48,12 +54,15 @@ class LoadedModel:
     name: str
     directory: Path
     pipeline: DiffusionPipeline
-    fingerprint: str  # the weights' files and the runtime variant (``runtime_variant``)
+    fingerprint: str  # the weights' files and the runtime variant (``runtime_variant``) with the worker's scheduler
     height: int
     width: int
     batch_size: int | None = None  # images per pipeline call for this model; None = the worker's setting
     stand_in: bool = False  # random weights (gift_common.stand_in): reports must say so
     variant: dict[str, object] = field(default_factory=dict)
+    schedulers: dict[str, object] = field(default_factory=dict)  # what a job may name (Scheduler), loaded once
+    scheduler: str = "dpmsolver++"  # of those, the one for jobs that name none (the worker's setting)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # the model's fingerprint under each of them
 
 
 @dataclass(frozen=True)
@@ -100,11 +109,17 @@ def load_model(
         ) from None
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    schedulers = scheduler_choices(pipeline)
+    if schedulers:
+        pipeline.scheduler = schedulers[options.scheduler]
     variant = configure_runtime(pipeline, device, options)
+    files = fingerprint(directory)
+    fingerprints = {name: variant_fingerprint(files, variant | scheduler_variant(s)) for name, s in schedulers.items()}
     height, width = native_size(pipeline)
     model = LoadedModel(
-        name, directory, pipeline, variant_fingerprint(fingerprint(directory), variant), height, width,
-        batch_size=batch_size, stand_in=is_stand_in(directory), variant=variant,
+        name, directory, pipeline, variant_fingerprint(files, variant), height, width, batch_size=batch_size,
+        stand_in=is_stand_in(directory), variant=variant, schedulers=schedulers, fingerprints=fingerprints,
+        scheduler=options.scheduler,
     )  # fmt: skip
     if options.compile_unet:
         warm_up(model, batch_size or 1)
@@ -114,15 +129,33 @@ def load_model(
     return model
 
 
-def configure_runtime(pipeline: DiffusionPipeline, device: torch.device, options: RuntimeOptions) -> dict[str, object]:
-    """Apply the scheduler, attention, memory format and compile choices; return them as the runtime variant."""
+def scheduler_choices(pipeline: DiffusionPipeline) -> dict[str, object]:
+    """The schedulers a job may name: the directory's own and DPM-Solver++ (2M) from its noise schedule (what
+    "25 DPM-Solver steps" means); none for a pipeline without a scheduler. Each call sets its timesteps afresh,
+    so one instance of each serves every call."""
     from diffusers import DPMSolverMultistepScheduler
+
+    own = getattr(pipeline, "scheduler", None)
+    if own is None:
+        return {}
+    config = {**own.config, "algorithm_type": "dpmsolver++", "solver_order": 2}
+    return {"directory": own, "dpmsolver++": DPMSolverMultistepScheduler.from_config(config)}
+
+
+def scheduler_variant(scheduler: object | None) -> dict[str, object]:
+    """The scheduler's part of the runtime variant: its class and settings."""
+    config = getattr(scheduler, "config", None)
+    return {
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "scheduler_config": _public(config) if config is not None else None,
+    }
+
+
+def configure_runtime(pipeline: DiffusionPipeline, device: torch.device, options: RuntimeOptions) -> dict[str, object]:
+    """Apply the attention, memory format and compile choices; return them with the pipeline's scheduler (the
+    worker's setting) as the runtime variant."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    if options.scheduler == "dpmsolver++" and hasattr(pipeline, "scheduler"):
-        # DPM-Solver++ (2M) from the directory's noise schedule: what "25 DPM-Solver steps" means.
-        config = {**pipeline.scheduler.config, "algorithm_type": "dpmsolver++", "solver_order": 2}
-        pipeline.scheduler = DPMSolverMultistepScheduler.from_config(config)
     networks = [net for part in ("unet", "vae") if (net := getattr(pipeline, part, None)) is not None]
     for net in networks:
         if hasattr(net, "set_attn_processor"):
@@ -133,15 +166,13 @@ def configure_runtime(pipeline: DiffusionPipeline, device: torch.device, options
             net.to(memory_format=torch.channels_last)
     if options.compile_unet:
         pipeline.unet = torch.compile(pipeline.unet)
-    scheduler = getattr(pipeline, "scheduler", None)
     return {
         "device": device.type,
         "dtype": str(pipeline.dtype).removeprefix("torch."),
         "attention": "sdpa",
         "channels_last": channels_last,
         "compile_unet": options.compile_unet,
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
-        "scheduler_config": _public(scheduler.config) if scheduler is not None else None,
+        **scheduler_variant(getattr(pipeline, "scheduler", None)),
     }
 
 
@@ -171,6 +202,17 @@ def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
     return height * scale, width * scale
 
 
+class Drawn(NamedTuple):
+    pngs: list[bytes]  # in the order of the prompts
+    replaced: list[int]  # positions whose first draw the safety checker blacked out, drawn again
+
+
+def redraw_seed(seed: int, attempt: int) -> int:
+    """The seed of an image's ``attempt``-th draw after the safety checker blacked out the ones before."""
+    digest = hashlib.sha256(f"gift-redraw/{seed}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
 @torch.inference_mode()
 def generate(
     model: LoadedModel,
@@ -182,28 +224,64 @@ def generate(
     guidance_scale: float,
     height: int,
     width: int,
+    scheduler: str | None = None,
     interrupted: Callable[[], bool] | None = None,
-) -> list[bytes]:
-    """One pipeline call; PNG bytes in the order of ``prompts``.
+) -> Drawn:
+    """One pipeline call, then one more for the images a safety checker blacked out (up to REDRAWS times).
 
-    ``interrupted`` is asked after every denoising step; when it answers True the call raises ``Interrupted``
-    at once, so a cancelled 512x512 call does not hold the worker for the rest of its steps and the VAE.
+    ``scheduler`` names one of the model's ``schedulers`` (None: its default). ``interrupted`` is asked after
+    every denoising step; when it answers True the call raises ``Interrupted`` at once, so a cancelled 512x512 call
+    does not hold the worker for the rest of its steps and the VAE.
     """
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    negatives = None if not any(negative_prompts) else [n or "" for n in negative_prompts]
+    if model.schedulers:
+        model.pipeline.scheduler = model.schedulers[scheduler or model.scheduler]
+    negatives = [n or "" for n in negative_prompts] if any(negative_prompts) else None
+    call = partial(_call, model.pipeline, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   height=height, width=width, interrupted=interrupted)  # fmt: skip
+    images, flagged = call(prompts, negatives, seeds)
+    replaced = sorted(flagged)
+    for attempt in range(1, REDRAWS + 1):
+        if not flagged:
+            break
+        again = sorted(flagged)
+        redrawn, still = call([prompts[i] for i in again], negatives and [negatives[i] for i in again],
+                              [redraw_seed(seeds[i], attempt) for i in again])  # fmt: skip
+        for position, i in enumerate(again):
+            images[i] = redrawn[position]
+        flagged = {again[position] for position in still}
+    if flagged:
+        log.warning("model %s: %d image(s) its safety checker blacked out again in %d redraws are kept black",
+                    model.name, len(flagged), REDRAWS)  # fmt: skip
+    return Drawn([encode_png(image) for image in images], replaced)
+
+
+def _call(
+    pipeline: DiffusionPipeline,
+    prompts: list[str],
+    negatives: list[str] | None,
+    seeds: list[int],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    height: int,
+    width: int,
+    interrupted: Callable[[], bool] | None,
+) -> tuple[list[np.ndarray], set[int]]:
+    """One pipeline call: the images, and the positions its safety checker (if any) blacked out."""
     watch = {} if interrupted is None else {"callback_on_step_end": _raise_when(interrupted)}
-    images = model.pipeline(
+    output = pipeline(
         prompt=prompts,
         negative_prompt=negatives,
-        generator=generators,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         height=height,
         width=width,
         output_type="np",
         **watch,
-    ).images
-    return [encode_png(image) for image in images]
+    )
+    flags = getattr(output, "nsfw_content_detected", None) or []
+    return list(output.images), {i for i, flagged in enumerate(flags) if flagged}
 
 
 def _raise_when(interrupted: Callable[[], bool]) -> Callable[..., dict[str, torch.Tensor]]:
