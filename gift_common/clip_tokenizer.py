@@ -2,9 +2,10 @@
 
 ``write_clip_tokenizer`` reproduces open_clip's ``SimpleTokenizer`` vocabulary id for id (byte symbols, byte symbols
 ending a word, the 48,894 merges, then the two specials), under the names Stable Diffusion uses: ``<|startoftext|>``
-(49406) and ``<|endoftext|>`` (49407, also padding). The tiny world's pipeline and the full-size stand-ins both
-write their ``tokenizer/`` folder with it. It reads open_clip's bundled file without importing open_clip (and so
-torch): this module stays light. How the two tokenizers still differ in text cleaning: ``tinyworld/tokenizer.py``.
+(49406) and ``<|endoftext|>`` (49407, also padding); given another BPE file in open_clip's format, that file's. The
+tiny world's pipeline (with its own words' file) and the full-size stand-ins write their ``tokenizer/`` folder with
+it. It reads open_clip's bundled file without importing open_clip (and so torch): this module stays light. How the
+two tokenizers still differ in text cleaning: ``tinyworld/tokenizer.py``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def byte_symbols() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
-def _read_merges() -> list[str]:
+def _read_merges(bpe: Path) -> list[str]:
     """The merge rules exactly as open_clip's SimpleTokenizer selects them."""
-    with gzip.open(bpe_path(), "rt", encoding="utf-8") as file:
+    with gzip.open(bpe, "rt", encoding="utf-8") as file:
         return file.read().split("\n")[1:_MERGES_END]
 
 
@@ -60,11 +61,12 @@ def _special(content: str) -> dict[str, object]:
     return dict(content=content, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
 
 
-def write_clip_tokenizer(directory: Path) -> None:
-    """Write vocab.json, merges.txt and the configs that `CLIPTokenizer.from_pretrained` reads."""
+def write_clip_tokenizer(directory: Path, bpe: Path | None = None) -> None:
+    """Write vocab.json, merges.txt and the configs that `CLIPTokenizer.from_pretrained` reads, from open_clip's
+    BPE file or from another in its format (``bpe``: the tiny world's own words)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    merges = _read_merges()
+    merges = _read_merges(bpe or bpe_path())
     vocab = _build_vocab(merges)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")

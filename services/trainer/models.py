@@ -6,6 +6,7 @@ that says what to put where, instead of a silent download.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +65,18 @@ def create_model(
 
 def create_tokenizer(name_or_config: str | Path) -> Callable[..., torch.Tensor]:
     """The tokenizer that goes with the architecture (open_clip's BPE for CLIP text towers, bundled, offline)."""
-    return open_clip.get_tokenizer(resolve_architecture(name_or_config))
+    return open_clip.get_tokenizer(resolve_architecture(name_or_config), **_own_bpe(name_or_config))
+
+
+def _own_bpe(name_or_config: str | Path) -> dict[str, str]:
+    """A JSON architecture may name its own BPE file (``text_cfg.tokenizer_kwargs.bpe_path``) beside itself;
+    open_clip would look for a relative path in the working directory, so it is resolved against the JSON's folder."""
+    path = Path(name_or_config)
+    if path.suffix != ".json":
+        return {}
+    kwargs = json.loads(path.read_text(encoding="utf-8")).get("text_cfg", {}).get("tokenizer_kwargs") or {}
+    bpe = kwargs.get("bpe_path")
+    return {"bpe_path": str(path.parent / bpe)} if bpe else {}
 
 
 def image_transforms(model: nn.Module) -> tuple[Callable, Callable]:

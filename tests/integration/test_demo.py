@@ -34,11 +34,12 @@ def test_the_demo_trains_ft_and_gift_through_the_generator_and_writes_its_output
     done = subprocess.run(demo_command(out), env=demo_env(tmp_path), capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"ft", "gift"}
+    assert set(summary) == {"zero-shot", "ft", "gift"}
     for entry in summary.values():
         assert {"transfer", "avg", "last", "forget", "pretraining"} <= set(entry)
         assert all(math.isfinite(entry[key]) for key in ("avg", "last", "forget", "pretraining"))
-    assert "| gift |" in done.stdout and "| ft |" in done.stdout
+    assert "| gift |" in done.stdout and "| ft |" in done.stdout and "| zero-shot |" in done.stdout
+    assert "of the Transfer that FT lost" in done.stdout or "FT lost no Transfer" in done.stdout
     for picture in ("accuracy_matrices.png", "synthetic_samples.png"):
         with Image.open(out / picture) as image:
             assert image.width > 200

@@ -69,5 +69,5 @@ def test_the_installed_demo_runs_from_an_unrelated_folder(installed: Path, tmp_p
     done = subprocess.run(demo, cwd=elsewhere, env=user_env(tmp_path), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((elsewhere / "demo-out" / "summary.json").read_text())
-    assert set(summary) == {"ft", "gift"}
+    assert set(summary) == {"zero-shot", "ft", "gift"}
     assert "| gift |" in done.stdout and "| ft |" in done.stdout

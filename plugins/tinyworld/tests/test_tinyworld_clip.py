@@ -16,11 +16,12 @@ from tinyworld.world import World
 from services.trainer.models import create_model, create_tokenizer
 
 
-def test_the_architecture_loads_through_the_trainers_factory_with_open_clips_tokenizer() -> None:
+def test_the_architecture_loads_through_the_trainers_factory_with_the_world_s_tokenizer() -> None:
     model = create_model(clip.CONFIG)
     tokens = create_tokenizer(clip.CONFIG)(["a photo of a digit 7."])
     assert tokens.shape == (1, 24)
-    assert torch.equal(tokens[0, :8], open_clip.tokenize(["a photo of a digit 7."])[0, :8])
+    assert torch.equal(tokens, clip.tokenizer()(["a photo of a digit 7."]))
+    assert model.token_embedding.num_embeddings == clip.tokenizer().vocab_size == 837
     assert model.encode_text(tokens).shape == model.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 128)
 
 

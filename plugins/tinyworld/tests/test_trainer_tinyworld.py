@@ -13,7 +13,7 @@ from PIL import Image
 from tinyworld import tasks as tinyworld
 from tinyworld.plugin import WorldSets
 from tinyworld.plugin import probe as concept_probe
-from tinyworld.replay import conditioned_pair, fact_of
+from tinyworld.replay import conditioned_pair, facts_of
 from tinyworld.world import CONCEPT_NAMES, FAMILIES
 
 from services.trainer import datasets, reports
@@ -45,7 +45,7 @@ def world_task(name: str, **fields) -> TaskConfig:
 def test_a_tinyworld_task_is_its_split_with_the_trainers_transform(small_splits: None) -> None:
     spec = world_task("scenes")
     names = datasets.classnames(spec)
-    assert names == list(tinyworld.TASKS["scenes"].classnames) and datasets.templates(spec)[0] == "a photo of {}."
+    assert names == list(tinyworld.TASKS["scenes"].classnames) and datasets.templates(spec)[0] == "a centered satellite photo of {}."
     val = datasets.load_split(spec, names, "val", to_tensor)
     image, label = val[3]
     assert len(val) == SMALL["val"] and image.shape == (3, 32, 32) and label == 3
@@ -96,13 +96,13 @@ def test_real_replay_pairs_each_prompt_with_a_world_image_showing_what_it_names(
     prompts = sets.requests["scenes"].prompts
     images = sets.images("scenes")
     assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8 and sets.ready("scenes")
-    assert any(p.startswith("a drawing of a ") for p in prompts)  # sketches' classes in their template, not concepts
+    assert any(p.startswith("a photo of a red ") for p in prompts)  # objects' classes in their template, not concepts
     start = sets.requests["scenes"].seed  # the generator's seeds: the third task's follow the first two's images
     assert start == 2 * 40
     for i, prompt in enumerate(prompts):
-        family, value = fact_of(prompt)
-        pair = conditioned_pair(family, value, start + i)
-        assert pair.facts[family] == value, prompt
+        facts = facts_of(prompt)
+        pair = conditioned_pair(facts, start + i)
+        assert facts.items() <= pair.facts.items(), prompt
         assert np.array_equal(pair.image, images[i]), prompt
     assert np.array_equal(world_sets().images("scenes"), images)  # a rerun draws the same images
 

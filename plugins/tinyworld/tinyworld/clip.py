@@ -1,9 +1,11 @@
 """The tiny CLIP: an open_clip architecture (tiny-clip.json) pre-trained contrastively on the world.
 
 The architecture is a plain open_clip ViT registered from a JSON file, so the trainer loads it with the same
-``create_model(config, pretrained)`` call as a real model, and it keeps open_clip's tokenizer (49,408 tokens), so
-any prompt works. Pre-training differs from CLIP's in one way: a caption is a positive for every image it is true
-of (world captions name one or two facts, so a batch holds many images of "a red thing"), not only for its own.
+``create_model(config, pretrained)`` call as a real model. Its tokenizer is open_clip's algorithm with the world's
+own merges (``world-bpe.txt.gz``, 837 tokens, tinyworld/vocabulary.py): every world word is one token, and any
+other text still tokenizes, into pieces. Pre-training differs from CLIP's in one way: a caption is a positive for
+every image it is true of (world captions name one or two facts, so a batch holds many images of "a red thing"),
+not only for its own.
 
     python -m tinyworld.clip pretrain --out /tmp/tiny-clip.pt
     python -m tinyworld.clip evaluate --weights /tmp/tiny-clip.pt
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from gift_common.files import atomic_file
 from gift_common.schedules import warmup_cosine
 from tinyworld.tasks import TASKS, TaskSplit, concept_probes, load_split
+from tinyworld.vocabulary import BPE_FILE
 from tinyworld.world import World, caption, captions_true_of, encode_facts, stream_rng
 
 CONFIG = Path(__file__).with_name("tiny-clip.json")
@@ -47,7 +50,8 @@ def create_model(pretrained: Path | None = None) -> nn.Module:
 
 
 def tokenizer() -> Callable[..., Tensor]:
-    return open_clip.get_tokenizer(register())
+    """The world's own tokenizer (tinyworld/vocabulary.py), found beside the architecture."""
+    return open_clip.get_tokenizer(register(), bpe_path=str(BPE_FILE))
 
 
 def image_batch(model: nn.Module, images: np.ndarray) -> Tensor:

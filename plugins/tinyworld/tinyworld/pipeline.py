@@ -19,12 +19,13 @@ from typing import TypeVar
 import torch
 
 from gift_common.clip_tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
+from tinyworld.vocabulary import BPE_FILE, vocab_size
 
 T = TypeVar("T")
 
-UNTRAINED_NAME = "tinyworld-untrained-v2"  # bumped with the architecture: a cached v1 no longer fits
+UNTRAINED_NAME = "tinyworld-untrained-v3"  # bumped with the architecture (v3: the world's own tokenizer)
 TRAINED_DIR = Path(__file__).parent / "weights" / "sd"
-VOCAB_SIZE = 49408
+VOCAB_SIZE = vocab_size()  # the world's own tokenizer (tinyworld/vocabulary.py)
 BOS_TOKEN_ID, EOS_TOKEN_ID = VOCAB_SIZE - 2, VOCAB_SIZE - 1
 
 CLIP_CONFIG = Path(__file__).with_name("tiny-clip.json")
@@ -121,7 +122,7 @@ def save_pipeline(directory: Path, vae: torch.nn.Module, text_encoder: torch.nn.
 
     directory = Path(directory)
     tokenizer_dir = directory / "tokenizer"
-    write_clip_tokenizer(tokenizer_dir)
+    write_clip_tokenizer(tokenizer_dir, BPE_FILE)
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -135,7 +136,7 @@ def save_pipeline(directory: Path, vae: torch.nn.Module, text_encoder: torch.nn.
     pipeline.save_pretrained(directory, safe_serialization=True)
     # save_pretrained rewrites the tokenizer in this transformers version's own format; keep the portable files.
     shutil.rmtree(tokenizer_dir)
-    write_clip_tokenizer(tokenizer_dir)
+    write_clip_tokenizer(tokenizer_dir, BPE_FILE)
     _store_half(directory)
 
 

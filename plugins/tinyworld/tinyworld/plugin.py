@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gift_common.errors import UserError
 from tinyworld import tasks
-from tinyworld.replay import conditioned_pair, fact_of
+from tinyworld.replay import conditioned_pair, facts_of
 from tinyworld.world import CONCEPT_NAMES, CONCEPT_TEMPLATES, CONCEPTS, FAMILIES, World
 
 PROBE_TEST_START = 1_000_000  # the test probe's held-out images start here; val's are the first ones
@@ -102,11 +102,11 @@ class WorldSets:
         """(size, H, W, 3) uint8 world images, in prompt order."""
         request, templates = self.requests[task], (self.settings.concept_template,)
         try:
-            facts = [fact_of(prompt, templates) for prompt in request.prompts]
+            facts = [facts_of(prompt, templates) for prompt in request.prompts]
         except ValueError as error:
             raise UserError(f"synthetic set of task {task} (source tinyworld): {error}") from None
         seed, start = self.settings.seed, request.seed
-        return np.stack([conditioned_pair(*fact, start + i, seed=seed).image for i, fact in enumerate(facts)])
+        return np.stack([conditioned_pair(shown, start + i, seed=seed).image for i, shown in enumerate(facts)])
 
     def close(self) -> None:
         pass

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from gift_common.clip_tokenizer import MODEL_MAX_LENGTH, write_clip_tokenizer
 from gift_common.schedules import warmup_cosine
 from tinyworld.pipeline import SCHEDULER_CONFIG, save_pipeline, untrained_components
+from tinyworld.vocabulary import BPE_FILE
 from tinyworld.world import World, caption, stream_rng
 
 Log = Callable[[str], None]
@@ -283,7 +284,7 @@ def train_denoiser(config: TrainConfig, scratch: Path, out: Path, clip_weights: 
         state = {key: value.float() for key, value in clip_text_state(clip, MODEL_MAX_LENGTH).items()}
         networks["text_encoder"].load_state_dict(state)
     with tempfile.TemporaryDirectory() as tokenizer_dir:
-        write_clip_tokenizer(Path(tokenizer_dir))
+        write_clip_tokenizer(Path(tokenizer_dir), BPE_FILE)
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     conditioned = nn.ModuleDict({"unet": networks["unet"], "text_encoder": networks["text_encoder"]})
     ema = train_unet(conditioned, tokenizer, (latents["mean"], latents["std"]), data, config, log)

@@ -1,10 +1,11 @@
 """The downstream tasks of the tiny world: MTIL in miniature, and probes of what pre-training taught.
 
 Each task is a domain of its own (objects in clutter, textures, handwritten digits, scenes, handwritten letters,
-sketches) with its own class names, prompt templates and deterministic train/val/test splits. Every class is a
-concept of the pre-training world seen in another look, so a pre-trained model classifies it zero-shot better than
-chance and fine-tuning has room to do better. One task is real data that nobody here drew: scikit-learn's
-handwritten digits (UCI, 8x8 grey), shown at 32x32 like the rest.
+sketches) with its own class names, prompt templates and deterministic train/val/test splits. Every class shows
+facts of the pre-training world (one, or two at once) in another look, so a pre-trained model classifies it
+zero-shot better than chance and fine-tuning has room to do better; and, as MTIL's classes are to ImageNet's names,
+no class prompt is a replay prompt (the world's concept names in "a photo of {}."). One task is real data that
+nobody here drew: scikit-learn's handwritten digits (UCI, 8x8 grey), shown at 32x32 like the rest.
 
 A split is a plain torch Dataset of (PIL image, label) with ``classnames`` and ``templates``; the trainer adds the
 model's transforms.
@@ -22,12 +23,12 @@ import torch
 from PIL import Image
 
 from tinyworld.textures import SIZE, TEXTURES
-from tinyworld.world import CONCEPT_TEMPLATES, CONCEPTS, FAMILIES, Pair, Style, World, noun, render, stream_rng
+from tinyworld.world import CONCEPT_TEMPLATES, CONCEPTS, FAMILIES, Facts, Pair, Style, World, render, stream_rng
 
 SPLITS = ("train", "val", "test")
 SPLIT_SIZES = {"train": 2000, "val": 300, "test": 500}  # synthetic tasks; the digits' train split is the rest
 
-Draw = Callable[[str, np.random.Generator], np.ndarray]
+Draw = Callable[[Facts, np.random.Generator], np.ndarray]
 
 
 class TaskSplit(torch.utils.data.Dataset):
@@ -59,10 +60,10 @@ class TaskSplit(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task: the world value of each class, its class names and templates, and how a class is drawn."""
+    """A task: the world facts each class shows, its class names and templates, and how a class is drawn."""
 
     name: str
-    values: tuple[str, ...]
+    classes: tuple[Facts, ...]
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
     draw: Draw | None  # None: real data
@@ -77,27 +78,26 @@ def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
     return items[int(rng.integers(len(items)))]
 
 
-def draw_thing(family: str, style: Style, inks: Sequence[str], papers: Sequence[str], pattern: str = "") -> Draw:
-    """Draw one figure of ``family`` in ``inks`` on ``papers`` (plain colours), or on any scene if none are given."""
+def draw_thing(family: str, style: Style, inks: Sequence[str], papers: Sequence[str]) -> Draw:
+    """Draw one figure of ``family`` showing a class's facts, in ``inks`` unless the class names its colour, on
+    ``papers`` (plain colours), or on any scene if none are given."""
 
-    def draw(value: str, rng: np.random.Generator) -> np.ndarray:
-        background = _pick(rng, papers or FAMILIES["background"])
-        facts = {family: value, "colour": _pick(rng, inks), "background": background, "position": "middle"}
-        if pattern:
-            facts["pattern"] = pattern
+    def draw(facts: Facts, rng: np.random.Generator) -> np.ndarray:
+        shown = {"colour": _pick(rng, inks), "background": _pick(rng, papers or FAMILIES["background"])}
+        shown |= {"position": "middle", **facts}
         if rng.random() < 0.5:
-            facts["size"] = "large"
-        return render(facts, family, rng, style)
+            shown["size"] = "large"
+        return render(shown, family, rng, style)
 
     return draw
 
 
 def draw_full_frame(kind: str, style: Style) -> Draw:
-    """Draw a full-frame pattern (kind "pattern") or a bare scene (kind "background") of the class."""
+    """Draw a full-frame pattern (kind "pattern", in any ink) or a bare scene (kind "background") of the class."""
 
-    def draw(value: str, rng: np.random.Generator) -> np.ndarray:
-        facts = {"pattern": value, "colour": _pick(rng, INKS)} if kind == "pattern" else {"background": value}
-        return render(facts, kind, rng, style)
+    def draw(facts: Facts, rng: np.random.Generator) -> np.ndarray:
+        shown = {"colour": _pick(rng, INKS), **facts} if kind == "pattern" else dict(facts)
+        return render(shown, kind, rng, style)
 
     return draw
 
@@ -109,38 +109,55 @@ CLUTTER = Style(rotation=20, clutter=3, zoom=1.2, tint=0.2, lowres=0.15, noise=0
 TEXTURE = Style(free_angle=True, warp=1.5, period=(4.0, 9.0), tint=0.3, lowres=0.0, noise=0.06)
 SCENERY = Style(zoom=2.0, clutter=3, tint=0.25, grey=0.5, lowres=0.3, noise=0.05)
 
-_A = ("a photo of a {}.", "a picture of a {}.", "a {}.")
+# Classes as MTIL's are to ImageNet's names: never a replay prompt. Objects and sketches name two facts at once, as
+# Flowers' "pink primrose" or Cars' make and model; textures, digits, scenes and letters take the templates MTIL
+# gives DTD, MNIST, EuroSAT and a letter task, around words the world knows.
+OBJECTS, OBJECT_COLOURS = ("house", "tree", "car", "boat", "fish", "bird"), ("red", "blue", "yellow")
 
 
-def _names(family: str) -> tuple[str, ...]:
-    return tuple(noun(family, value) for value in FAMILIES[family])
+def _one(family: str) -> tuple[Facts, ...]:
+    return tuple({family: value} for value in FAMILIES[family])
 
 
 # The default task sequence, in order.
 TASKS: dict[str, TaskSpec] = {
     task.name: task
     for task in (
-        TaskSpec("objects", FAMILIES["object"], _names("object"), _A, draw_thing("object", CLUTTER, INKS, ())),
         TaskSpec(
-            "textures", TEXTURES, tuple(f"{v} pattern" for v in TEXTURES), _A, draw_full_frame("pattern", TEXTURE)
+            "objects",
+            tuple({"object": o, "colour": c} for o in OBJECTS for c in OBJECT_COLOURS),
+            tuple(f"{c} {o}" for o in OBJECTS for c in OBJECT_COLOURS),
+            ("a photo of a {}.", "a picture of a {}.", "a {}."),
+            draw_thing("object", CLUTTER, INKS, ()),
         ),
-        TaskSpec("digits", FAMILIES["digit"], _names("digit"), _A, None),
+        TaskSpec(
+            "textures",
+            tuple({"pattern": value} for value in TEXTURES),
+            TEXTURES,
+            ("a photo of a {} texture.", "a {} texture."),
+            draw_full_frame("pattern", TEXTURE),
+        ),
+        TaskSpec("digits", _one("digit"), FAMILIES["digit"], ('a photo of the number: "{}".',), None),
         TaskSpec(
             "scenes",
+            _one("background"),
             FAMILIES["background"],
-            FAMILIES["background"],
-            ("a photo of {}.", "a picture of {}.", "{}."),
+            ("a centered satellite photo of {}.",),
             draw_full_frame("background", SCENERY),
         ),
         TaskSpec(
-            "letters", FAMILIES["letter"], _names("letter"), _A, draw_thing("letter", HANDWRITING, PEN_INKS, PAPERS)
+            "letters",
+            _one("letter"),
+            FAMILIES["letter"],
+            ('a photo of the letter "{}".',),
+            draw_thing("letter", HANDWRITING, PEN_INKS, PAPERS),
         ),
         TaskSpec(
             "sketches",
-            FAMILIES["shape"],
-            _names("shape"),
-            ("a drawing of a {}.", "a picture of a {}."),
-            draw_thing("shape", SKETCH, PEN_INKS, ("white",), pattern="outlined"),
+            tuple({"shape": value, "pattern": "outlined"} for value in FAMILIES["shape"]),
+            tuple(f"outlined {value}" for value in FAMILIES["shape"]),
+            ("a drawing of an {}.", "a sketch of an {}."),
+            draw_thing("shape", SKETCH, PEN_INKS, ("white",)),
         ),
     )
 }
@@ -148,9 +165,9 @@ TASKS: dict[str, TaskSpec] = {
 
 def _synthetic(task: TaskSpec, split: str, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Balanced classes (label = index mod classes); each image drawn from its own (seed, task/split, index)."""
-    labels = np.arange(count) % len(task.values)
+    labels = np.arange(count) % len(task.classes)
     stream = f"{task.name}/{split}"
-    images = [task.draw(task.values[label], stream_rng(seed, stream, i)) for i, label in enumerate(labels)]
+    images = [task.draw(task.classes[label], stream_rng(seed, stream, i)) for i, label in enumerate(labels)]
     return np.stack(images), labels.astype(np.int64)
 
 
