@@ -45,7 +45,8 @@ def world_task(name: str, **fields) -> TaskConfig:
 def test_a_tinyworld_task_is_its_split_with_the_trainers_transform(small_splits: None) -> None:
     spec = world_task("scenes")
     names = datasets.classnames(spec)
-    assert names == list(tinyworld.TASKS["scenes"].classnames) and datasets.templates(spec)[0] == "a centered satellite photo of {}."
+    assert names == list(tinyworld.TASKS["scenes"].classnames)
+    assert datasets.templates(spec)[0] == "a centered satellite photo of {}."
     val = datasets.load_split(spec, names, "val", to_tensor)
     image, label = val[3]
     assert len(val) == SMALL["val"] and image.shape == (3, 32, 32) and label == 3
