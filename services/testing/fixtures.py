@@ -25,7 +25,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
-    """The generator pipeline's tokenizer, as the files the project writes load it."""
+    """open_clip's tokenizer as the Hugging Face files the project writes (the stand-ins' and the tests' pipelines)."""
     directory = tmp_path_factory.mktemp("tokenizer")
     write_clip_tokenizer(directory)
     return CLIPTokenizer.from_pretrained(directory)

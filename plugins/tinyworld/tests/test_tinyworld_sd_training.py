@@ -24,10 +24,23 @@ from tinyworld.sd_training import (
     train_vae,
     vae_loss,
 )
+from tinyworld.vocabulary import BPE_FILE
+from transformers import CLIPTokenizer
+
+from gift_common.clip_tokenizer import write_clip_tokenizer
 
 TINY = TrainConfig(images=8, batch=4, vae_steps=2, unet_steps=2, warmup=1, threads=1)
 
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
+    """The tiny pipeline's tokenizer, as the files the build writes load it: the world's own words."""
+    directory = tmp_path_factory.mktemp("tokenizer")
+    write_clip_tokenizer(directory, BPE_FILE)
+    return CLIPTokenizer.from_pretrained(directory)
 
 
 def quiet(line: str) -> None:
@@ -65,11 +78,11 @@ def test_vae_steps_reduce_the_reconstruction_loss(data):
     assert loss() < 0.8 * before
 
 
-def test_unet_steps_reduce_the_denoising_loss(data, hf_tokenizer):
+def test_unet_steps_reduce_the_denoising_loss(data, world_tokenizer):
     components = untrained_components(0)
     networks = torch.nn.ModuleDict({"unet": components["unet"], "text_encoder": components["text_encoder"]})
     latents = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ids = tokenize(hf_tokenizer, [f"a photo of a {colour} thing." for colour in ["red", "blue"] * 4])
+    ids = tokenize(world_tokenizer, [f"a photo of a {colour} thing." for colour in ["red", "blue"] * 4])
 
     def loss() -> float:
         with torch.no_grad():
@@ -77,19 +90,19 @@ def test_unet_steps_reduce_the_denoising_loss(data, hf_tokenizer):
 
     before = loss()
     config = TrainConfig(batch=8, unet_steps=15, warmup=1, unet_lr=2e-3, ema_decay=0.0)
-    trained = train_unet(networks, hf_tokenizer, (latents, torch.zeros_like(latents)), data, config, log=quiet)
+    trained = train_unet(networks, world_tokenizer, (latents, torch.zeros_like(latents)), data, config, log=quiet)
     networks.load_state_dict(trained.state_dict())
     assert loss() < 0.8 * before
 
 
-def test_text_encoder_starts_as_the_clip_text_tower(clip_weights, hf_tokenizer):
+def test_text_encoder_starts_as_the_clip_text_tower(clip_weights, world_tokenizer):
     clip = create_model(clip_weights).eval()
     encoder = untrained_components(0)["text_encoder"].eval()
-    encoder.load_state_dict(clip_text_state(clip.state_dict(), hf_tokenizer.model_max_length))
+    encoder.load_state_dict(clip_text_state(clip.state_dict(), world_tokenizer.model_max_length))
     prompts = ["a photo of a red circle.", "two blue stars on grass."]
     open_clip_ids = tokenizer()(prompts)
     with torch.no_grad():
-        hidden = encoder(tokenize(hf_tokenizer, prompts)).last_hidden_state
+        hidden = encoder(tokenize(world_tokenizer, prompts)).last_hidden_state
         x = clip.token_embedding(open_clip_ids) + clip.positional_embedding
         expected = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
     for row, ids in enumerate(open_clip_ids):

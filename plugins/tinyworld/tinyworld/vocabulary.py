@@ -28,8 +28,9 @@ _PIECES = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p
 
 
 def world_texts() -> list[str]:
-    """Every prompt the world and its tasks can say: concept prompts, task prompts and every caption's words."""
-    from tinyworld.tasks import TASKS
+    """Every prompt the world can say: its concept prompts and every caption's words. The tasks' own template words
+    ("texture", "satellite") are not among them: pre-training never sees them, so they tokenize into pieces, as a
+    word a CLIP never read would."""
     from tinyworld.world import (
         _POSITION_WORDS,
         CONCEPT_NAMES,
@@ -42,7 +43,6 @@ def world_texts() -> list[str]:
     )
 
     texts = [template.format(name) for template in CONCEPT_TEMPLATES for name in CONCEPT_NAMES]
-    texts += [template.format(c) for task in TASKS.values() for template in task.templates for c in task.classnames]
     texts += list(PREFIXES) + list(_POSITION_WORDS.values())
     backgrounds = (*FAMILIES["background"], "red")  # scenes, and a plain colour ("on a red background")
     for kind in (*FIGURES, "pattern", "thing"):
