@@ -43,6 +43,7 @@ METHODS: dict[str, Method] = {
     "gift_no_distill": Method("GIFT w/o distillation", "gift_no_distill"),
     "gift_no_ita": Method("GIFT w/o ITA", "gift_no_ita"),
     "gift_no_awc": Method("GIFT w/o AWC", "gift_no_awc"),
+    "gift_distill_only": Method("GIFT, distillation alone", "replay_distill"),  # the paper's first ablation row
 }
 # Diagnostics, run on request: GIFT's whole loss on real world images isolates what the synthetic images cost.
 DIAGNOSTICS: dict[str, Method] = {"gift_real": Method("GIFT on real images", "gift", "tinyworld")}
