@@ -83,8 +83,8 @@ def choose(
         if distributed.is_main():
             store.save(key, embeddings, confidence)
     else:
-        embeddings, confidence = stored
-        embeddings = CachedTeacher(embeddings.images.to(how.device), embeddings.texts.to(how.device))
+        read, confidence = stored
+        embeddings = CachedTeacher(read.images.to(how.device), read.texts.to(how.device))
     confidence = confidence.to(how.device)
     distributed.broadcast_(confidence)
     kept = selected(confidence.cpu(), rule)
