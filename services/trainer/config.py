@@ -158,6 +158,30 @@ class TaskConfig(Strict):
         return self.name if self.name is not None else SOURCES.get(self.dataset.type).label(self.dataset)
 
 
+class FilterConfig(Strict):
+    """The pairs of each set that replay: those the task's teacher (the model the task starts from) gives the highest
+    probability for their own prompt among the prompt pool P_t (METHOD.md); one rule, a share or a probability."""
+
+    keep: float | None = Field(
+        default=None, gt=0, le=1, description="the share of each set kept, its most confident pairs (e.g. 0.5)"
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="keep the pairs whose own prompt has at least this probability"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FilterConfig:
+        if (self.keep is None) == (self.threshold is None):
+            which = "not both" if self.keep is not None else "one of them"
+            raise ValueError(f"give keep (a share of the pairs, e.g. 0.5) or threshold (the least probability of a "
+                             f"pair's own prompt, e.g. 0.3), {which}")  # fmt: skip
+        return self
+
+    def count(self, pairs: int) -> int | None:
+        """How many of a set's `pairs` the keep rule keeps; None under a threshold (it depends on the teacher)."""
+        return None if self.keep is None else max(1, round(self.keep * pairs))
+
+
 class SyntheticConfig(Strict):
     """The synthetic set S_t of every task (METHOD.md) and how the generator makes it."""
 
@@ -182,6 +206,9 @@ class SyntheticConfig(Strict):
     generator_url: str | None = Field(default=None, description="None = GIFT_GENERATOR_URL")
     timeout: Positive | None = Field(default=None, description="seconds to wait for one set; None = no limit")
     cache_dir: ConfigPath | None = Field(default=None, description="None = $GIFT_HOME/synthetic")
+    filter: FilterConfig | None = Field(
+        default=None, description="replay only the pairs the teacher recognises best (below); None = every pair"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -273,6 +300,17 @@ class RunConfig(Strict):
         if repeated:
             raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)} (set 'name')")
         return tasks
+
+    @model_validator(mode="after")
+    def _filter_keeps_a_batch(self) -> RunConfig:
+        """A kept set must fill the replay batch; under a threshold that is known only when the task starts."""
+        rule, size = self.synthetic.filter, self.synthetic.size
+        kept = None if rule is None else rule.count(size)
+        for index, task in enumerate(self.tasks):
+            if kept is not None and kept < (batch := self.schedule(task)["batch_size"]):
+                raise ValueError(f"synthetic.filter.keep keeps {kept} of the {size} pairs of a set, fewer than the "
+                                 f"replay batch of tasks[{index}] ({batch}); raise keep or synthetic.size")  # fmt: skip
+        return self
 
     def schedule(self, task: TaskConfig) -> dict[str, Any]:
         """The task's lr, iterations, warm-up and batch size: its own where set, else the training defaults."""

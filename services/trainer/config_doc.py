@@ -9,10 +9,11 @@ made in the environment `make setup` builds). A unit test renders the page and c
 
 from __future__ import annotations
 
+import inspect
 import json
 import textwrap
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -65,22 +66,31 @@ def render() -> str:
     for name, field in RunConfig.model_fields.items():
         model = _model_of(field.annotation)
         if model is not None:
-            sections.append(_section(f"`{name}`", model, name))
+            sections += _sections(name, model)
     sections += [_presets(), _dataset_types(), _registered()]
     return "\n".join(sections)
 
 
+def _sections(path: str, model: type[BaseModel]) -> list[str]:
+    """A section's table, then a table for each mapping within it (`synthetic.filter`)."""
+    tables = [_section(f"`{path}`", model, path)]
+    for name, field in model.model_fields.items():
+        if (inner := _model_of(field.annotation)) is not None:
+            tables += [table.replace("## ", "### ", 1) for table in _sections(f"{path}.{name}", inner)]
+    return tables
+
+
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The section model a field holds, directly or as a list's items (`tasks`)."""
-    inner = getattr(annotation, "__args__", (annotation,))[0] if hasattr(annotation, "__origin__") else annotation
-    if isinstance(inner, type) and issubclass(inner, BaseModel) and inner is not BaseModel:
-        return inner
+    """The section model a field holds: directly, as a list's items (`tasks`), or as an optional value."""
+    for inner in (annotation, *get_args(annotation)):
+        if isinstance(inner, type) and not get_args(inner) and issubclass(inner, BaseModel) and inner is not BaseModel:
+            return inner
     return None
 
 
 def _section(title: str, model: type[BaseModel], prefix: str) -> str:
     path = f"{prefix}[]" if prefix == "tasks" else prefix
-    doc = (model.__doc__ or "").strip()
+    doc = inspect.cleandoc(model.__doc__ or "")
     intro = f"{doc}\n\n" if doc and not doc.startswith(("A base class", "Usage docs")) else ""
     rows = [_row(name, prop, model, path) for name, prop in model.model_json_schema()["properties"].items()]
     table = "| key | type and rule | default | what it sets |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
@@ -92,8 +102,10 @@ def _row(name: str, prop: dict[str, Any], model: type[BaseModel], path: str) -> 
     key = f"`{path}.{name}`" if path else f"`{name}`"
     if _model_of(field.annotation) is not None:
         kind = "list of mappings, below" if prop.get("type") == "array" else "mapping, below"
-        kind += "".join(_rules(prop))
+        kind += "".join(_rules(prop)) + (" (or null)" if {"type": "null"} in prop.get("anyOf", []) else "")
         default = "required" if field.is_required() else "its keys' defaults"
+        if not field.is_required() and field.get_default() is None:
+            default = "`null`"
     else:
         kind = _type(prop) + "".join(_rules(prop))
         default = "required" if field.is_required() else _value(field.get_default(call_default_factory=True))

@@ -46,11 +46,13 @@ class ReplaySet:
     """The replay pairs of one task, from the generator or from real images alike.
 
     `batches` is the training stream (re-iterated when exhausted, e.g. a shuffled DataLoader); `ordered` yields
-    every pair once and is read a single time per task to fill the teacher's embedding cache.
+    every pair once and is read a single time per task to fill the teacher's embedding cache, unless `teacher`
+    holds that cache already (synthetic.filter computed it to choose the pairs).
     """
 
     batches: Iterable[Sequence[Tensor]]
     ordered: Iterable[Sequence[Tensor]]
+    teacher: CachedTeacher | None = None
 
 
 @dataclass
@@ -88,15 +90,21 @@ class CachedTeacher:
 
     Exact because the teacher is frozen and replay images are not augmented: a pair always gives the same input.
     The forward passes run in the task's precision; the cache holds fp32, as a forward every step would give.
+    Row i of `images` and `texts` is pair i's.
     """
 
-    def __init__(
-        self,
+    def __init__(self, images: Tensor, texts: Tensor) -> None:
+        self.images, self.texts = images, texts
+
+    @classmethod
+    def compute(
+        cls,
         teacher: nn.Module,
         ordered: Iterable[Sequence[Tensor]],
         device: torch.device | str,
         precision: Precision = FP32,
-    ) -> None:
+    ) -> CachedTeacher:
+        """One pass of the teacher over every pair."""
         index, images, texts = [], [], []
         for raw in ordered:
             batch = ReplayBatch(*raw).to(device)
@@ -104,8 +112,11 @@ class CachedTeacher:
             index.append(batch.index)
             images.append(image_emb)
             texts.append(text_emb)
-        self.images = _table(torch.cat(index), torch.cat(images))
-        self.texts = _table(torch.cat(index), torch.cat(texts))
+        return cls(_table(torch.cat(index), torch.cat(images)), _table(torch.cat(index), torch.cat(texts)))
+
+    def subset(self, indices: Tensor) -> CachedTeacher:
+        """The cache of the pairs at `indices`, renumbered 0..len(indices)−1 in that order."""
+        return CachedTeacher(self.images[indices], self.texts[indices])
 
     def __call__(self, batch: ReplayBatch) -> tuple[Tensor, Tensor]:
         return self.images[batch.index], self.texts[batch.index]
@@ -149,7 +160,9 @@ class TaskState:
             return partial(teacher_forward, self.previous, precision=self.precision)
         if self.task.replay is None:
             raise ValueError(f"task {self.task.name!r} has no replay set")
-        return CachedTeacher(self.previous, self.task.replay.ordered, self.device, self.precision)
+        if self.task.replay.teacher is not None:
+            return self.task.replay.teacher
+        return CachedTeacher.compute(self.previous, self.task.replay.ordered, self.device, self.precision)
 
     @cached_property
     def teacher_class_embeddings(self) -> Tensor:

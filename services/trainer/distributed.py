@@ -95,6 +95,12 @@ def total(values: Iterable[int | float], device: torch.device | str) -> list[flo
     return summed.tolist()
 
 
+def broadcast_(tensor: Tensor) -> None:
+    """Process 0's tensor, in place, on every process: a choice all must make alike (synthetic.filter's pairs)."""
+    if active():
+        dist.broadcast(tensor, src=0)
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
     """Start every process from process 0's weights, as DDP does."""
     if active():

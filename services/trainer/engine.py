@@ -44,6 +44,11 @@ def forever(batches: Iterable[Sequence[Tensor]]) -> Iterator[Sequence[Tensor]]:
             raise ValueError("a training stream yielded no batch")
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of the model that never trains: a task's teacher and weight anchor."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
 class Engine:
     """Trains one model through a sequence of tasks with one method; its state is a checkpointable dict."""
 
@@ -78,7 +83,7 @@ class Engine:
         """Freeze θ_{t−1} (teacher and anchor), make a fresh optimiser and schedule, open the data streams."""
         if task.replay is None and any(term.phase == "replay" for term in self.terms):
             raise ValueError(f"task {task.name!r} has no replay set, and the method needs one")
-        previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+        previous = frozen_copy(self.model)
         self.state = TaskState(task, self.model, previous, self.teacher_mode, self.device, self.precision)
         self.optimizer = torch.optim.AdamW(
             self.state.params.values(), lr=task.lr, betas=self.betas, weight_decay=self.weight_decay, fused=True
@@ -90,6 +95,14 @@ class Engine:
             self._resume = None
         self._train = forever(entered(task.train, self.step_in_task))
         self._replay = None if task.replay is None else forever(entered(task.replay.batches, self.step_in_task))
+
+    def next_teacher(self) -> nn.Module:
+        """θ_{t−1} of the task `begin_task` starts next, frozen: the model now, or the teacher a checkpoint taken
+        within that task saved (the model has trained since)."""
+        teacher = frozen_copy(self.model)
+        if self._resume is not None:
+            teacher.load_state_dict(self._resume["previous"])
+        return teacher
 
     def compute_gradients(self, images: Tensor, labels: Tensor, replay: ReplayBatch | None = None) -> StepLog:
         """Fill `.grad` with ∇(replay terms) + ∇(task terms), in two backward passes; returns the weighted terms.

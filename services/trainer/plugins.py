@@ -81,6 +81,9 @@ class ReplaySets(Protocol):
     def images(self, task: str) -> Sequence[Path] | np.ndarray:
         """PNG files, or (N, H, W, 3) uint8 images, in prompt order (waits while a set is being made)."""
 
+    def replaced(self, task: str) -> int | None:
+        """Images of the set a safety checker had drawn again (metrics.json); None where that does not apply."""
+
     def close(self) -> None: ...
 
 

@@ -45,6 +45,7 @@ class Results:
     probe_zero_shot: dict[str, float] | None = None
     stand_ins: list[str] = field(default_factory=list)  # stand-in weights the run used (gift_common.stand_in)
     weights: str | None = None  # set: one model measured (`gift eval`), its single row no matrix
+    synthetic: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: its replay set (runner._replay)
 
 
 def summary(results: Results) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def summary(results: Results) -> dict[str, Any]:
         "pretraining_families": probe,
         "pretraining_zero_shot": _mean(results.probe_zero_shot) if results.probe_zero_shot else None,
         "pretraining_zero_shot_families": results.probe_zero_shot,
+        "synthetic": results.synthetic,
     }
 
 

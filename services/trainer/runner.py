@@ -29,7 +29,7 @@ from tqdm import tqdm
 from gift_common.errors import UserError
 from gift_common.files import atomic_file, atomic_write, remove_orphans
 from gift_common.stand_in import is_stand_in
-from services.trainer import datasets, distributed, reports
+from services.trainer import datasets, distributed, filtering, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
@@ -38,7 +38,7 @@ from services.trainer.models import create_model, create_tokenizer, image_transf
 from services.trainer.plugins import Probe, ReplaySets
 from services.trainer.registries import METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
-from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
+from services.trainer.synthetic import SyntheticPairs, concept_names, default_cache_dir, prompt_pool, set_request
 from services.trainer.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
@@ -106,6 +106,7 @@ class Runner:
         self.needs_replay = any(term.phase == "replay" for term in self.engine.terms)
         self.probe = self._load_probe()
         self.results = self._empty_results()
+        self.pools: dict[str, list[str]] = {}  # P_t of each task still to train
         self.log: list[StepLog] = []
         self._log_file: TextIO | None = None
         self.tracker: Tracker | None = None
@@ -217,7 +218,7 @@ class Runner:
         requests = {}
         for index in range(self.engine.tasks_done, len(self.tasks)):
             previous = [(t.classnames, t.templates[0]) for t in self.tasks[:index]]
-            pool = prompt_pool(concepts, settings.concept_template, previous)
+            self.pools[self.tasks[index].name] = pool = prompt_pool(concepts, settings.concept_template, previous)
             requests[self.tasks[index].name] = set_request(pool, settings, index)
         return REPLAY_SOURCES.get(settings.source)(requests, settings)
 
@@ -242,11 +243,32 @@ class Runner:
         pairs = SyntheticPairs(images, self.tokenizer(prompts), self.eval_transform)
         if self.tracker is not None:
             self.tracker.samples(name, index, images, prompts)
+        self.results.synthetic[name] = {"pairs": len(pairs), "replaced": synthetic.replaced(name)}
+        teacher = None
+        if self.config.synthetic.filter is not None:
+            choice = self._filter(name, pairs, batch_size)
+            self.results.synthetic[name] |= choice.summary()
+            pairs, teacher = pairs.subset(choice.kept.tolist()), choice.teacher
         workers = self.config.training.num_workers
         return ReplaySet(
             batches=self._stream(pairs, batch_size, (self.config.seed, index, 1)),
             ordered=in_order(pairs, batch_size, workers, pin_memory=self._pin_memory),
+            teacher=teacher,
         )
+
+    def _filter(self, name: str, pairs: SyntheticPairs, batch_size: int) -> filtering.Choice:
+        """synthetic.filter's pairs of the task's set, as the task's teacher scores them against the set's pool."""
+        settings, teacher = self.config.synthetic, self.engine.next_teacher()
+        assert settings.filter is not None
+        pool = self.tokenizer(self.pools[name])
+        key = filtering.pass_key(teacher, pairs, pool, self.config.model.architecture, self.config.training.precision)
+        how = filtering.Pass(self.device, self.engine.precision, batch_size, self.config.training.num_workers,
+                             self._pin_memory)  # fmt: skip
+        store = filtering.TeacherStore(default_cache_dir(settings))
+        choice = filtering.choose(teacher, pairs, pool, settings.filter, store, key, how)
+        if len(choice.kept) < batch_size:
+            raise filtering.too_few(name, len(choice.kept), len(pairs), batch_size)
+        return choice
 
     def _stream(self, dataset: Dataset, batch_size: int, seed: tuple[int, ...]) -> BatchStream:
         return BatchStream(

@@ -131,11 +131,18 @@ class SetCache:
             raise IntegrityError(sha256, actual)
         atomic_write(self.image_path(sha256), png)
 
-    def store(self, request: JobRequest, shas: Sequence[str]) -> list[Path]:
-        """Record the set once all of its images are stored; returns their paths."""
-        body = {"request": request.model_dump(mode="json", exclude_none=True), "images": list(shas)}
+    def store(self, request: JobRequest, shas: Sequence[str], replaced: int) -> list[Path]:
+        """Record the set once all of its images are stored, with the number of images the generator's safety
+        checker had it draw again (the job's `replaced`); returns their paths."""
+        body = {"request": request.model_dump(mode="json", exclude_none=True), "images": list(shas),
+                "replaced": replaced}  # fmt: skip
         atomic_write(self.manifest_path(request), json.dumps(body).encode())
         return [self.image_path(sha) for sha in shas]
+
+    def replaced(self, request: JobRequest) -> int | None:
+        """The stored set's `replaced`; None for a set stored before the count was kept."""
+        count = json.loads(self.manifest_path(request).read_text()).get("replaced")
+        return None if count is None else int(count)
 
     def _intact(self, path: Path) -> bool:
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == path.stem:
@@ -156,7 +163,7 @@ def download_set(client: GeneratorClient, cache: SetCache, request: JobRequest, 
             received = store_archive(cache, shas, ChunkReader(chunks))
         if received < len(shas):
             raise GeneratorError(f"the archive of job {job.id} ended after {received} of its {len(shas)} images")
-    return cache.store(request, shas)
+    return cache.store(request, shas, job.replaced)
 
 
 def store_archive(cache: SetCache, shas: Sequence[str], tar_file: BinaryIO) -> int:
@@ -243,6 +250,12 @@ class SyntheticSets:
             ) from None
         except (GeneratorError, TimeoutError) as error:
             raise UserError(f"synthetic set of task {task}: {error}") from None
+
+    def replaced(self, task: str) -> int | None:
+        """The images of the task's set that the safety checker blacked out and the generator drew again, as the
+        set's job reported them (images its cache served count 0); None for a set stored before they were counted."""
+        self.paths(task)
+        return self.cache.replaced(self.requests[task])
 
     def close(self) -> None:
         """Stop asking for sets; a wait in progress ends within one long-poll (LONG_POLL_SECONDS)."""
@@ -339,6 +352,12 @@ class SyntheticPairs(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, indices: Sequence[int]) -> SyntheticPairs:
+        """The pairs at `indices`, renumbered 0..len(indices)−1 in that order (synthetic.filter's kept pairs)."""
+        chosen = list(indices)
+        images = self.images[chosen] if isinstance(self.images, np.ndarray) else [self.images[i] for i in chosen]
+        return SyntheticPairs(images, self.tokens[chosen], self.transform)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         item = self.images[index]

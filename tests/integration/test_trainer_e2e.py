@@ -113,6 +113,8 @@ def test_a_run_writes_every_output(folder: Path) -> None:
     assert all(0 <= value <= 100 for row in metrics["accuracy"] for value in row)
     for key in ("Transfer", "Avg", "Last", "Forget"):
         assert isinstance(metrics[key], float)
+    sets = {"pairs": SYNTHETIC, "replaced": 0}  # as the jobs reported: the test pipeline has no safety checker
+    assert metrics["synthetic"] == {"colors": sets, "more colors": sets}
     table = (out / "results.md").read_text()
     assert "| colors |" in table and "| Transfer | Avg | Last | Forget |" in table
     for image in ("accuracy_matrix.png", "losses.png"):
@@ -138,6 +140,7 @@ def test_synthetic_sets_follow_the_pools(folder: Path) -> None:
     assert not earlier_classes & set(first["request"]["prompts"])
     assert all(p.startswith("a photo of a ") for p in second["request"]["prompts"])  # task 2's own classes never
     assert second["request"]["seed"] == SYNTHETIC and second["request"]["num_inference_steps"] == 4
+    assert first["replaced"] == second["replaced"] == 0  # the jobs' safety-checker redraws, kept with each set
     cache = SetCache(folder / "synthetic-cache")
     assert all(cache.image_path(sha).is_file() for m in manifests for sha in m["images"])
 

@@ -73,7 +73,7 @@ def test_configuration_page_is_the_schema_rendered() -> None:
 
 
 def test_configuration_page_names_every_key_of_every_section() -> None:
-    from services.trainer.config import RunConfig
+    from services.trainer.config import FilterConfig, RunConfig
     from services.trainer.config_doc import render
 
     page = render()
@@ -82,3 +82,5 @@ def test_configuration_page_names_every_key_of_every_section() -> None:
         model = field.annotation.__args__[0] if section == "tasks" else field.annotation
         for key in getattr(model, "model_fields", {}):
             assert f"| `{section}{'[]' if section == 'tasks' else ''}.{key}` |" in page, (section, key)
+    for key in FilterConfig.model_fields:  # a mapping within a section has its own table
+        assert f"| `synthetic.filter.{key}` |" in page, key

@@ -158,10 +158,27 @@ def test_cached_teacher_encodes_each_replay_image_once_per_task(base_model: nn.M
     assert encoded == [5, 3]
 
 
+def test_a_replay_set_that_brings_the_teachers_cache_is_not_encoded_again(base_model: nn.Module, tokenizer) -> None:
+    """synthetic.filter's pass computed the teacher's embeddings already: the engine uses them, to the same losses."""
+    task = make_task(tokenizer)
+    assert task.replay is not None
+    given = CachedTeacher.compute(copy.deepcopy(base_model).eval(), task.replay.ordered, "cpu")
+    brought = make_task(tokenizer)
+    brought.replay = ReplaySet(brought.replay.batches, ordered=[], teacher=given)  # type: ignore[union-attr]
+    engine, encoded = make_engine(base_model), []
+    engine.begin_task(brought)
+    encode = engine.state.previous.encode_image
+    engine.state.previous.encode_image = lambda images, **kw: encoded.append(len(images)) or encode(images, **kw)
+    logs = [engine.step() for _ in range(3)]
+    assert encoded == []
+    for log, reference in zip(logs, make_engine(base_model).train_task(task), strict=True):
+        assert log == pytest.approx(reference, rel=1e-12)  # another copy of the weights: the last bit may differ
+
+
 def test_cache_needs_every_index_once(base_model: nn.Module, tokenizer) -> None:
     tokens = tokenizer(REPLAY_PROMPTS[:2])
     with pytest.raises(ValueError, match="exactly once"):
-        CachedTeacher(base_model, [(torch.zeros(2, 3, 32, 32), tokens, torch.tensor([0, 2]))], "cpu")
+        CachedTeacher.compute(base_model, [(torch.zeros(2, 3, 32, 32), tokens, torch.tensor([0, 2]))], "cpu")
 
 
 def test_logit_scale_stays_frozen(base_model: nn.Module, tokenizer) -> None:

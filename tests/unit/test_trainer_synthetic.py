@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ class FakeGenerator:
         self.store: dict[str, bytes] = {}
         self.jobs: dict[str, JobRequest] = {}
         self.archives = list(archives)
+        self.replaced = 0  # what every job reports of its safety checker's redraws
 
     def submit(self, request: JobRequest) -> JobStatus:
         self._record("submit")
@@ -89,7 +91,7 @@ class FakeGenerator:
             )
         now = datetime.now(UTC)
         return JobStatus(id=job_id, status="succeeded", total=len(images), done=len(images), cached=0,
-                         created_at=now, finished_at=now, images=images)  # fmt: skip
+                         replaced=self.replaced, created_at=now, finished_at=now, images=images)  # fmt: skip
 
 
 def unreachable() -> FakeGenerator:
@@ -200,3 +202,21 @@ def test_pairs_are_images_tokens_and_indices(tmp_path: Path) -> None:
     pairs = SyntheticPairs(paths, tokens, lambda image: torch.tensor(image.size))
     image, token, index = pairs[4]
     assert image.tolist() == [8, 8] and torch.equal(token, tokens[4]) and index == 4
+
+
+def test_a_sets_redrawn_images_are_counted_and_kept_with_the_set(tmp_path: Path) -> None:
+    generator = FakeGenerator()
+    generator.replaced = 2
+    sets = SyntheticSets(requests(), SetCache(tmp_path), lambda: generator)
+    assert (sets.replaced("one"), sets.replaced("two")) == (2, 2)
+    sets.close()
+    cached = SyntheticSets(requests(), SetCache(tmp_path), unreachable)  # read from the cache: the count too
+    assert cached.replaced("two") == 2
+    cached.close()
+    manifest = SetCache(tmp_path).manifest_path(requests()["one"])
+    body = json.loads(manifest.read_text())
+    del body["replaced"]
+    manifest.write_text(json.dumps(body))  # as a set stored before the count was kept
+    older = SyntheticSets(requests(), SetCache(tmp_path), unreachable)
+    assert older.replaced("one") is None and len(older.paths("one")) == 6
+    older.close()

@@ -108,6 +108,9 @@ class WorldSets:
         seed, start = self.settings.seed, request.seed
         return np.stack([conditioned_pair(shown, start + i, seed=seed).image for i, shown in enumerate(facts)])
 
+    def replaced(self, task: str) -> None:
+        """World images are never redrawn: no safety checker looks at them."""
+
     def close(self) -> None:
         pass
 
