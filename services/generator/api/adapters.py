@@ -39,10 +39,7 @@ class AdapterService:
         self, data: bytes, model: str, tenant: str, *, shared: bool, name: str | None
     ) -> tuple[AdapterInfo, bool]:
         """Check and keep an adapter of ``model``; returns it and whether it is new (the same file uploaded again
-        into the same scope is the same adapter)."""
-        if len(data) > self.settings.max_adapter_bytes:
-            raise JobError(413, f"the file: {len(data)} bytes; the limit is {self.settings.max_adapter_bytes} "
-                                "(GIFT_MAX_ADAPTER_BYTES)")  # fmt: skip
+        into the same scope is the same adapter). The body limit (GIFT_MAX_ADAPTER_BYTES) was applied before."""
         layers = await self._layers(model)
         try:
             checked = await asyncio.to_thread(adapter_files.check, data, layers, model, self.settings.max_adapter_rank)
