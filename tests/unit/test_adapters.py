@@ -162,7 +162,7 @@ def test_evicting_the_active_adapter_of_a_model_returns_it_to_the_base(tmp_path)
 
 def test_a_deleted_adapter_is_gone_and_a_failed_load_leaves_nothing(tmp_path):
     cache, model = _cache(tmp_path, files={}), _model()
-    with pytest.raises(AdapterGone, match="was deleted after the job was queued"):
+    with pytest.raises(AdapterGone, match="was deleted while the job was queued"):
         cache.activate(model, "a", 1.0)
 
     def broken(path: str, adapter_name: str) -> None:

@@ -28,6 +28,11 @@ class AdapterGone(Exception):
     """The adapter's file is no longer stored: it was deleted after its jobs were queued."""
 
 
+def deleted(adapter: str) -> str:
+    """Why a job whose adapter was deleted failed: the error its tenant reads."""
+    return f"adapter {adapter} was deleted while the job was queued"
+
+
 @dataclass(frozen=True)
 class Switch:
     """What preparing a pipeline call's adapter took: a load (a cache miss), and the seconds of a change."""
@@ -79,7 +84,7 @@ class AdapterCache:
     def _load(self, model: LoadedModel, adapter: str) -> None:
         data = self.fetch(adapter)
         if data is None:
-            raise AdapterGone(f"adapter {adapter} was deleted after the job was queued")
+            raise AdapterGone(deleted(adapter))
         self._make_room(model.name, len(data))
         path = self.directory / f"{adapter}.safetensors"
         atomic_write(path, data)

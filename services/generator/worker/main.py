@@ -36,7 +36,7 @@ from services.generator import logs, tracing
 from services.generator.blobs import open_blob_store, sweep
 from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
-from services.generator.worker.adapters import AdapterCache, AdapterGone
+from services.generator.worker.adapters import AdapterCache, AdapterGone, deleted
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
 
@@ -297,8 +297,7 @@ class Worker:
         if users == tenants:
             return batch
         for job_id in sorted({task.job_id for task in batch if task.tenant not in users}):
-            reason = f"adapter {adapter} was deleted while the job was queued"
-            self._until_redis_answers(partial(self.queue.fail_job, job_id, reason))
+            self._until_redis_answers(partial(self.queue.fail_job, job_id, deleted(adapter)))
             self._forget(job_id)
         return [task for task in batch if task.tenant in users]
 

@@ -314,6 +314,8 @@ class WorkerQueue:
         return None
 
     def observe_adapter(self, loaded: bool, hit: bool, seconds: float | None) -> None:
+        if not (loaded or hit or seconds is not None):
+            return  # a call on the base model that was on it already: nothing to count
         with self.redis.pipeline(transaction=False) as pipe:
             if loaded:
                 pipe.hincrby(*stats.counter_increment("adapter_loads"))
