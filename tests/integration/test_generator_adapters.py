@@ -146,18 +146,19 @@ def test_an_unknown_model_or_adapter_is_refused(stack, unet):
 
 
 def test_tenants_see_their_own_and_the_shared_adapters_only(stack, unet):
-    own = _upload(stack, ALICE, lora_file(unet, rank=2, seed=4)).json()["id"]
-    shared = _upload(stack, ALICE, lora_file(unet, rank=2, seed=5), shared="true").json()["id"]
-    for method in ("GET", "DELETE"):
-        answer = _call(stack, method, f"/v1/adapters/{own}", BOB)
-        assert answer.status_code == 404 and "not found" in answer.json()["detail"]
-    _refused(stack, JobRequest(**DRAW, adapter=own))
-    assert _call(stack, "GET", f"/v1/adapters/{shared}", BOB).json()["shared"] is True
-    assert shared in [adapter["id"] for adapter in _call(stack, "GET", "/v1/adapters", BOB).json()]
-    assert _draw(stack, BOB, adapter=shared).shape == (32, 32, 3)
-    assert _call(stack, "DELETE", f"/v1/adapters/{shared}", BOB).status_code == 403
-    assert _call(stack, "DELETE", f"/v1/adapters/{own}", ALICE).status_code == 200
-    assert _call(stack, "GET", f"/v1/adapters/{own}", ALICE).status_code == 404
+    with GeneratorClient(stack.api_url, ALICE) as alice, GeneratorClient(stack.api_url, BOB) as bob:
+        own = alice.upload_adapter(lora_file(unet, rank=2, seed=4), name="alice's own").id
+        shared = alice.upload_adapter(lora_file(unet, rank=2, seed=5), model="tinyworld", shared=True).id
+        for method in ("GET", "DELETE"):
+            answer = _call(stack, method, f"/v1/adapters/{own}", BOB)
+            assert answer.status_code == 404 and "not found" in answer.json()["detail"]
+        _refused(stack, JobRequest(**DRAW, adapter=own))
+        assert [(adapter.id, adapter.shared) for adapter in bob.adapters()] == [(shared, True)]
+        assert _draw(stack, BOB, adapter=shared).shape == (32, 32, 3)
+        assert _call(stack, "DELETE", f"/v1/adapters/{shared}", BOB).status_code == 403
+        assert alice.delete_adapter(own).name == "alice's own"
+        assert own not in [adapter.id for adapter in alice.adapters()]
+        assert _call(stack, "GET", f"/v1/adapters/{own}", ALICE).status_code == 404
 
 
 def test_deleting_an_adapter_fails_its_queued_jobs_and_nothing_else(stack, unet):
