@@ -65,6 +65,15 @@ def test_half_a_layer_or_integer_weights_are_refused():
     assert check(save({"unet.a.lora_A.weight": down, "unet.a.lora_B.weight": up}), layers, "m", 8).rank == 2
 
 
+def test_a_convolution_takes_its_kernel_in_the_down_weight():
+    layers = {"unet.conv": [8, 4, 3, 3]}
+    down, up = np.zeros((2, 4, 3, 3), np.float32), np.zeros((8, 2, 1, 1), np.float32)
+    assert check(save({"unet.conv.lora_A.weight": down, "unet.conv.lora_B.weight": up}), layers, "m", 8).rank == 2
+    flat = save({"unet.conv.lora_A.weight": down[:, :, :1, :1], "unet.conv.lora_B.weight": up})
+    with pytest.raises(AdapterRejected, match=r"expected \[2, 4, 3, 3\] and \[8, 2, 1, 1\] for rank 2"):
+        check(flat, layers, "m", 8)
+
+
 def test_the_key_without_an_adapter_is_the_key_before_adapters():
     before = "fcd8e4099d28a144468839cb7439c65e731d8f6c7d1a583ba1a088f39aedea6c"  # image_key as of e853180
     base = dict(model_fingerprint="f", prompt="a red circle", negative_prompt=None, seed=1, num_inference_steps=25,
