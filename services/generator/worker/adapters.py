@@ -14,13 +14,13 @@ not built yet: a worker with a compiled UNet loads adapters as above and recompi
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gift_common.files import atomic_write
 from services.generator.worker.synthesis import LoadedModel
 
 
@@ -86,15 +86,16 @@ class AdapterCache:
         if data is None:
             raise AdapterGone(deleted(adapter))
         self._make_room(model.name, len(data))
-        path = self.directory / f"{adapter}.safetensors"
-        atomic_write(path, data)
-        try:
-            model.pipeline.load_lora_weights(str(path), adapter_name=adapter_name(adapter))
-        except Exception:
-            self._unload(model, adapter)  # whatever layers it got before failing must not stay in the pipeline
-            raise
-        finally:
-            path.unlink(missing_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # this process's own file, gone once loaded: workers sharing GIFT_HOME never read each other's
+        with tempfile.NamedTemporaryFile(dir=self.directory, prefix=f".{adapter[:16]}.", suffix=".safetensors") as file:
+            file.write(data)
+            file.flush()
+            try:
+                model.pipeline.load_lora_weights(file.name, adapter_name=adapter_name(adapter))
+            except Exception:
+                self._unload(model, adapter)  # whatever layers it got before failing must not stay in the pipeline
+                raise
         self._loaded[(model.name, adapter)] = (model, len(data))
 
     def _make_room(self, model: str, size: int) -> None:

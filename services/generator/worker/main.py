@@ -75,9 +75,8 @@ class Worker:
         self.queue.profile = {"models": sorted(models), "device": device_of(models), "batch_size": self.batch_size}
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
-        staging = settings.home / "adapters" / self.consumer
         self.adapters = AdapterCache(
-            self._adapter_file, staging, settings.adapter_cache_count, settings.adapter_cache_bytes
+            self._adapter_file, settings.home / "adapters", settings.adapter_cache_count, settings.adapter_cache_bytes
         )
         self.stopping = threading.Event()
         self.interrupted = False  # stopped by Ctrl-C, not SIGTERM
