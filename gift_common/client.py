@@ -32,7 +32,16 @@ from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from gift_common.errors import UserError
-from gift_common.schemas import ImageInfo, JobPage, JobRequest, JobState, JobStatus, ModelInfo, WorkerInfo
+from gift_common.schemas import (
+    AdapterInfo,
+    ImageInfo,
+    JobPage,
+    JobRequest,
+    JobState,
+    JobStatus,
+    ModelInfo,
+    WorkerInfo,
+)
 from gift_common.settings import HTTP_SCHEMES, ClientSettings, checked_url, load
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -149,6 +158,7 @@ class _Send:
     json: Any = None
     stream: bool = False  # a 2xx answer comes back with its body unread, for the caller to stream and close
     headers: dict[str, str] | None = None
+    content: bytes | None = None  # a raw body (an adapter's file), sent instead of ``json``
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,8 @@ _JOB_STATUS = TypeAdapter(JobStatus)
 _MODELS = TypeAdapter(list[ModelInfo])
 _JOB_PAGE = TypeAdapter(JobPage)
 _WORKERS = TypeAdapter(list[WorkerInfo])
+_ADAPTER = TypeAdapter(AdapterInfo)
+_ADAPTERS = TypeAdapter(list[AdapterInfo])
 
 
 class _Protocol:
@@ -239,6 +251,22 @@ class _Protocol:
         response = yield from self._exchange("GET", "/v1/workers")
         return _parse(_WORKERS, response)
 
+    def upload_adapter(self, data: bytes, model: str | None, shared: bool, name: str | None) -> _Op[AdapterInfo]:
+        """Retried like any request: the same file uploaded twice is the same adapter (its id is its SHA-256)."""
+        params = {"model": model, "shared": str(shared).lower(), "name": name}
+        given = {key: value for key, value in params.items() if value is not None}
+        headers = {"Content-Type": "application/octet-stream"}
+        response = yield from self._exchange("POST", "/v1/adapters", params=given, content=data, headers=headers)
+        return _parse(_ADAPTER, response)
+
+    def adapters(self) -> _Op[list[AdapterInfo]]:
+        response = yield from self._exchange("GET", "/v1/adapters")
+        return _parse(_ADAPTERS, response)
+
+    def delete_adapter(self, adapter_id: str) -> _Op[AdapterInfo]:
+        response = yield from self._exchange("DELETE", f"/v1/adapters/{adapter_id}")
+        return _parse(_ADAPTER, response)
+
     def image(self, sha256: str) -> _Op[bytes]:
         response = yield from self._exchange("GET", f"/v1/images/{sha256}")
         actual = hashlib.sha256(response.content).hexdigest()
@@ -278,9 +306,11 @@ class _Protocol:
         headers: dict[str, str] | None = None,
         extra_timeout: float = 0.0,
         stream: bool = False,
+        content: bytes | None = None,
     ) -> _Op[httpx.Response]:
         """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
-        send = _Send(method, self.base_url + path, self.timeout + extra_timeout, params, json, stream, headers)
+        url, timeout = self.base_url + path, self.timeout + extra_timeout
+        send = _Send(method, url, timeout, params, json, stream, headers, content)
         error: httpx.TransportError | None
         for attempt in range(self.retries + 1):
             try:
@@ -551,6 +581,20 @@ class GeneratorClient(_ClientBase):
     def workers(self) -> list[WorkerInfo]:
         return self._run(self._ops.workers())
 
+    def upload_adapter(
+        self, data: bytes, *, model: str | None = None, shared: bool = False, name: str | None = None
+    ) -> AdapterInfo:
+        """Upload a LoRA adapter's ``.safetensors`` file for ``model`` (None: the server's default); jobs name it by
+        the returned ``id`` (API.md, Adapters)."""
+        return self._run(self._ops.upload_adapter(data, model, shared, name))
+
+    def adapters(self) -> list[AdapterInfo]:
+        """The caller's own adapters, then the shared ones."""
+        return self._run(self._ops.adapters())
+
+    def delete_adapter(self, adapter_id: str) -> AdapterInfo:
+        return self._run(self._ops.delete_adapter(adapter_id))
+
     def image(self, sha256: str) -> bytes:
         """The PNG bytes named by ``sha256``, checked against it (IntegrityError if they differ)."""
         return self._run(self._ops.image(sha256))
@@ -606,7 +650,13 @@ class GeneratorClient(_ClientBase):
             self._sleep(step.seconds)
             return None
         request = self._http.build_request(
-            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
+            step.method,
+            step.url,
+            params=step.params,
+            json=step.json,
+            content=step.content,
+            headers=step.headers,
+            timeout=step.timeout,
         )
         try:
             response = self._http.send(request, stream=step.stream)
@@ -670,6 +720,17 @@ class AsyncGeneratorClient(_ClientBase):
     async def workers(self) -> list[WorkerInfo]:
         return await self._run(self._ops.workers())
 
+    async def upload_adapter(
+        self, data: bytes, *, model: str | None = None, shared: bool = False, name: str | None = None
+    ) -> AdapterInfo:
+        return await self._run(self._ops.upload_adapter(data, model, shared, name))
+
+    async def adapters(self) -> list[AdapterInfo]:
+        return await self._run(self._ops.adapters())
+
+    async def delete_adapter(self, adapter_id: str) -> AdapterInfo:
+        return await self._run(self._ops.delete_adapter(adapter_id))
+
     async def image(self, sha256: str) -> bytes:
         return await self._run(self._ops.image(sha256))
 
@@ -720,7 +781,13 @@ class AsyncGeneratorClient(_ClientBase):
             await self._sleep(step.seconds)
             return None
         request = self._http.build_request(
-            step.method, step.url, params=step.params, json=step.json, headers=step.headers, timeout=step.timeout
+            step.method,
+            step.url,
+            params=step.params,
+            json=step.json,
+            content=step.content,
+            headers=step.headers,
+            timeout=step.timeout,
         )
         try:
             response = await self._http.send(request, stream=step.stream)

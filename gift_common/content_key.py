@@ -23,9 +23,15 @@ def image_key(
     guidance_scale: float,
     height: int,
     width: int,
+    adapter: str | None = None,
+    adapter_scale: float = 1.0,
 ) -> str:
+    """``adapter`` (an adapter's SHA-256) and its scale enter the key only when there is one: every key of a request
+    without an adapter is the one it had before adapters existed."""
+    named = {"adapter": adapter, "adapter_scale": repr(float(adapter_scale))} if adapter else {}
     canonical = json.dumps(
         {
+            **named,
             "model": model_fingerprint,
             "prompt": prompt,
             "negative_prompt": negative_prompt or "",
@@ -53,4 +59,6 @@ def request_image_key(request: JobRequest, index: int, model_fingerprint: str, n
         guidance_scale=request.guidance_scale,
         height=request.height or native_size[0],
         width=request.width or native_size[1],
+        adapter=request.adapter,
+        adapter_scale=request.scale,
     )

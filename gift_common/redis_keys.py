@@ -93,3 +93,23 @@ def idempotency(tenant: str, key: str) -> str:
     The key is hashed: a client's header value may hold any characters and lengths Redis keys should not.
     """
     return f"{PREFIX}:tenant:{tenant}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def adapter(sha256: str, owner: str | None = None) -> str:
+    """Hash: an uploaded adapter's record (AdapterInfo's fields and its uploader); ``owner`` None: shared."""
+    return f"{_scope(owner)}:adapter:{sha256}"
+
+
+def adapter_file(sha256: str, owner: str | None = None) -> str:
+    """String: the adapter's safetensors bytes, or empty when they are in the blob store (blobs.py)."""
+    return f"{_scope(owner)}:adapter-file:{sha256}"
+
+
+def adapters(owner: str | None = None) -> str:
+    """Zset: adapter id -> upload time (unix seconds), a tenant's own adapters (None: the shared ones)."""
+    return f"{_scope(owner)}:adapters"
+
+
+def model_layers(model: str) -> str:
+    """String: JSON of the layers of a model an adapter may adapt (name -> weight shape), written by its workers."""
+    return f"{PREFIX}:model-layers:{model}"

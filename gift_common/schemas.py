@@ -56,6 +56,10 @@ Seed = Annotated[Integer, Field(ge=0, le=MAX_SEED)]
 # A prompt must hold a character that str.strip() keeps; the pattern says so in the JSON schema (JSON Schema's \s
 # lacks \x1c-\x1f and \x85, which strip() removes), the validator below says it with the prompt's index.
 Prompt = Annotated[Text, Field(json_schema_extra={"pattern": r"[^\s\x1c-\x1f\x85]"})]
+AdapterId = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{64}$", description="an adapter's id: the lower-case hex SHA-256 of its file")
+]
+AdapterScale = Annotated[Number, Field(ge=-4, le=4, allow_inf_nan=False)]
 
 
 class JobState(StrEnum):
@@ -85,6 +89,12 @@ def check_seed_run(seed: int, count: int) -> None:
             f"seed: images use seed + i, so with {count} images seed may be at most {MAX_SEED - count + 1} "
             f"(2^63 - {count}), not {seed}"
         )
+
+
+def check_adapter_scale(adapter: str | None, scale: float | None) -> None:
+    """A scale without an adapter would be silently ignored: refuse it instead."""
+    if scale is not None and adapter is None:
+        raise ValueError("adapter_scale: a scale needs an adapter; name one or leave adapter_scale out")
 
 
 class Scheduler(StrEnum):
@@ -117,6 +127,12 @@ class JobRequest(BaseModel):
     callback_url: HttpUrl | None = Field(
         default=None, description="POSTed the final status, signed, when the job ends (API.md, Webhooks)"
     )
+    adapter: AdapterId | None = Field(
+        default=None, description="a LoRA adapter of the model (POST /v1/adapters) applied to every image"
+    )
+    adapter_scale: AdapterScale | None = Field(
+        default=None, description="the adapter's weight, -4 to 4; none is 1 (only with an adapter)"
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -134,7 +150,13 @@ class JobRequest(BaseModel):
             )
         if self.seeds is None:
             check_seed_run(self.seed, len(self.prompts))
+        check_adapter_scale(self.adapter, self.adapter_scale)
         return self
+
+    @property
+    def scale(self) -> float:
+        """The adapter's weight as applied: 1 unless the request says otherwise."""
+        return 1.0 if self.adapter_scale is None else self.adapter_scale
 
     def seed_of(self, index: int) -> int:
         """Image ``index``'s seed: always one this API accepts back (0 to MAX_SEED)."""
@@ -208,6 +230,19 @@ class ModelInfo(BaseModel):
     max_image_cost: int | None = Field(
         default=None, description="the most height x width x num_inference_steps this server accepts for one image"
     )
+
+
+class AdapterInfo(BaseModel):
+    """An uploaded LoRA adapter (POST /v1/adapters): what was checked of it at upload."""
+
+    id: str = Field(description="the SHA-256 of the file: the same file always has the same id")
+    model: str = Field(description="the base model it was checked against and may be used with")
+    name: str | None = Field(default=None, description="the uploader's label, if any")
+    rank: int = Field(description="the largest LoRA rank among its layers")
+    layers: int = Field(description="how many of the model's layers it adapts")
+    bytes: int
+    shared: bool = Field(description="true: every tenant may use it; false: only the tenant that uploaded it")
+    created_at: datetime
 
 
 class ErrorBody(BaseModel):

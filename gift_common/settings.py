@@ -130,6 +130,10 @@ class ApiSettings(QueueSettings):
     events_keepalive_seconds: float = Field(
         default=15.0, gt=0, description="longest silence of an event stream before a comment line keeps it open"
     )
+    max_adapter_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1, description="the largest adapter file POST /v1/adapters accepts"
+    )
+    max_adapter_rank: int = Field(default=128, ge=1, description="the largest LoRA rank an adapter may have")
 
     @field_validator("api_keys", "admin_keys", "webhook_secrets")
     @classmethod
@@ -167,6 +171,10 @@ class WorkerSettings(QueueSettings):
         default="dpmsolver++", description="DPM-Solver++ (2M) on each model's noise schedule, or its own scheduler"
     )
     compile_unet: bool = Field(default=False, description="torch.compile each UNet, warmed up at load")
+    adapter_cache_count: int = Field(default=8, ge=1, description="most adapters a worker keeps loaded per model")
+    adapter_cache_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1, description="most bytes of adapter files a worker keeps loaded, all models"
+    )
 
 
 class Settings(ApiSettings, WorkerSettings, ClientSettings):

@@ -1,6 +1,9 @@
 """Where image bytes live: in Redis (the embedded default), in a directory that API and workers share, or in an
 S3-compatible object store (``GIFT_BLOB_STORE``: ``redis``, ``file:///DIR``, ``s3://BUCKET/PREFIX``).
 
+Adapter files (``kind`` ``safetensors``) are kept the same way under ``redis_keys.adapter_file``, in the store under
+``adapters/``; they have no TTL, are deleted with their record, and the sweep never touches them.
+
 Redis keeps, for every stored image, its key ``redis_keys.png(sha256, owner)`` with the image TTL. Its value is the
 bytes themselves on the ``redis`` backend, and empty on the others, where the bytes are in the store under the same
 name. That key is the truth about whether an image exists, so cache lookups, TTL refreshes, expiry, cache scopes and
@@ -24,15 +27,19 @@ from redis import Redis
 from gift_common import redis_keys
 from gift_common.errors import UserError
 
+CONTENT_TYPES = {"png": "image/png", "safetensors": "application/octet-stream"}
+
 
 class BlobName(NamedTuple):
     sha256: str
     owner: str | None = None
+    kind: str = "png"  # or "safetensors": an adapter's file
 
     def path(self) -> str:
         """Two levels of fan-out, so that no directory or listing page holds millions of names; a tenant's own
-        images under its (quoted) name."""
-        within = f"{self.sha256[:2]}/{self.sha256}.png"
+        images under its (quoted) name; adapters under ``adapters/``, which the sweep's listing leaves out."""
+        within = f"{self.sha256[:2]}/{self.sha256}.{self.kind}"
+        within = within if self.kind == "png" else f"adapters/{within}"
         return within if self.owner is None else f"tenant/{quote(self.owner, safe='')}/{within}"
 
     @classmethod
@@ -138,7 +145,7 @@ class S3Store:
         return self.prefix + name.path()
 
     def put(self, name: BlobName, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, ContentType="image/png")
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, ContentType=CONTENT_TYPES[name.kind])
 
     def get(self, name: BlobName) -> bytes | None:
         try:

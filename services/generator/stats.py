@@ -24,11 +24,17 @@ COUNTERS = {
     "jobs_failed": "Jobs that ended with an error",
     "chunks_reclaimed": "Chunks of work taken over from a worker that stopped answering",
     "webhooks_given_up": "Webhooks given up after GIFT_WEBHOOK_ATTEMPTS failed POSTs",
+    "adapter_loads": "LoRA adapters a worker loaded into a pipeline (its adapter cache missed)",
+    "adapter_cache_hits": "Pipeline calls with an adapter a worker had loaded already",
 }
 HISTOGRAMS = {
     "batch_size": ("Images per pipeline call", (1, 2, 4, 8, 16, 32, 64, 128)),
     "batch_seconds": ("Seconds per pipeline call", (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),
     "job_seconds": ("Seconds from a job's submission to its end", (0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 7200)),
+    "adapter_switch_seconds": (
+        "Seconds a worker took to change a pipeline's adapter between calls (a load included)",
+        (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+    ),
 }
 
 

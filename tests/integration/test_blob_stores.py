@@ -125,3 +125,33 @@ def test_a_stack_on_a_blob_store_keeps_only_empty_keys_in_redis(backend, make_st
     assert sweep(keys, store, grace_seconds=-1) == 1 and store.get(BlobName(job.images[0].sha256)) is None
     again, [png] = client.generate(JobRequest(prompts=["a red circle"], num_inference_steps=2), progress=False)
     assert again.cached == 0 and store.get(BlobName(again.images[0].sha256)) == png, "a resubmission makes it again"
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_an_adapter_lives_in_the_blob_store_until_deleted(backend, make_stack, tmp_path, request, model_home):
+    from diffusers import UNet2DConditionModel
+    from tinyworld.pipeline import default_model_dir
+
+    from services.testing.adapters import lora_file
+
+    if backend == "file":
+        url, env = (tmp_path / "shared-blobs").as_uri(), {}
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"adapters-{time.monotonic_ns()}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        url, env = f"s3://{bucket}/gift", {"GIFT_S3_ENDPOINT_URL": endpoint}
+    stack = make_stack(workers=1, GIFT_BLOB_STORE=url, GIFT_TORCH_THREADS="1", **env)
+    data = lora_file(UNet2DConditionModel.from_pretrained(default_model_dir(model_home) / "unet"), rank=2)
+    client = GeneratorClient(stack.api_url, retries=2, backoff=0.1)
+    adapter = client.upload_adapter(data)
+    keys, store = redis.Redis.from_url(stack.redis_url), open_blob_store(url, env.get("GIFT_S3_ENDPOINT_URL"))
+    name = BlobName(adapter.id, "local", "safetensors")  # the tenant of a server without keys
+    assert keys.get(redis_keys.adapter_file(adapter.id, "local")) == b"", "the bytes left Redis"
+    assert store.get(name) == data
+    client.generate(JobRequest(prompts=["a red circle"], num_inference_steps=2, adapter=adapter.id), progress=False)
+    assert sweep(keys, store, grace_seconds=-1) == 0 and store.get(name) == data, "the sweep leaves adapters alone"
+    client.delete_adapter(adapter.id)
+    assert store.get(name) is None and keys.get(redis_keys.adapter_file(adapter.id, "local")) is None

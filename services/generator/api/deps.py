@@ -1,4 +1,4 @@
-"""Dependencies the routes get injected: settings, the job service and the caller's tenant.
+"""Dependencies the routes get injected: settings, the job and adapter services and the caller's tenant.
 
 All are coroutines: a plain function would cost every request a hop through the thread pool.
 """
@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gift_common.settings import ApiSettings
 from services.generator import logs, tracing
+from services.generator.api.adapters import AdapterService
 from services.generator.api.jobs import JobService
 
 LOCAL_TENANT = "local"  # the single tenant when GIFT_API_KEYS is unset
@@ -92,3 +93,11 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 AdminDep = Annotated[str, Depends(get_admin)]
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+
+
+async def get_adapters(request: Request) -> AdapterService:
+    adapters: AdapterService = request.app.state.jobs.adapters
+    return adapters
+
+
+AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]

@@ -27,7 +27,9 @@ from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import ApiSettings
 from services.generator import job_index, logs, replies, stats, store, tracing
+from services.generator.api.adapters import AdapterService
 from services.generator.api.admission import AdmissionMark
+from services.generator.api.errors import JobError
 from services.generator.api.events import JobEvents, wait_for_event
 from services.generator.blobs import BlobName, BlobStore
 
@@ -37,14 +39,6 @@ KEY_BATCH = 512  # Redis round trips are batched by this many keys
 MODELS_TTL_SECONDS = 2.0  # how stale the API's copy of the workers' model registrations may be
 ADMIT_TRIES = 3  # how often a submission reads its idempotency record again when it changed meanwhile
 REDIS_FULL = "the job queue (Redis) is full and accepts no new work; retry later"  # a new job's 503 at maxmemory
-
-
-class JobError(Exception):
-    """A request the API refuses; carries the HTTP status and the detail the client sees."""
-
-    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
-        super().__init__(detail)
-        self.status_code, self.detail, self.headers = status_code, detail, headers
 
 
 @dataclass(frozen=True)
@@ -67,6 +61,7 @@ class JobService:
     ):
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
         self.blob_store = blob_store
+        self.adapters = AdapterService(redis, blobs, settings, blob_store)
         self._models: dict[str, RegisteredModel] = {}
         self._served: set[str] = set()  # the models a live worker serves, read with the registrations
         self._models_read_at = -MODELS_TTL_SECONDS
@@ -121,6 +116,7 @@ class JobService:
         )
         models = await self._check_served(model)
         self._check_cost(request, models.get(model))
+        await self.adapters.check_job(request, tenant)
 
         job_id = uuid.uuid4().hex
         created_at = store.now_iso()

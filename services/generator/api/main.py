@@ -24,8 +24,10 @@ from starlette.routing import compile_path
 
 from gift_common.settings import ApiSettings, load
 from services.generator import logs, tracing
+from services.generator.api.adapter_routes import adapters
+from services.generator.api.errors import JobError
 from services.generator.api.events import JobEvents
-from services.generator.api.jobs import REDIS_FULL, JobError, JobService
+from services.generator.api.jobs import REDIS_FULL, JobService
 from services.generator.api.listings import listings
 from services.generator.api.middleware import BodySizeLimit, RequestIds, RequestMetrics
 from services.generator.api.openai_images import images
@@ -84,6 +86,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(listings)
     app.include_router(images)
     app.include_router(streams)
+    app.include_router(adapters)
     app.include_router(ops)
     app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
     app.add_exception_handler(JobError, _job_error)
@@ -92,7 +95,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
     app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
     app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    limits = {"/v1/adapters": (settings.max_adapter_bytes, "GIFT_MAX_ADAPTER_BYTES")}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, by_path=limits)
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestIds)  # the last added runs first: every line of the request has its id
     _headers_never_null(app)

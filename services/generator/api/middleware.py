@@ -6,6 +6,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,23 +53,25 @@ class RequestIds:
 
 
 class BodySizeLimit:
-    """Refuse bodies over ``max_bytes`` with 413: by Content-Length, or by reading a chunked body first.
+    """Refuse bodies over ``max_bytes`` (``by_path[path]``'s limit and setting where given: an upload's) with 413:
+    by Content-Length, or by reading a chunked body first.
 
     A chunked body is read here (never more than the limit) and replayed to the app, so that the refusal
     happens before any route sees a partial body.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, by_path: Mapping[str, tuple[int, str]] | None = None):
+        self.app, self.max_bytes, self.by_path = app, max_bytes, by_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self.by_path.get(scope["path"], (self.max_bytes, "GIFT_MAX_BODY_BYTES"))
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await self._refuse(send)
+            if declared.isdigit() and int(declared) > limit:
+                await self._refuse(send, limit, setting)
             else:
                 await self.app(scope, receive, send)
             return
@@ -77,8 +80,8 @@ class BodySizeLimit:
             message = await receive()
             messages.append(message)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                await self._refuse(send)
+            if received > limit:
+                await self._refuse(send, limit, setting)
                 return
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
@@ -88,8 +91,8 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body: larger than this server's limit of {self.max_bytes} bytes"})
+    async def _refuse(self, send: Send, limit: int, setting: str) -> None:
+        body = json.dumps({"detail": f"request body: larger than this server's limit of {limit} bytes ({setting})"})
         await send(
             {
                 "type": "http.response.start",

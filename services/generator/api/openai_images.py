@@ -23,10 +23,22 @@ from pydantic.fields import FieldInfo
 from redis import exceptions as redis_errors
 from starlette.exceptions import HTTPException
 
-from gift_common.schemas import Integer, JobRequest, JobState, JobStatus, Number, Seed, Text, check_seed_run
+from gift_common.schemas import (
+    AdapterId,
+    AdapterScale,
+    Integer,
+    JobRequest,
+    JobState,
+    JobStatus,
+    Number,
+    Seed,
+    Text,
+    check_adapter_scale,
+    check_seed_run,
+)
 from gift_common.settings import ApiSettings
 from services.generator.api.deps import JobsDep, SettingsDep, TenantDep
-from services.generator.api.jobs import JobError
+from services.generator.api.errors import JobError
 from services.generator.api.routes import ERRORS, IdempotencyKey, error_doc
 
 
@@ -36,7 +48,8 @@ def _as_in_jobs(name: str) -> FieldInfo:
 
 
 class ImageGenerationRequest(BaseModel):
-    """OpenAI's request (``n`` up to 10, as there), plus this service's parameters of POST /v1/jobs."""
+    """OpenAI's request (``n`` up to 10, as there), plus this service's parameters of POST /v1/jobs (among them
+    ``adapter`` and ``adapter_scale``, the extension fields that name a LoRA adapter)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,6 +66,8 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: Annotated[Integer, _as_in_jobs("num_inference_steps")]
     guidance_scale: Annotated[Number, _as_in_jobs("guidance_scale")]
     negative_prompt: Annotated[Text | None, _as_in_jobs("negative_prompt")]
+    adapter: Annotated[AdapterId | None, _as_in_jobs("adapter")]
+    adapter_scale: Annotated[AdapterScale | None, _as_in_jobs("adapter_scale")]
 
     @field_validator("style", mode="before")
     @classmethod
@@ -64,6 +79,7 @@ class ImageGenerationRequest(BaseModel):
     @model_validator(mode="after")
     def _seeds_in_range(self) -> ImageGenerationRequest:
         check_seed_run(self.seed, self.n)
+        check_adapter_scale(self.adapter, self.adapter_scale)
         return self
 
     @field_validator("size")
@@ -88,6 +104,8 @@ class ImageGenerationRequest(BaseModel):
             height=height,
             width=width,
             negative_prompt=self.negative_prompt,
+            adapter=self.adapter,
+            adapter_scale=self.adapter_scale,
         )
 
 

@@ -1,10 +1,10 @@
 """Which images go into the next pipeline call: packing and fairness, with no I/O.
 
 Images of several jobs share a call when they agree on everything the call takes as one value (model, steps,
-guidance, size); prompts, negative prompts and seeds are per image. Tenants take turns, one image each, and
-within a tenant its jobs of the highest priority take turns: so a tenant's sixty jobs get no more than another
-tenant's one, and a 4,000-image job cannot starve an 8-image one. Turns go to the least recently served, so the
-tenant and the job that open a batch rotate from batch to batch.
+guidance, size, scheduler, adapter and its scale); prompts, negative prompts and seeds are per image. Tenants take
+turns, one image each, and within a tenant its jobs of the highest priority take turns: so a tenant's sixty jobs
+get no more than another tenant's one, and a 4,000-image job cannot starve an 8-image one. Turns go to the least
+recently served, so the tenant and the job that open a batch rotate from batch to batch.
 A chunk (one stream entry) is complete, and may be acknowledged, when every image of it is recorded.
 """
 
@@ -25,6 +25,8 @@ class Shape:
     height: int
     width: int
     scheduler: str | None = None  # one of the model's schedulers; None: the one it loaded
+    adapter: str | None = None  # the SHA-256 of a LoRA adapter applied to the whole call; None: the base model
+    adapter_scale: float = 1.0
 
 
 @dataclass(frozen=True)

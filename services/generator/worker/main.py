@@ -36,6 +36,7 @@ from services.generator import logs, tracing
 from services.generator.blobs import open_blob_store, sweep
 from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
+from services.generator.worker.adapters import AdapterCache, AdapterGone, deleted
 from services.generator.worker.batcher import Backlog, Shape, Task
 from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
 
@@ -74,6 +75,9 @@ class Worker:
         self.queue.profile = {"models": sorted(models), "device": device_of(models), "batch_size": self.batch_size}
         self.backlog = Backlog()
         self.jobs: dict[str, JobInfo] = {}
+        self.adapters = AdapterCache(
+            self._adapter_file, settings.home / "adapters", settings.adapter_cache_count, settings.adapter_cache_bytes
+        )
         self.stopping = threading.Event()
         self.interrupted = False  # stopped by Ctrl-C, not SIGTERM
         self._held: dict[str, list[str]] = {}
@@ -120,6 +124,7 @@ class Worker:
             self.queue.register_model(
                 model.name, model.height, model.width, model.fingerprint, model.stand_in, model.fingerprints
             )
+            self.queue.register_layers(model.name, synthesis.adaptable_layers(model.pipeline))
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
@@ -184,7 +189,7 @@ class Worker:
         return bool(batch)
 
     def _make(self, batch: list[Task]) -> None:
-        batch = self._drop_ended(batch)
+        batch = self._drop_without_adapter(self._drop_ended(batch))
         with tracing.job_spans(tracing.BATCH, self._span_starts(batch)) as spans:
             hits = self._cached(batch)
             cached = [(task, sha) for task, sha in zip(batch, hits, strict=True) if sha]
@@ -256,6 +261,8 @@ class Worker:
             request.height or model.height,
             request.width or model.width,
             scheduler or model.scheduler,
+            request.adapter,
+            request.scale,
         )
         fingerprint = model.fingerprints[scheduler] if scheduler else model.fingerprint
         key = request_image_key(request, index, fingerprint, (model.height, model.width))
@@ -279,6 +286,25 @@ class Worker:
             self._forget(job_id)
         return [task for task in batch if task.job_id in live]
 
+    def _drop_without_adapter(self, batch: list[Task]) -> list[Task]:
+        """A job whose adapter was deleted while it was queued fails here, saying so; the rest of the batch goes on."""
+        adapter = batch[0].shape.adapter if batch else None
+        if adapter is None:
+            return batch
+        tenants = {task.tenant for task in batch}
+        users = self.queue.adapter_users(adapter, tenants)
+        if users == tenants:
+            return batch
+        for job_id in sorted({task.job_id for task in batch if task.tenant not in users}):
+            self._until_redis_answers(partial(self.queue.fail_job, job_id, deleted(adapter)))
+            self._forget(job_id)
+        return [task for task in batch if task.tenant in users]
+
+    def _adapter_file(self, adapter: str) -> bytes | None:
+        """An adapter's file, from the scope of any tenant this worker holds work of, or the shared one."""
+        owners = [*sorted({job.tenant for job in self.jobs.values()}), None]
+        return self.queue.adapter_file(self.blobs, adapter, owners)
+
     def _forget(self, job_id: str) -> None:
         self.queue.ack(job_id, self.backlog.drop_job(job_id))
         job = self.jobs.pop(job_id, None)
@@ -291,6 +317,7 @@ class Worker:
         job_ids, stop = {task.job_id for task in tasks}, threading.Event()
         self._call = (job_ids, stop)
         try:
+            switch = self.adapters.activate(self.models[shape.model], shape.adapter, shape.adapter_scale)
             drawn = synthesis.generate(
                 self.models[shape.model],
                 prompts=[task.prompt for task in tasks],
@@ -308,20 +335,26 @@ class Worker:
             for job_id in job_ids:
                 self._forget(job_id)
             return []
+        except AdapterGone as gone:
+            return self._fail_jobs(job_ids, str(gone))
         except Exception as error:  # a pipeline error ends the jobs that asked for it, not the worker
             log.exception("pipeline call of %d images failed", len(tasks))
-            message = f"image generation failed: {error}"
-            for job_id in job_ids:
-                self._until_redis_answers(partial(self.queue.fail_job, job_id, message))
-            return []
+            return self._fail_jobs(job_ids, f"image generation failed: {error}")
         finally:
             self._call = None
+        self._until_redis_answers(partial(self.queue.observe_adapter, switch.loaded, switch.hit, switch.seconds))
         if drawn.replaced:
             log.info("pipeline call of %d images: %d blacked out by the safety checker, drawn again",
                      len(tasks), len(drawn.replaced))  # fmt: skip
         replaced = set(drawn.replaced)
         return [Made(task, hashlib.sha256(png).hexdigest(), png, i in replaced) for i, (task, png) in
                 enumerate(zip(tasks, drawn.pngs, strict=True))]  # fmt: skip
+
+    def _fail_jobs(self, job_ids: set[str], reason: str) -> list[Made]:
+        """End the jobs of a pipeline call that could not be made; nothing of it is recorded."""
+        for job_id in sorted(job_ids):
+            self._until_redis_answers(partial(self.queue.fail_job, job_id, reason))
+        return []
 
     def _store_and_record(self, cached: list[tuple[Task, str]], made: list[Made], spans: Mapping[str, Span]) -> None:
         self.queue.store_pngs(self.blobs, [(task.owner, task.key, sha, png) for task, sha, png, _ in made])

@@ -284,6 +284,48 @@ class WorkerQueue:
             with logs.bound(job_id=job_id, tenant=replies.text(tenant), request_id=replies.optional_text(request_id)):
                 log.error("job %s failed: %s", job_id, error)
 
+    # --- adapters ---------------------------------------------------------------------------------
+
+    def register_layers(self, model: str, layers: dict[str, list[int]]) -> None:
+        """Publish the model's adaptable layers, which the API checks uploaded adapters against."""
+        self.redis.set(redis_keys.model_layers(model), json.dumps(layers, separators=(",", ":")))
+
+    def adapter_users(self, adapter: str, tenants: Collection[str]) -> set[str]:
+        """Those of ``tenants`` that may still use ``adapter``: their own, or a shared one, is stored."""
+        ordered = sorted(tenants)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(redis_keys.adapter(adapter))
+            for tenant in ordered:
+                pipe.exists(redis_keys.adapter(adapter, tenant))
+            shared, *own = pipe.execute()
+        return {tenant for tenant, exists in zip(ordered, own, strict=True) if shared or exists}
+
+    def adapter_file(self, blobs: Redis, adapter: str, owners: Iterable[str | None]) -> bytes | None:
+        """The adapter's file from the first of ``owners``' scopes that holds it; None when none does. The bytes
+        are the same in every scope: the id is their SHA-256."""
+        for owner in owners:
+            value = blobs.get(redis_keys.adapter_file(adapter, owner))
+            if value is None:
+                continue
+            if value or self.blob_store is None:
+                return bytes(value)  # type: ignore[arg-type]  # a client without decoding answers bytes
+            if (stored := self.blob_store.get(BlobName(adapter, owner, "safetensors"))) is not None:
+                return stored
+        return None
+
+    def observe_adapter(self, loaded: bool, hit: bool, seconds: float | None) -> None:
+        if not (loaded or hit or seconds is not None):
+            return  # a call on the base model that was on it already: nothing to count
+        with self.redis.pipeline(transaction=False) as pipe:
+            if loaded:
+                pipe.hincrby(*stats.counter_increment("adapter_loads"))
+            if hit:
+                pipe.hincrby(*stats.counter_increment("adapter_cache_hits"))
+            if seconds is not None:
+                for args in stats.histogram_increments("adapter_switch_seconds", seconds):
+                    pipe.hincrbyfloat(*args)
+            pipe.execute()
+
     def observe_batch(self, generated: int, hits: int, seconds: float) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             if generated:

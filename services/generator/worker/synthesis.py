@@ -192,6 +192,24 @@ def warm_up(model: LoadedModel, batch_size: int) -> None:
              num_inference_steps=2, guidance_scale=7.5, height=model.height, width=model.width)  # fmt: skip
 
 
+ADAPTED_PARTS = ("unet", "text_encoder")  # the components whose layers a LoRA file may adapt (its keys' first name)
+
+
+def adaptable_layers(pipeline: DiffusionPipeline) -> dict[str, list[int]]:
+    """Each linear and convolution layer an adapter may adapt, by the name its keys give it (``unet.`` + the module's
+    name) with its weight's shape: what the API checks an uploaded adapter against without loading the model."""
+    layers = {}
+    for part in ADAPTED_PARTS:
+        network = getattr(pipeline, part, None)
+        network = getattr(network, "_orig_mod", network)  # a compiled UNet's modules are its original's
+        if network is None:
+            continue
+        for name, module in network.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                layers[f"{part}.{name}"] = list(module.weight.shape)
+    return layers
+
+
 def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
     denoiser = getattr(pipeline, "unet", None)  # not `or`: a compiled module's truth value raises (it proxies len)
     if denoiser is None:
