@@ -25,6 +25,14 @@ from services.trainer.reports import save_figure
 LABELS = {key: method.label for key, method in ALL_METHODS.items()}
 TINY_WORLD_TITLE = "Tiny world: continual fine-tuning of the tiny CLIP"
 NO_REPLAY = ("l2", "ewc", "lwf")  # the baselines that see no data of earlier tasks or of pre-training
+# GIFT's parts, each checked by taking it out of a whole method (issue 25): (part, whole, the whole without it)
+PARTS = (
+    ("distillation", "gift_paper", "gift_no_distill"),
+    ("ITA", "gift_paper", "gift_no_ita"),
+    ("AWC", "gift_paper", "gift_no_awc"),
+    ("AWC at the config's weight", "gift", "gift_no_awc"),
+)
+KEEPS = 0.9  # the aim: GIFT keeps at least this share of the Transfer that FT loses
 ZERO_SHOT = "zero_shot"  # the pre-trained model itself: the reference row of the page
 MTIL = ("Transfer", "Avg", "Last", "Forget")
 # learnt: mean accuracy on each task right after training it (what a method lets the model learn);
@@ -100,7 +108,8 @@ def results_page(
             cells = [_mean_sd(methods[method][key].values()) for key in figures]
             lines.append(f"| {labels.get(method, 'zero-shot (no training)')} | {len(methods[method]['Avg'])} | "
                          + " | ".join(cells) + " |")  # fmt: skip
-        lines += ["", *bar_lines(methods, labels), "", *transfer_lines(methods, labels), ""]
+        lines += ["", *bar_lines(methods, labels), "", *part_lines(methods), "", *kept_lines(methods, labels), ""]
+        lines += [*transfer_lines(methods, labels), ""]
         chart = out / f"results-order{order}.png"
         bar_chart(chart, methods, order, labels)
         lines += [f"![order {order}]({chart.name})", ""]
@@ -145,6 +154,45 @@ def bar_lines(methods: dict[str, dict[str, dict[int, float]]], labels: Mapping[s
             aim = f"≥ {bar:g}" if bar else "> 0"
             lines.append(f"| {key} over {labels.get(method, method)} {aim} | {_mean_sd(differences)} | {met} |")
     return lines
+
+
+def part_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """Each part of GIFT earns its place when taking it out costs Avg or Transfer by more than the seed-paired spread
+    of that cost (its standard deviation over seeds)."""
+    lines = ["| part | taken out of | Avg it adds | Transfer it adds | earns its place |", "|---|---|---:|---:|:---:|"]
+    for part, whole, without in PARTS:
+        if whole not in methods or without not in methods:
+            continue
+        costs = [_paired(methods[whole][key], methods[without][key]) for key in ("Avg", "Transfer")]
+        if not all(costs):
+            continue
+        earns = any(np.mean(c) > (np.std(c, ddof=1) if len(c) > 1 else 0) for c in costs)
+        lines.append(f"| {part} | {LABELS[whole]} | {_mean_sd(costs[0])} | {_mean_sd(costs[1])} | "
+                     f"{'yes' if earns else 'no'} |")  # fmt: skip
+    return lines if len(lines) > 2 else []
+
+
+def kept_lines(methods: dict[str, dict[str, dict[int, float]]], labels: Mapping[str, str] = LABELS) -> list[str]:
+    """The share of the Transfer FT loses (against the pre-trained model) that a replaying method keeps, per seed:
+    (method − FT) / (zero-shot − FT)."""
+    if "ft" not in methods or ZERO_SHOT not in methods:
+        return []
+    zero_shot, ft = methods[ZERO_SHOT]["Transfer"], methods["ft"]["Transfer"]
+    lines = [f"| Transfer FT loses, kept by | share (aim ≥ {KEEPS:.0%}) | met |", "|---|---:|:---:|"]
+    for method in _rows(methods, labels):
+        if method in (ZERO_SHOT, "ft", *NO_REPLAY):
+            continue
+        own = methods[method]["Transfer"]
+        shares = [100 * (own[s] - ft[s]) / (zero_shot[s] - ft[s]) for s in sorted(own.keys() & ft.keys())
+                  if zero_shot[s] > ft[s]]  # fmt: skip
+        if shares:
+            met = "yes" if np.mean(shares) >= 100 * KEEPS else "no"
+            lines.append(f"| {labels.get(method, method)} | {_mean_sd(shares)}% | {met} |")
+    return lines if len(lines) > 2 else []
+
+
+def _paired(whole: Mapping[int, float], without: Mapping[int, float]) -> list[float]:
+    return [whole[seed] - without[seed] for seed in sorted(whole.keys() & without.keys())]
 
 
 def _mean_sd(values: Iterable[float]) -> str:

@@ -13,7 +13,16 @@ import services.run_configs
 from services.experiments import plan
 from services.experiments import sweep as sweeping
 from services.experiments.cli import main
-from services.experiments.page import bar_lines, collect, results_page, schedule_line, settings_line
+from services.experiments.page import (
+    ZERO_SHOT,
+    bar_lines,
+    collect,
+    kept_lines,
+    part_lines,
+    results_page,
+    schedule_line,
+    settings_line,
+)
 from services.experiments.records import PageRecord, finished
 from services.experiments.sweep import (
     METHODS,
@@ -124,10 +133,34 @@ def test_an_aim_is_met_only_when_the_seed_paired_gain_reaches_it() -> None:
     assert not any("L2" in line for line in lines)  # no L2 runs, no L2 line
 
 
+def test_a_part_earns_its_place_when_taking_it_out_costs_more_than_the_cost_s_spread() -> None:
+    methods = {
+        "gift_paper": {"Avg": {0: 60.0, 1: 61.0, 2: 62.0}, "Transfer": {0: 43.0, 1: 44.0, 2: 45.0}},
+        "gift_no_ita": {"Avg": {0: 59.0, 1: 62.0, 2: 61.0}, "Transfer": {0: 40.0, 1: 41.0, 2: 43.0}},
+        "gift_no_awc": {"Avg": {0: 62.0, 1: 60.0, 2: 62.0}, "Transfer": {0: 44.0, 1: 43.0, 2: 45.0}},
+    }
+    lines = part_lines(methods)
+    assert "| ITA | GIFT, paper's weights | 0.3 ± 1.2 | 2.7 ± 0.6 | yes |" in lines  # Transfer: 2.7 > 0.6
+    assert "| AWC | GIFT, paper's weights | -0.3 ± 1.5 | 0.0 ± 1.0 | no |" in lines
+    assert not any(line.startswith("| distillation") for line in lines)  # no run without distillation
+
+
+def test_the_kept_share_of_ft_s_transfer_loss_is_per_seed_and_leaves_out_methods_without_replay() -> None:
+    methods = {
+        ZERO_SHOT: {"Transfer": {0: 42.0, 1: 42.0}},
+        "ft": {"Transfer": {0: 32.0, 1: 34.0}},
+        "gift": {"Transfer": {0: 41.0, 1: 41.6}},
+        "ewc": {"Transfer": {0: 40.0, 1: 40.0}},
+    }
+    lines = kept_lines(methods)
+    assert "| GIFT | 92.5 ± 3.5% | yes |" in lines  # 90% and 95%
+    assert not any("EWC" in line for line in lines)
+
+
 def test_runs_of_the_configs_preset_take_its_chosen_weights_and_set_wins() -> None:
     names = ["gift", "gift_real", "gift_no_ita", "gift_paper", "ft"]
     chosen = method_weights(names, method_overrides(["gift.awc=0.5"]))
-    assert chosen == {"gift": {"awc": 0.5, "ita": 0.0}, "gift_real": {"awc": 0.0, "ita": 0.0}}
+    assert chosen == {"gift": {"awc": 0.5}, "gift_real": {"awc": 0.1}}
     assert method_weights(names, method_overrides(["gift_paper.ita=0.1"]))["gift_paper"] == {"ita": 0.1}
 
 
