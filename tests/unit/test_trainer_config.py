@@ -242,8 +242,8 @@ def test_the_shipped_tinyworld_config_runs_the_six_tasks_on_val_with_the_probe()
     assert Path(config.model.architecture).resolve() == tinyworld / "tiny-clip.json"
     assert Path(str(config.model.pretrained)).resolve() == tinyworld / "weights" / "tiny-clip.pt"
     assert config.method.preset == "gift" and config.synthetic.concepts == "tinyworld"
-    settings = config.method.settings()  # the weights chosen on val: the contrastive distillation alone
-    assert (settings.distill, settings.ita, settings.awc) == (1.0, 0.0, 0.0)
+    settings = config.method.settings()  # the weights chosen on val: GIFT whole, AWC at a tenth of the paper's
+    assert (settings.distill, settings.ita, settings.awc) == (1.0, 0.25, 0.1)
     assert config.evaluation.split == "val" and config.evaluation.pretraining_probe == "tinyworld"
     assert config.training.num_workers == config.evaluation.num_workers == 0
 
