@@ -166,9 +166,9 @@ def part_lines(methods: dict[str, dict[str, dict[int, float]]]) -> list[str]:
         costs = [_paired(methods[whole][key], methods[without][key]) for key in ("Avg", "Transfer")]
         if not all(costs):
             continue
-        earns = any(np.mean(c) > (np.std(c, ddof=1) if len(c) > 1 else 0) for c in costs)
-        lines.append(f"| {part} | {LABELS[whole]} | {_mean_sd(costs[0])} | {_mean_sd(costs[1])} | "
-                     f"{'yes' if earns else 'no'} |")  # fmt: skip
+        earns = any(np.mean(c) > np.std(c, ddof=1) for c in costs) if len(costs[0]) > 1 else None
+        verdict = "needs two seeds" if earns is None else "yes" if earns else "no"
+        lines.append(f"| {part} | {LABELS[whole]} | {_mean_sd(costs[0])} | {_mean_sd(costs[1])} | {verdict} |")
     return lines if len(lines) > 2 else []
 
 

@@ -143,6 +143,8 @@ def test_a_part_earns_its_place_when_taking_it_out_costs_more_than_the_cost_s_sp
     assert "| ITA | GIFT, paper's weights | 0.3 ± 1.2 | 2.7 ± 0.6 | yes |" in lines  # Transfer: 2.7 > 0.6
     assert "| AWC | GIFT, paper's weights | -0.3 ± 1.5 | 0.0 ± 1.0 | no |" in lines
     assert not any(line.startswith("| distillation") for line in lines)  # no run without distillation
+    one_seed = {method: {key: {0: values[0]} for key, values in figures.items()} for method, figures in methods.items()}
+    assert "| ITA | GIFT, paper's weights | 1.0 ± 0.0 | 3.0 ± 0.0 | needs two seeds |" in part_lines(one_seed)
 
 
 def test_the_kept_share_of_ft_s_transfer_loss_is_per_seed_and_leaves_out_methods_without_replay() -> None:
