@@ -27,6 +27,7 @@ from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import ApiSettings
 from services.generator import job_index, logs, replies, stats, store, tracing
+from services.generator.api.adaptations import AdaptationService
 from services.generator.api.adapters import AdapterService
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.errors import JobError
@@ -62,6 +63,7 @@ class JobService:
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
         self.blob_store = blob_store
         self.adapters = AdapterService(redis, blobs, settings, blob_store)
+        self.adaptations = AdaptationService(redis, blobs, settings, self.adapters)
         self._models: dict[str, RegisteredModel] = {}
         self._served: set[str] = set()  # the models a live worker serves, read with the registrations
         self._models_read_at = -MODELS_TTL_SECONDS
