@@ -98,8 +98,9 @@ class AdaptationQueue:
         return replies.data(self.blobs.get(redis_keys.adaptation_checkpoint(held.job.id, held.job.tenant)))
 
     def save_checkpoint(self, held: Held, data: bytes) -> None:
-        """Replace the checkpoint, while the job is live (a SET is atomic: a reader finds the old or the new one)."""
-        self.blobs.set(redis_keys.adaptation_checkpoint(held.job.id, held.job.tenant), data)
+        """Replace the checkpoint (a SET is atomic: a reader finds the old or the new one). It expires like an ended
+        job's record, in case the job ends (a cancel) between the progress write and this one."""
+        self.blobs.set(redis_keys.adaptation_checkpoint(held.job.id, held.job.tenant), data, ex=self.ttl)
 
     def progress(self, held: Held, step: int) -> bool:
         """Record ``step`` done; False when the job is no longer live (cancelled), which stops its training."""

@@ -24,6 +24,7 @@ from services.generator.blobs import BlobStore
 from services.generator.worker import training
 from services.generator.worker.adaptation_queue import AdaptationQueue, Held
 from services.generator.worker.adapters import AdapterCache
+from services.generator.worker.queue import REDIS_UNAVAILABLE
 from services.generator.worker.synthesis import LoadedModel
 
 log = logging.getLogger("gift.worker")
@@ -71,6 +72,8 @@ class Adapting:
             self.queue.fail(held, f"archive: {error}")
             return
         resume = self.queue.checkpoint(held)
+        log.info("adaptation %s: training %d steps of rank %d on %d images%s", held.job.id, held.job.steps,
+                 held.job.rank, len(pairs), " from its checkpoint" if resume else "")  # fmt: skip
         started = time.perf_counter()
         self.adapters.base(model)
         try:
@@ -78,6 +81,8 @@ class Adapting:
             result = training.train(model, pairs, held.job, resume=resume, every=every,
                                     report=lambda step: self._report(held, step),
                                     save=lambda step, data: self._save(held, step, data))  # fmt: skip
+        except REDIS_UNAVAILABLE:
+            raise  # not the job's fault: its entry, no longer kept claimed, is taken over from its checkpoint
         except Exception as error:  # a training error fails its job, never the worker
             log.exception("adaptation %s: training failed", held.job.id)
             self.queue.fail(held, f"training failed: {error}")

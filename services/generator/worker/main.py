@@ -40,12 +40,10 @@ from services.generator.worker.adaptation_queue import AdaptationQueue
 from services.generator.worker.adapters import AdapterCache, AdapterGone, deleted
 from services.generator.worker.adapting import Adapting
 from services.generator.worker.batcher import Backlog, Shape, Task
-from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
+from services.generator.worker.queue import REDIS_UNAVAILABLE, Chunk, JobInfo, WorkerQueue
 
 log = logging.getLogger("gift.worker")
 T = TypeVar("T")
-# Redis down, or full (maxmemory refuses writes): either way what is in memory is kept and retried, never dropped.
-REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
 RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
