@@ -13,7 +13,7 @@ import io
 import json
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image
@@ -48,13 +48,25 @@ def write_archive(pairs: Iterable[tuple[bytes, str]]) -> bytes:
 
 def read_archive(data: bytes, limits: ArchiveLimits = ArchiveLimits()) -> list[tuple[Image.Image, str]]:
     """The archive's (RGB image, caption) pairs in captions.jsonl's order; ValueError naming the first fault."""
+    return list(iter_archive(data, limits))
+
+
+def check_archive(data: bytes, limits: ArchiveLimits = ArchiveLimits()) -> int:
+    """How many images the archive holds, each decoded and let go: a check that never holds every image's pixels
+    at once (a thousand large images would be gigabytes). ValueError naming the first fault."""
+    return sum(1 for _ in iter_archive(data, limits))
+
+
+def iter_archive(data: bytes, limits: ArchiveLimits = ArchiveLimits()) -> Iterator[tuple[Image.Image, str]]:
+    """The pairs one at a time, each image decoded when it is reached; the archive's layout is checked first."""
     files = _members(_decompressed(data, limits.max_bytes), limits)
     if CAPTIONS not in files:
         raise ValueError(f"the archive has no {CAPTIONS}")
     captions = _captions(files.pop(CAPTIONS), limits)
     if unnamed := sorted(files.keys() - {name for name, _ in captions}):
         raise ValueError(f"{unnamed[0]}: a file {CAPTIONS} does not name")
-    return [(_image(name, files.get(name), limits), caption) for name, caption in captions]
+    for name, caption in captions:
+        yield _image(name, files.get(name), limits), caption
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from gift_common.adaptation_archive import CAPTIONS, ArchiveLimits, read_archive, write_archive
+from gift_common.adaptation_archive import CAPTIONS, ArchiveLimits, check_archive, read_archive, write_archive
 
 
 def _image_bytes(color: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (8, 6)) -> bytes:
@@ -85,13 +85,17 @@ PNG = _image_bytes((9, 9, 9))
 def test_each_fault_is_a_value_error_that_names_it(data: bytes, fault: str) -> None:
     with pytest.raises(ValueError, match=re.escape(fault)):
         read_archive(data)
+    with pytest.raises(ValueError, match=re.escape(fault)):
+        check_archive(data)
 
 
 def test_the_limits_are_applied_before_anything_is_decoded() -> None:
     three = write_archive([(PNG, "one"), (PNG, "two"), (PNG, "three")])
     with pytest.raises(ValueError, match="more than 2 images"):
         read_archive(three, ArchiveLimits(max_images=2))
-    assert len(read_archive(three, ArchiveLimits(max_images=3))) == 3
+    assert (
+        len(read_archive(three, ArchiveLimits(max_images=3))) == check_archive(three, ArchiveLimits(max_images=3)) == 3
+    )
     with pytest.raises(ValueError, match="larger than 1000 bytes"):
         read_archive(three, ArchiveLimits(max_bytes=1000))
     bomb = gzip.compress(_tar({CAPTIONS: b" " * 5_000_000}))

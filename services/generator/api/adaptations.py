@@ -10,7 +10,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from gift_common import redis_keys
-from gift_common.adaptation_archive import read_archive
+from gift_common.adaptation_archive import check_archive
 from gift_common.schemas import AdaptationStatus, JobState
 from gift_common.settings import ApiSettings
 from services.generator import replies
@@ -38,7 +38,7 @@ class AdaptationService:
             raise JobError(422, f"rank: {job.rank} is more than GIFT_MAX_ADAPTER_RANK "
                                 f"({self.settings.max_adapter_rank})")  # fmt: skip
         try:
-            pairs = await asyncio.to_thread(read_archive, archive, self.settings.archive_limits())
+            images = await asyncio.to_thread(check_archive, archive, self.settings.archive_limits())
         except ValueError as error:
             raise JobError(422, f"archive: {error}") from None
         record = job.record()
@@ -49,7 +49,7 @@ class AdaptationService:
             await pipe.execute()
         await ensure_group(self.redis, job.model)
         log.info("adaptation %s queued: %d images, %d steps of rank %d on %s",
-                 job.id, len(pairs), job.steps, job.rank, job.model)  # fmt: skip
+                 job.id, images, job.steps, job.rank, job.model)  # fmt: skip
         return status_of(record)
 
     async def status(self, adaptation_id: str, tenant: str) -> AdaptationStatus | None:

@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 
+from PIL import Image, ImageOps
 from redis.asyncio import Redis as AsyncRedis
 
-from gift_common.adaptation_archive import read_archive
+from gift_common.adaptation_archive import iter_archive
 from gift_common.schemas import AdapterInfo
 from gift_common.settings import WorkerSettings
 from services.generator import logs
@@ -67,7 +68,9 @@ class Adapting:
             self.queue.fail(held, "its archive is no longer stored")
             return
         try:
-            pairs = read_archive(archive, self.settings.archive_limits())
+            size = (model.width, model.height)  # each image cut to the model's size as it is read: kept small
+            pairs = [(ImageOps.fit(image, size, Image.Resampling.BICUBIC), caption)
+                     for image, caption in iter_archive(archive, self.settings.archive_limits())]  # fmt: skip
         except ValueError as error:
             self.queue.fail(held, f"archive: {error}")
             return
