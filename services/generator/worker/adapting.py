@@ -29,6 +29,7 @@ from services.generator.worker.queue import REDIS_UNAVAILABLE
 from services.generator.worker.synthesis import LoadedModel
 
 log = logging.getLogger("gift.worker")
+LOOK_EVERY_SECONDS = 1.0  # how often an idle worker looks for adaptation jobs (two reads per model)
 
 
 class Adapting:
@@ -43,13 +44,18 @@ class Adapting:
         self.queue, self.settings, self.adapters, self.blob_store = queue, settings, adapters, blob_store
         self.stopping = stopping
         self.held: Held | None = None  # the job in training: the heartbeat keeps its entry claimed
+        self._next_look = 0.0
 
     def heartbeat(self) -> None:
         if (held := self.held) is not None:
             self.queue.keep(held)
 
     def run_one(self, models: dict[str, LoadedModel]) -> bool:
-        """Train one waiting job of any of ``models`` to its end, a cancel or a stop; False when none waits."""
+        """Train one waiting job of any of ``models`` to its end, a cancel or a stop; False when none waits (looked
+        for at most every LOOK_EVERY_SECONDS: an idle worker polls often, and a training waits a second unharmed)."""
+        if time.monotonic() < self._next_look:
+            return False
+        self._next_look = time.monotonic() + LOOK_EVERY_SECONDS
         for name, model in models.items():
             if (held := self.queue.take(name)) is None:
                 continue
@@ -59,6 +65,7 @@ class Adapting:
                     self._run(model, held)
             finally:
                 self.held = None
+                self._next_look = 0.0  # another may wait: look again at once
             return True
         return False
 
@@ -75,6 +82,9 @@ class Adapting:
             self.queue.fail(held, f"archive: {error}")
             return
         resume = self.queue.checkpoint(held)
+        if resume is None and not self.queue.progress(held, 0):  # running from now on; unless cancelled meanwhile
+            self.queue.drop(held)
+            return
         log.info("adaptation %s: training %d steps of rank %d on %d images%s", held.job.id, held.job.steps,
                  held.job.rank, len(pairs), " from its checkpoint" if resume else "")  # fmt: skip
         started = time.perf_counter()
