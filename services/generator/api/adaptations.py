@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -25,11 +26,21 @@ log = logging.getLogger("gift.api")
 class AdaptationService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for the archive's bytes."""
 
-    def __init__(self, redis: Redis, blobs: Redis, settings: ApiSettings, adapters: AdapterService):
+    def __init__(
+        self,
+        redis: Redis,
+        blobs: Redis,
+        settings: ApiSettings,
+        adapters: AdapterService,
+        check_room: Callable[[], Awaitable[None]],
+    ):
         self.redis, self.blobs, self.settings, self.adapters = redis, blobs, settings, adapters
+        self.check_room = check_room  # the image jobs' admission mark: an archive is new work in Redis too
 
     async def submit(self, archive: bytes, job: Adaptation) -> AdaptationStatus:
-        """Queue ``job`` once its archive and parameters pass every check; a fault is a 422 naming it."""
+        """Queue ``job`` once its archive and parameters pass every check; a fault is a 422 naming it, a Redis past
+        the admission mark a 503."""
+        await self.check_room()
         await self.adapters.layers(job.model)  # an unknown model, or one no worker described, is refused here
         if job.steps > self.settings.max_adaptation_steps:
             raise JobError(422, f"steps: {job.steps} is more than GIFT_MAX_ADAPTATION_STEPS "

@@ -63,11 +63,11 @@ class JobService:
         self.redis, self.blobs, self.settings, self.events = redis, blobs, settings, events
         self.blob_store = blob_store
         self.adapters = AdapterService(redis, blobs, settings, blob_store)
-        self.adaptations = AdaptationService(redis, blobs, settings, self.adapters)
         self._models: dict[str, RegisteredModel] = {}
         self._served: set[str] = set()  # the models a live worker serves, read with the registrations
         self._models_read_at = -MODELS_TTL_SECONDS
         self.admission = AdmissionMark(redis, settings.redis_admit_fraction)
+        self.adaptations = AdaptationService(redis, blobs, settings, self.adapters, self._check_room)
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
         self._admit = redis.register_script(store.ADMIT_JOB)
         self._read = redis.register_script(store.READ_JOB)
