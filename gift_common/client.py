@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from gift_common.errors import UserError
 from gift_common.schemas import (
+    AdaptationStatus,
     AdapterInfo,
     ImageInfo,
     JobPage,
@@ -46,6 +47,7 @@ from gift_common.settings import HTTP_SCHEMES, ClientSettings, checked_url, load
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_DELAY = 30.0  # seconds; also caps a server's Retry-After so that a client never stalls for long
+ADAPTATION_POLL_SECONDS = 1.0  # how often wait_adaptation reads an adaptation's status
 LONG_POLL_SECONDS = 30.0  # the longest the server holds a status poll (API.md: `wait`, 0 to 30): one request a 30 s
 
 T = TypeVar("T")
@@ -113,6 +115,18 @@ class JobCancelled(GeneratorError):
         return f"job {self.job.id} was cancelled after {self.job.done}/{self.job.total} images"
 
 
+class AdaptationFailed(GeneratorError):
+    """The adaptation job ended ``failed`` or ``cancelled``; ``adaptation.error`` says why it failed."""
+
+    def __init__(self, adaptation: AdaptationStatus) -> None:
+        super().__init__(adaptation)
+        self.adaptation = adaptation
+
+    def __str__(self) -> str:
+        a = self.adaptation
+        return f"adaptation {a.id} {a.status} at step {a.step}/{a.steps}" + (f": {a.error}" if a.error else "")
+
+
 class JobTimeout(GeneratorError, TimeoutError):
     """``wait`` gave up; the job goes on running on the server (cancel it if it is no longer wanted)."""
 
@@ -170,6 +184,22 @@ _Op: TypeAlias = Generator[_Send | _Sleep, Any, T]
 
 
 @dataclass(frozen=True)
+class AdaptOptions:
+    """The training parameters of POST /v1/adaptations (API.md, Adaptations)."""
+
+    steps: int = 200
+    rank: int = 4
+    learning_rate: float = 1e-4
+    seed: int = 0
+    name: str | None = None
+    shared: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps, "rank": self.rank, "learning_rate": self.learning_rate, "seed": self.seed,
+                "name": self.name, "shared": str(self.shared).lower()}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class JobQuery:
     """Which page of which listing: the caller's jobs, or with ``admin`` (an admin's key) every tenant's or
     ``tenant``'s; ``status`` filters by state; ``cursor`` is the ``next_cursor`` of the page before."""
@@ -193,6 +223,7 @@ _JOB_PAGE = TypeAdapter(JobPage)
 _WORKERS = TypeAdapter(list[WorkerInfo])
 _ADAPTER = TypeAdapter(AdapterInfo)
 _ADAPTERS = TypeAdapter(list[AdapterInfo])
+_ADAPTATION = TypeAdapter(AdaptationStatus)
 
 
 class _Protocol:
@@ -267,6 +298,41 @@ class _Protocol:
         response = yield from self._exchange("DELETE", f"/v1/adapters/{adapter_id}")
         return _parse(_ADAPTER, response)
 
+    def adapt(self, archive: bytes, model: str | None, options: AdaptOptions) -> _Op[AdaptationStatus]:
+        """Not retried: a retry after a lost answer would queue the training twice."""
+        params = {"model": model, **options.params()}
+        given = {key: value for key, value in params.items() if value is not None}
+        gzipped = archive.startswith(b"\x1f\x8b")
+        headers = {"Content-Type": "application/gzip" if gzipped else "application/x-tar"}
+        response = yield from self._exchange(
+            "POST", "/v1/adaptations", params=given, content=archive, headers=headers, retry=False
+        )
+        return _parse(_ADAPTATION, response)
+
+    def adaptation(self, adaptation_id: str) -> _Op[AdaptationStatus]:
+        response = yield from self._exchange("GET", f"/v1/adaptations/{adaptation_id}")
+        return _parse(_ADAPTATION, response)
+
+    def cancel_adaptation(self, adaptation_id: str) -> _Op[AdaptationStatus]:
+        response = yield from self._exchange("DELETE", f"/v1/adaptations/{adaptation_id}")
+        return _parse(_ADAPTATION, response)
+
+    def wait_adaptation(self, adaptation_id: str, timeout: float | None, progress: bool) -> _Op[AdaptationStatus]:
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+        with tqdm(desc=f"adaptation {adaptation_id}", unit="step", disable=not progress, delay=0.5) as bar:
+            while True:
+                adaptation = yield from self.adaptation(adaptation_id)
+                bar.total, bar.n = adaptation.steps, adaptation.step
+                bar.refresh()
+                if adaptation.status.terminal:
+                    if adaptation.status is not JobState.succeeded:
+                        raise AdaptationFailed(adaptation)
+                    return adaptation
+                if time.monotonic() >= deadline:
+                    raise GeneratorError(f"adaptation {adaptation_id} still {adaptation.status} after {timeout:g} s "
+                                         f"(step {adaptation.step}/{adaptation.steps})")  # fmt: skip
+                yield _Sleep(min(ADAPTATION_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
     def image(self, sha256: str) -> _Op[bytes]:
         response = yield from self._exchange("GET", f"/v1/images/{sha256}")
         actual = hashlib.sha256(response.content).hexdigest()
@@ -307,8 +373,11 @@ class _Protocol:
         extra_timeout: float = 0.0,
         stream: bool = False,
         content: bytes | None = None,
+        retry: bool = True,
     ) -> _Op[httpx.Response]:
-        """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx."""
+        """Send one request until it gets an answer that is not worth retrying; return it if it is a 2xx. Without
+        ``retry``, a request whose answer was lost is not sent again (the server may have acted on it); a 429 or
+        503, which say it did not, still are."""
         url, timeout = self.base_url + path, self.timeout + extra_timeout
         send = _Send(method, url, timeout, params, json, stream, headers, content)
         error: httpx.TransportError | None
@@ -317,6 +386,8 @@ class _Protocol:
                 response: httpx.Response = yield send
             except httpx.TransportError as exc:
                 error, cause, retry_after = exc, f"{type(exc).__name__}: {exc}", None
+                if not retry:
+                    raise GeneratorUnavailable(send.url, cause, attempt + 1) from exc
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return _checked(response, method, send.url)
@@ -595,6 +666,35 @@ class GeneratorClient(_ClientBase):
     def delete_adapter(self, adapter_id: str) -> AdapterInfo:
         return self._run(self._ops.delete_adapter(adapter_id))
 
+    def adapt(
+        self,
+        archive: bytes,
+        model: str | None = None,
+        *,
+        steps: int = 200,
+        rank: int = 4,
+        learning_rate: float = 1e-4,
+        seed: int = 0,
+        name: str | None = None,
+        shared: bool = False,
+    ) -> AdaptationStatus:
+        """Queue the training of a LoRA of ``model`` (None: the server's default) on ``archive``
+        (gift_common.adaptation_archive.write_archive); its adapter id comes with ``wait_adaptation``."""
+        options = AdaptOptions(steps, rank, learning_rate, seed, name, shared)
+        return self._run(self._ops.adapt(archive, model, options))
+
+    def adaptation(self, adaptation_id: str) -> AdaptationStatus:
+        return self._run(self._ops.adaptation(adaptation_id))
+
+    def cancel_adaptation(self, adaptation_id: str) -> AdaptationStatus:
+        return self._run(self._ops.cancel_adaptation(adaptation_id))
+
+    def wait_adaptation(
+        self, adaptation_id: str, *, timeout: float | None = None, progress: bool = True
+    ) -> AdaptationStatus:
+        """Poll until it ends; AdaptationFailed when it failed or was cancelled, GeneratorError after ``timeout``."""
+        return self._run(self._ops.wait_adaptation(adaptation_id, timeout, progress))
+
     def image(self, sha256: str) -> bytes:
         """The PNG bytes named by ``sha256``, checked against it (IntegrityError if they differ)."""
         return self._run(self._ops.image(sha256))
@@ -730,6 +830,32 @@ class AsyncGeneratorClient(_ClientBase):
 
     async def delete_adapter(self, adapter_id: str) -> AdapterInfo:
         return await self._run(self._ops.delete_adapter(adapter_id))
+
+    async def adapt(
+        self,
+        archive: bytes,
+        model: str | None = None,
+        *,
+        steps: int = 200,
+        rank: int = 4,
+        learning_rate: float = 1e-4,
+        seed: int = 0,
+        name: str | None = None,
+        shared: bool = False,
+    ) -> AdaptationStatus:
+        options = AdaptOptions(steps, rank, learning_rate, seed, name, shared)
+        return await self._run(self._ops.adapt(archive, model, options))
+
+    async def adaptation(self, adaptation_id: str) -> AdaptationStatus:
+        return await self._run(self._ops.adaptation(adaptation_id))
+
+    async def cancel_adaptation(self, adaptation_id: str) -> AdaptationStatus:
+        return await self._run(self._ops.cancel_adaptation(adaptation_id))
+
+    async def wait_adaptation(
+        self, adaptation_id: str, *, timeout: float | None = None, progress: bool = True
+    ) -> AdaptationStatus:
+        return await self._run(self._ops.wait_adaptation(adaptation_id, timeout, progress))
 
     async def image(self, sha256: str) -> bytes:
         return await self._run(self._ops.image(sha256))

@@ -113,3 +113,27 @@ def adapters(owner: str | None = None) -> str:
 def model_layers(model: str) -> str:
     """String: JSON of the layers of a model an adapter may adapt (name -> weight shape), written by its workers."""
     return f"{PREFIX}:model-layers:{model}"
+
+
+ADAPTATION_ENDED = f"{PREFIX}:adaptation-ended"  # pub/sub channel: an adaptation id, published when it ends
+
+
+def adaptations(model: str) -> str:
+    """Stream: one entry (its id and tenant) per adaptation job of ``model`` not ended, read through ``GROUP``."""
+    return f"{PREFIX}:adaptations:{model}"
+
+
+def adaptation(adaptation_id: str, tenant: str) -> str:
+    """Hash: an adaptation job's record (AdaptationStatus's fields, its parameters, its tenant), in its tenant's
+    scope: another tenant's id is not found."""
+    return f"{PREFIX}:tenant:{tenant}:adaptation:{adaptation_id}"
+
+
+def adaptation_archive(adaptation_id: str, tenant: str) -> str:
+    """String: the archive of images and captions the adaptation learns from, deleted when it ends."""
+    return f"{PREFIX}:tenant:{tenant}:adaptation:{adaptation_id}:archive"
+
+
+def adaptation_checkpoint(adaptation_id: str, tenant: str) -> str:
+    """String: the adaptation's last checkpoint (LoRA weights, optimizer state, step), deleted when it ends."""
+    return f"{PREFIX}:tenant:{tenant}:adaptation:{adaptation_id}:checkpoint"

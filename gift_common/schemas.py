@@ -245,6 +245,22 @@ class AdapterInfo(BaseModel):
     created_at: datetime
 
 
+class AdaptationStatus(BaseModel):
+    """An adaptation job (POST /v1/adaptations): a LoRA of ``model`` trained on an uploaded archive by a worker."""
+
+    id: str
+    model: str
+    status: JobState
+    step: int = Field(description="training steps done (the last checkpoint's after a resume)")
+    steps: int = Field(description="training steps asked for")
+    adapter: str | None = Field(
+        default=None, description="the resulting adapter's id (the SHA-256 of its file), set when succeeded"
+    )
+    error: str | None = None
+    created: float = Field(description="when it was submitted (unix seconds)")
+    finished: float | None = Field(default=None, description="when it ended (unix seconds), null until then")
+
+
 class ErrorBody(BaseModel):
     """Every error but a schema 422: one line, the field first where a field is at fault."""
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gift_common.adaptation_archive import ArchiveLimits
 from gift_common.errors import UserError
 from gift_common.schemas import CacheScope
 
@@ -80,6 +81,21 @@ class QueueSettings(HomeSettings, TelemetrySettings):
         default=30.0, gt=0, description="a worker with a heartbeat this recent is alive; its presence outlives it"
     )
 
+    max_adapter_rank: int = Field(default=128, ge=1, description="the largest LoRA rank an adapter may have")
+    max_adaptation_images: int = Field(default=1000, ge=1, description="most images an adaptation archive may hold")
+    max_adaptation_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="the largest adaptation archive, uncompressed, POST accepts"
+    )
+    max_adaptation_pixels: int = Field(default=2048 * 2048, ge=1, description="most pixels of one archive image")
+
+    def archive_limits(self) -> ArchiveLimits:
+        """What an adaptation archive may hold: the API checks it at upload, the worker again when it reads it."""
+        return ArchiveLimits(
+            max_images=self.max_adaptation_images,
+            max_bytes=self.max_adaptation_bytes,
+            max_pixels=self.max_adaptation_pixels,
+        )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
@@ -133,7 +149,7 @@ class ApiSettings(QueueSettings):
     max_adapter_bytes: int = Field(
         default=128 * 1024 * 1024, ge=1, description="the largest adapter file POST /v1/adapters accepts"
     )
-    max_adapter_rank: int = Field(default=128, ge=1, description="the largest LoRA rank an adapter may have")
+    max_adaptation_steps: int = Field(default=10000, ge=1, description="most training steps one adaptation may ask")
 
     @field_validator("api_keys", "admin_keys", "webhook_secrets")
     @classmethod
@@ -174,6 +190,14 @@ class WorkerSettings(QueueSettings):
     adapter_cache_count: int = Field(default=8, ge=1, description="most adapters a worker keeps loaded per model")
     adapter_cache_bytes: int = Field(
         default=1024 * 1024 * 1024, ge=1, description="most bytes of adapter files a worker keeps loaded, all models"
+    )
+
+    adaptations: Literal["idle", "never", "only"] = Field(
+        default="idle",
+        description="adaptation jobs: idle: taken when no image batch waits; never: images only; only: no images",
+    )
+    adaptation_checkpoint_steps: int = Field(
+        default=50, ge=1, description="an adaptation's LoRA and optimizer are checkpointed every this many steps"
     )
 
 

@@ -58,6 +58,9 @@ class RecordOutcome(IntEnum):
 
 # End a live job early (cancelled or failed), allowed over maxmemory so that a cancel works while Redis is full.
 END_JOB = _script("end_job", "job_index_functions", "end_job_functions")  # returns the job's state afterwards
+# An adaptation job's end (adaptations.py) and its progress; each returns the job's state afterwards.
+END_ADAPTATION = _script("end_adaptation")
+ADAPTATION_STEP = _script("adaptation_step")
 
 # Accept a job: the tenant's limit check and every write of the job in one atomic step.
 ADMIT_JOB = _script("admit_job", "job_index_functions")

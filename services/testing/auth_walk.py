@@ -53,7 +53,12 @@ def walk(api: str, owner: tuple[str, str], other_key: str, *, images_per_tenant:
     tenant, key = owner
     with GeneratorClient(api, key) as client:
         job = client.wait(client.submit(JobRequest(prompts=["auth walk"], num_inference_steps=2)).id, progress=False)
-    values = {"job_id": job.id, "sha256": job.images[0].sha256, "adapter_id": "0" * 64}
+    values = {
+        "job_id": job.id,
+        "sha256": job.images[0].sha256,
+        "adapter_id": "0" * 64,
+        "adaptation_id": "ad-" + "0" * 32,
+    }
     figures, seen = AuthWalk(), Counter()
     spec = httpx.get(f"{api}/openapi.json").json()
     for path, operations in spec["paths"].items():

@@ -24,6 +24,7 @@ import pytest
 
 from gift_common.client import (
     MAX_RETRY_DELAY,
+    AdaptationFailed,
     AsyncGeneratorClient,
     GeneratorClient,
     GeneratorError,
@@ -457,3 +458,73 @@ def test_retry_delay_is_capped_and_reads_http_dates():
 def test_client_imports_nothing_heavy():
     code = "import sys, gift_common.client; assert not {'torch', 'diffusers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- adaptation jobs --------------------------------------------------------------------------------------------
+
+
+def adaptation_json(status: str = "queued", step: int = 0, **extra: Any) -> dict:
+    ends = {name: extra.get(name) for name in ("adapter", "error", "finished")}
+    return {"id": "ad-1", "model": "tinyworld", "status": status, "step": step, "steps": 4, "created": 1.0, **ends}
+
+
+def adaptations(statuses: list[dict]) -> tuple[Handler, list[httpx.Request]]:
+    """A server of one adaptation job whose status advances one step per read."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if (request.method, request.url.path) == ("POST", "/v1/adaptations"):
+            return httpx.Response(202, json=adaptation_json())
+        if (request.method, request.url.path) == ("GET", "/v1/adaptations/ad-1"):
+            return httpx.Response(200, json=statuses.pop(0) if len(statuses) > 1 else statuses[0])
+        return httpx.Response(404, json={"detail": "no route"})
+
+    return handler, seen
+
+
+def test_adapt_posts_the_archive_with_its_type_and_parameters_and_waits_for_the_adapter(connect):
+    done = adaptation_json("succeeded", 4, adapter="a" * 64, finished=2.0)
+    handler, seen = adaptations([adaptation_json("running", 2), done])
+    client = connect(handler)
+    queued = client.adapt(b"\x1f\x8b gzipped tar", "tinyworld", steps=4, rank=2, name="cats", shared=True)
+    assert queued.status == "queued" and queued.steps == 4
+    post = seen[0]
+    assert post.headers["Content-Type"] == "application/gzip" and post.content == b"\x1f\x8b gzipped tar"
+    assert dict(post.url.params) == {"model": "tinyworld", "steps": "4", "rank": "2", "learning_rate": "0.0001",
+                                     "seed": "0", "name": "cats", "shared": "true"}  # fmt: skip
+    assert client.wait_adaptation("ad-1", progress=False).adapter == "a" * 64
+    assert len(client.sleeps) == 1, "one pause between the two reads"
+
+
+def test_a_plain_tar_is_sent_as_such_and_its_model_left_to_the_server(connect):
+    handler, seen = adaptations([adaptation_json()])
+    connect(handler).adapt(b"plain tar")
+    assert seen[0].headers["Content-Type"] == "application/x-tar" and "model" not in seen[0].url.params
+
+
+def test_waiting_for_a_failed_or_cancelled_adaptation_raises_with_its_reason(connect):
+    for status, text in [("failed", "adaptation ad-1 failed at step 1/4: training failed: boom"),
+                         ("cancelled", "adaptation ad-1 cancelled at step 1/4")]:  # fmt: skip
+        handler, _ = adaptations(
+            [adaptation_json(status, 1, error="training failed: boom" if status == "failed" else None)]
+        )
+        with pytest.raises(AdaptationFailed) as ended:
+            connect(handler).wait_adaptation("ad-1", progress=False)
+        assert str(ended.value) == text and ended.value.adaptation.status == status
+
+
+def test_an_adaptation_whose_answer_was_lost_is_not_posted_again_but_a_503_is_retried(connect):
+    handler, seen = flaky([httpx.ReadTimeout("the answer was lost")])
+    with pytest.raises(GeneratorUnavailable, match="after 1 attempts"):
+        connect(handler).adapt(b"tar")
+    assert len(seen) == 1, "the server may have queued it: a second POST would train it twice"
+    handler, seen = adaptations([adaptation_json()])
+    retried, _ = flaky([httpx.Response(503, headers={"Retry-After": "0.01"})])
+    calls: list[httpx.Request] = []
+
+    def then_serve(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return retried(request) if len(calls) == 1 else handler(request)
+
+    assert connect(then_serve).adapt(b"tar").id == "ad-1" and len(calls) == 2

@@ -46,3 +46,36 @@ def test_a_batch_met_by_a_bug_is_released_to_be_taken_over():
         worker.step()
     assert worker.queue.released == [{"a": ["1-0"]}]
     assert worker.backlog.held() == {} and worker._held == {}, "no longer kept fresh by the heartbeat"
+
+
+class Recording:
+    """Stands in for the image step and the adaptations: notes each call and answers whether there was work."""
+
+    def __init__(self, images: bool, adaptation: bool):
+        self.images, self.adaptation, self.calls = images, adaptation, []
+
+    def image_step(self) -> bool:
+        self.calls.append("images")
+        return self.images
+
+    def run_one(self, models: object) -> bool:
+        self.calls.append("adaptation")
+        return self.adaptation
+
+
+@pytest.mark.parametrize(
+    ("mode", "images", "calls"),
+    [
+        ("idle", True, ["images"]),  # an image batch was made: no adaptation this step
+        ("idle", False, ["images", "adaptation"]),  # nothing to draw: an adaptation job, if one waits
+        ("never", False, ["images"]),
+        ("only", True, ["adaptation"]),  # image work is never read
+    ],
+)
+def test_gift_adaptations_says_when_a_worker_takes_an_adaptation_job(monkeypatch, mode, images, calls):
+    worker = Worker({}, Settings(redis_url="redis://127.0.0.1:9/0", adaptations=mode))
+    recording = Recording(images, adaptation=True)
+    monkeypatch.setattr(worker, "_image_step", recording.image_step)
+    worker.adapting = recording  # type: ignore[assignment]
+    assert worker.step() == (images or "adaptation" in calls)
+    assert recording.calls == calls

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from gift_common import redis_keys
 from gift_common.schemas import AdapterInfo, JobRequest
-from gift_common.settings import ApiSettings
+from gift_common.settings import QueueSettings
 from services.generator import adapter_files, replies, store
 from services.generator.api.errors import JobError
 from services.generator.blobs import BlobName, BlobStore
@@ -32,7 +32,7 @@ def scopes(tenant: str) -> tuple[str, None]:
 class AdapterService:
     """``redis`` decodes replies to text; ``blobs`` is the same server without decoding, for the files' bytes."""
 
-    def __init__(self, redis: Redis, blobs: Redis, settings: ApiSettings, blob_store: BlobStore | None = None):
+    def __init__(self, redis: Redis, blobs: Redis, settings: QueueSettings, blob_store: BlobStore | None = None):
         self.redis, self.blobs, self.settings, self.blob_store = redis, blobs, settings, blob_store
 
     async def upload(
@@ -40,7 +40,7 @@ class AdapterService:
     ) -> tuple[AdapterInfo, bool]:
         """Check and keep an adapter of ``model``; returns it and whether it is new (the same file uploaded again
         into the same scope is the same adapter). The body limit (GIFT_MAX_ADAPTER_BYTES) was applied before."""
-        layers = await self._layers(model)
+        layers = await self.layers(model)
         try:
             checked = await asyncio.to_thread(adapter_files.check, data, layers, model, self.settings.max_adapter_rank)
         except adapter_files.AdapterRejected as error:
@@ -57,7 +57,7 @@ class AdapterService:
         await self._keep(info, data, owner, tenant)
         return info, True
 
-    async def _layers(self, model: str) -> dict[str, list[int]]:
+    async def layers(self, model: str) -> dict[str, list[int]]:
         """The model's adaptable layers as its workers registered them."""
         layers = replies.optional_text(await self.redis.get(redis_keys.model_layers(model)))
         if layers is not None:

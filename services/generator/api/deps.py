@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gift_common.settings import ApiSettings
 from services.generator import logs, tracing
+from services.generator.api.adaptations import AdaptationService
 from services.generator.api.adapters import AdapterService
 from services.generator.api.jobs import JobService
 
@@ -101,3 +102,11 @@ async def get_adapters(request: Request) -> AdapterService:
 
 
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
+
+
+async def get_adaptations(request: Request) -> AdaptationService:
+    adaptations: AdaptationService = request.app.state.jobs.adaptations
+    return adaptations
+
+
+AdaptationsDep = Annotated[AdaptationService, Depends(get_adaptations)]

@@ -27,6 +27,7 @@ from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState, JobStatus, ModelInfo
 from gift_common.settings import ApiSettings
 from services.generator import job_index, logs, replies, stats, store, tracing
+from services.generator.api.adaptations import AdaptationService
 from services.generator.api.adapters import AdapterService
 from services.generator.api.admission import AdmissionMark
 from services.generator.api.errors import JobError
@@ -66,6 +67,7 @@ class JobService:
         self._served: set[str] = set()  # the models a live worker serves, read with the registrations
         self._models_read_at = -MODELS_TTL_SECONDS
         self.admission = AdmissionMark(redis, settings.redis_admit_fraction)
+        self.adaptations = AdaptationService(redis, blobs, settings, self.adapters, self._check_room)
         self._lookup = redis.register_script(store.CACHE_LOOKUP)
         self._admit = redis.register_script(store.ADMIT_JOB)
         self._read = redis.register_script(store.READ_JOB)

@@ -24,6 +24,7 @@ from starlette.routing import compile_path
 
 from gift_common.settings import ApiSettings, load
 from services.generator import logs, tracing
+from services.generator.api.adaptation_routes import adaptations
 from services.generator.api.adapter_routes import adapters
 from services.generator.api.errors import JobError
 from services.generator.api.events import JobEvents
@@ -87,6 +88,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(images)
     app.include_router(streams)
     app.include_router(adapters)
+    app.include_router(adaptations)
     app.include_router(ops)
     app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
     app.add_exception_handler(JobError, _job_error)
@@ -95,7 +97,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_exception_handler(redis_errors.ConnectionError, _redis_down)
     app.add_exception_handler(redis_errors.TimeoutError, _redis_down)
     app.add_exception_handler(redis_errors.OutOfMemoryError, _redis_full)
-    limits = {"/v1/adapters": (settings.max_adapter_bytes, "GIFT_MAX_ADAPTER_BYTES")}
+    limits = {
+        "/v1/adapters": (settings.max_adapter_bytes, "GIFT_MAX_ADAPTER_BYTES"),
+        "/v1/adaptations": (settings.max_adaptation_bytes, "GIFT_MAX_ADAPTATION_BYTES"),
+    }
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, by_path=limits)
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestIds)  # the last added runs first: every line of the request has its id

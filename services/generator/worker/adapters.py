@@ -81,6 +81,13 @@ class AdapterCache:
         self._active[model.name] = wanted
         return Switch(loaded=not hit and adapter is not None, hit=hit, seconds=time.perf_counter() - started)
 
+    def base(self, model: LoadedModel) -> None:
+        """Put ``model`` on its base weights alone, whatever was active: around a training, which adds and deletes
+        its own LoRA (PEFT may make a loaded adapter active when one is deleted)."""
+        if self.loaded(model.name):
+            model.pipeline.disable_lora()
+        self._active[model.name] = None
+
     def _load(self, model: LoadedModel, adapter: str) -> None:
         data = self.fetch(adapter)
         if data is None:

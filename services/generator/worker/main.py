@@ -36,14 +36,14 @@ from services.generator import logs, tracing
 from services.generator.blobs import open_blob_store, sweep
 from services.generator.store import RecordOutcome
 from services.generator.worker import synthesis
+from services.generator.worker.adaptation_queue import AdaptationQueue
 from services.generator.worker.adapters import AdapterCache, AdapterGone, deleted
+from services.generator.worker.adapting import Adapting
 from services.generator.worker.batcher import Backlog, Shape, Task
-from services.generator.worker.queue import Chunk, JobInfo, WorkerQueue
+from services.generator.worker.queue import REDIS_UNAVAILABLE, Chunk, JobInfo, WorkerQueue
 
 log = logging.getLogger("gift.worker")
 T = TypeVar("T")
-# Redis down, or full (maxmemory refuses writes): either way what is in memory is kept and retried, never dropped.
-REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
 RECLAIM_EVERY_SECONDS = 1.0  # how often to look for chunks a dead or stopped worker left (one XPENDING per job)
 
 
@@ -79,6 +79,9 @@ class Worker:
             self._adapter_file, settings.home / "adapters", settings.adapter_cache_count, settings.adapter_cache_bytes
         )
         self.stopping = threading.Event()
+        queue = AdaptationQueue(self.redis, self.blobs, self.consumer, settings.claim_timeout_seconds,
+                                settings.max_deliveries, settings.job_ttl_seconds)  # fmt: skip
+        self.adapting = Adapting(queue, settings, self.adapters, self.blob_store, self.stopping)
         self.interrupted = False  # stopped by Ctrl-C, not SIGTERM
         self._held: dict[str, list[str]] = {}
         self._call: tuple[set[str], threading.Event] | None = None  # the pipeline call running: its jobs, its stop
@@ -125,11 +128,14 @@ class Worker:
                 model.name, model.height, model.width, model.fingerprint, model.stand_in, model.fingerprints
             )
             self.queue.register_layers(model.name, synthesis.adaptable_layers(model.pipeline))
+            if self.settings.adaptations != "never":
+                self.adapting.queue.ensure_group(model.name)
 
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_seconds):
             with contextlib.suppress(*REDIS_UNAVAILABLE):  # the main loop reports it
                 self.queue.heartbeat(self._held, self.models)
+                self.adapting.heartbeat()
                 self._stop_call_if_unwanted()
 
     def _sweep_blobs(self) -> None:
@@ -166,6 +172,13 @@ class Worker:
     # --- one step -------------------------------------------------------------------------------------
 
     def step(self) -> bool:
+        """Make one batch of images, else (GIFT_ADAPTATIONS) train one adaptation job; False when there was nothing
+        to do."""
+        if self.settings.adaptations != "only" and self._image_step():
+            return True
+        return self.settings.adaptations != "never" and self.adapting.run_one(self.models)
+
+    def _image_step(self) -> bool:
         """Fill the backlog and make one batch; False when there was nothing to do.
 
         A batch never leaves memory half done: when Redis is unavailable it goes back to the backlog, to be made

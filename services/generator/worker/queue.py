@@ -23,6 +23,8 @@ from services.generator import logs, replies, stats, store
 from services.generator.blobs import BlobName, BlobStore
 
 log = logging.getLogger("gift.worker")
+# Redis down, or full (maxmemory refuses writes): either way what is in memory is kept and retried, never dropped.
+REDIS_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
 READ_TRIES = 3  # how often a read of new work starts again when a job became active meanwhile
 
 
