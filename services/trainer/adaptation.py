@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from gift_common.adaptation_archive import write_archive
+from gift_common.client import GeneratorError, GeneratorUnavailable
 from gift_common.errors import UserError
 from services.trainer.context import embed
 from services.trainer.filtering import own_probability
@@ -121,12 +122,19 @@ def png(image: Image.Image) -> bytes:
 
 
 def adapt(
-    client: AdaptationClient, data: bytes, settings: SyntheticConfig, rule: AdaptConfig, name: str
+    client: AdaptationClient, data: bytes, settings: SyntheticConfig, rule: AdaptConfig, name: str, progress: bool
 ) -> tuple[str, str]:
-    """Train the task's adapter on the generator and wait for it; its (adaptation id, adapter id)."""
-    job = client.adapt(data, settings.model, steps=rule.steps, rank=rule.rank, learning_rate=rule.learning_rate,
-                       seed=settings.seed, name=name)  # fmt: skip
-    done = client.wait_adaptation(job.id, timeout=rule.timeout, progress=False)
+    """Train the task's adapter on the generator and wait for it (a progress bar where `progress`); its (adaptation
+    id, adapter id)."""
+    try:
+        job = client.adapt(data, settings.model, steps=rule.steps, rank=rule.rank,
+                           learning_rate=rule.learning_rate, seed=settings.seed, name=name)  # fmt: skip
+        done = client.wait_adaptation(job.id, timeout=rule.timeout, progress=progress)
+    except GeneratorUnavailable as error:
+        raise UserError(f"adapter of {name}: {error}; start the generator (gift generator serve/worker) or set "
+                        "synthetic.generator_url or GIFT_GENERATOR_URL") from None  # fmt: skip
+    except GeneratorError as error:  # refused, failed, cancelled, or not done within synthetic.adapt.timeout
+        raise UserError(f"adapter of {name}: {error}") from None
     if done.adapter is None:
         raise UserError(f"adaptation {job.id} ({name}) ended without an adapter")
     return job.id, done.adapter

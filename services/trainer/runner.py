@@ -276,7 +276,8 @@ class Runner:
         client = GeneratorClient(self.config.synthetic.generator_url)
         try:
             job, adapter = adaptation.adapt(client, adaptation.archive(images, indices, data.prompts),
-                                            self.config.synthetic, rule, f"gift {data.name}")  # fmt: skip
+                                            self.config.synthetic, rule, f"gift {data.name}",
+                                            self.config.progress)  # fmt: skip
         finally:
             client.close()
         self.results.adaptation[data.name] = adaptation.record(job, adapter, len(indices), started)

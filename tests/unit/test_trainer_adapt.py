@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from gift_common.adaptation_archive import read_archive
+from gift_common.client import GeneratorError, GeneratorUnavailable
 from gift_common.errors import UserError
 from gift_common.schemas import JobRequest
 from services.testing.fake_generator import FakeGenerator, png
@@ -180,12 +181,35 @@ def test_the_adapter_is_asked_for_with_the_settings_and_waited_for() -> None:
                                                "learning_rate": 2e-4, "timeout": 60}})  # fmt: skip
     assert settings.adapt is not None
     client = StubAdapting()
-    assert adaptation.adapt(client, b"tar", settings, settings.adapt, "gift cars") == ("job-1", A)
+    assert adaptation.adapt(client, b"tar", settings, settings.adapt, "gift cars", False) == ("job-1", A)
     assert client.asked == [(b"tar", "sd15", {"steps": 50, "rank": 8, "learning_rate": 2e-4, "seed": 3,
                                               "name": "gift cars"})]  # fmt: skip
     assert client.waited == [("job-1", {"timeout": 60, "progress": False})]
     with pytest.raises(UserError, match="adaptation job-1 \\(gift cars\\) ended without an adapter"):
-        adaptation.adapt(StubAdapting(adapter=None), b"tar", settings, settings.adapt, "gift cars")
+        adaptation.adapt(StubAdapting(adapter=None), b"tar", settings, settings.adapt, "gift cars", True)
+
+
+class FailingAdaptation(StubAdapting):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def wait_adaptation(self, adaptation_id: str, **options: object) -> Status:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (GeneratorError("adaptation job-1 failed: no image"), "adapter of gift cars: adaptation job-1 failed"),
+        (GeneratorUnavailable("http://127.0.0.1:1", "ConnectError", 1), "adapter of gift cars: .*start the generator"),
+    ],
+)
+def test_a_failed_adaptation_is_one_line_naming_the_task(error: Exception, message: str) -> None:
+    settings = SyntheticConfig.model_validate({"adapt": {}})
+    assert settings.adapt is not None
+    with pytest.raises(UserError, match=message):
+        adaptation.adapt(FailingAdaptation(error), b"tar", settings, settings.adapt, "gift cars", False)
 
 
 # --- replay with the adapters ----------------------------------------------------------------------------------
