@@ -182,6 +182,38 @@ class FilterConfig(Strict):
         return None if self.keep is None else max(1, round(self.keep * pairs))
 
 
+class AdaptConfig(Strict):
+    """An adapter of the generator for each task (METHOD.md, "Adapted replay"): after task t, the generator trains a
+    LoRA of its model on task t's training images, and later tasks replay task t's classes with it."""
+
+    select: Literal["confident", "all"] = Field(
+        default="confident",
+        description="confident: each class's images the model just trained classifies most confidently (LoRA-Loop); "
+        "all: every training image",
+    )
+    fraction: float | None = Field(
+        default=None, gt=0, le=1, description="confident: the share of each class's images kept; None = 0.5"
+    )
+    max_images: int = Field(default=500, ge=1, description="the most images one adapter learns from, every class kept")
+    steps: int = Field(default=200, ge=1, description="the adapter's training steps")
+    rank: int = Field(default=4, ge=1, description="the LoRA's rank")
+    learning_rate: float = Field(default=1e-4, gt=0, description="the adapter's learning rate")
+    scale: float = Field(default=1.0, ge=-4, le=4, description="the adapter's weight when replaying with it")
+    timeout: Positive | None = Field(default=None, description="seconds to wait for one adapter; None = no limit")
+
+    @model_validator(mode="after")
+    def _fraction_of_confident(self) -> AdaptConfig:
+        if self.select == "all" and self.fraction is not None:
+            raise ValueError("fraction chooses among confident images: leave it out with select: all, or set select: "
+                             "confident")  # fmt: skip
+        return self
+
+    @property
+    def share(self) -> float:
+        """The share of each class's images kept: every one under `all`."""
+        return 1.0 if self.select == "all" else 0.5 if self.fraction is None else self.fraction
+
+
 class SyntheticConfig(Strict):
     """The synthetic set S_t of every task (METHOD.md) and how the generator makes it."""
 
@@ -209,6 +241,9 @@ class SyntheticConfig(Strict):
     filter: FilterConfig | None = Field(
         default=None, description="replay only the pairs the teacher recognises best (below); None = every pair"
     )
+    adapt: AdaptConfig | None = Field(
+        default=None, description="replay each task's classes with an adapter of the generator (below); None = off"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -231,6 +266,13 @@ class SyntheticConfig(Strict):
         if value not in REPLAY_SOURCES:
             raise ValueError(f"unknown replay source {value!r}; registered: {', '.join(REPLAY_SOURCES.names())}")
         return value
+
+    @model_validator(mode="after")
+    def _adapt_needs_the_generator(self) -> SyntheticConfig:
+        if self.adapt is not None and self.source != "generator":
+            raise ValueError(f"adapt trains adapters of the generator; the replay source {self.source!r} makes no "
+                             "images: set source: generator, or leave adapt out")  # fmt: skip
+        return self
 
 
 class EvaluationConfig(Strict):

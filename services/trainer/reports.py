@@ -46,6 +46,7 @@ class Results:
     stand_ins: list[str] = field(default_factory=list)  # stand-in weights the run used (gift_common.stand_in)
     weights: str | None = None  # set: one model measured (`gift eval`), its single row no matrix
     synthetic: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: its replay set (runner._replay)
+    adaptation: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: its adapter (synthetic.adapt)
 
 
 def summary(results: Results) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def summary(results: Results) -> dict[str, Any]:
         "pretraining_zero_shot": _mean(results.probe_zero_shot) if results.probe_zero_shot else None,
         "pretraining_zero_shot_families": results.probe_zero_shot,
         "synthetic": results.synthetic,
+        "adaptation": results.adaptation,
     }
 
 

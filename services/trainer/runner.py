@@ -16,6 +16,7 @@ import json
 import pickle
 import re
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -26,10 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from gift_common.client import GeneratorClient
 from gift_common.errors import UserError
 from gift_common.files import atomic_file, atomic_write, remove_orphans
+from gift_common.schemas import JobRequest
 from gift_common.stand_in import is_stand_in
-from services.trainer import datasets, distributed, filtering, reports
+from services.trainer import adaptation, datasets, distributed, filtering, reports
 from services.trainer.config import RunConfig, TaskConfig
 from services.trainer.context import ReplaySet, Task
 from services.trainer.engine import Engine, StepLog
@@ -38,7 +41,16 @@ from services.trainer.models import create_model, create_tokenizer, image_transf
 from services.trainer.plugins import Probe, ReplaySets
 from services.trainer.registries import METHODS, PROBES, REPLAY_SOURCES
 from services.trainer.streams import BatchStream, in_order
-from services.trainer.synthetic import SyntheticPairs, concept_names, default_cache_dir, prompt_pool, set_request
+from services.trainer.synthetic import (
+    SyntheticPairs,
+    TaskByTask,
+    concept_names,
+    default_cache_dir,
+    generator_sets,
+    prompt_pool,
+    set_request,
+    split_by_adapter,
+)
 from services.trainer.tracking import Tracker
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,7 +67,7 @@ OPERATIONAL = {
     "wandb": True,
     "training": {"num_workers", "grad_checkpointing"},  # the same gradients, recomputed or kept
     "evaluation": {"num_workers"},
-    "synthetic": {"generator_url", "timeout", "cache_dir"},
+    "synthetic": {"generator_url": True, "timeout": True, "cache_dir": True, "adapt": {"timeout"}},
 }
 
 
@@ -120,6 +132,8 @@ class Runner:
                 self.results.probe_zero_shot = self._evaluate_probe() if self.probe else None
                 self._report()
             for index in range(self.engine.tasks_done, len(self.tasks)):
+                if self.config.synthetic.adapt is not None and synthetic is not None and index > 0:
+                    self._adapt(index - 1)
                 task = self._task(index, synthetic)
                 self.engine.train_task(task, on_step=lambda step, log, i=index: self._after_step(i, step, log))
                 self.results.rows.append(self._evaluate())
@@ -220,7 +234,55 @@ class Runner:
             previous = [(t.classnames, t.templates[0]) for t in self.tasks[:index]]
             self.pools[self.tasks[index].name] = pool = prompt_pool(concepts, settings.concept_template, previous)
             requests[self.tasks[index].name] = set_request(pool, settings, index)
+        if settings.adapt is not None:  # a set's jobs name adapters made as the run goes: asked for task by task
+            if distributed.world_size() > 1:
+                raise UserError("synthetic.adapt runs in one process: train it without torchrun")
+            return TaskByTask(requests, lambda name: self._adapted_set(name, requests[name]))
         return REPLAY_SOURCES.get(settings.source)(requests, settings)
+
+    def _adapted_set(self, name: str, request: JobRequest) -> ReplaySets:
+        """The task's set, its earlier tasks' classes drawn with their adapters (all made by now)."""
+        settings, index = self.config.synthetic, self._index(name)
+        assert settings.adapt is not None
+        earlier = [(t.classnames, t.templates[0], self.results.adaptation[t.name]["adapter"])
+                   for t in self.tasks[:index]]  # fmt: skip
+        parts = split_by_adapter(request, adaptation.adapter_prompts(earlier), settings.adapt.scale)
+        return generator_sets({name: request}, settings, parts={name: parts})
+
+    def _index(self, name: str) -> int:
+        return [task.name for task in self.tasks].index(name)
+
+    def _adapt(self, index: int) -> None:
+        """Task `index`'s adapter, trained on its images as the model that has just learnt it sees them; once per
+        run: its id is checkpointed, so a resumed run replays with the same adapter."""
+        data, rule = self.tasks[index], self.config.synthetic.adapt
+        assert rule is not None
+        if data.name in self.results.adaptation:
+            return
+        started = time.monotonic()
+        images = datasets.load_split(data.config, data.classnames, "train", lambda image: image,
+                                     hold_out_val=self.config.evaluation.split == "val")  # fmt: skip
+        if rule.max_images < len(data.classnames):
+            raise UserError(f"synthetic.adapt.max_images ({rule.max_images}) is fewer than the {len(data.classnames)} "
+                            f"classes of task {data.name}: raise it so that every class has an image")  # fmt: skip
+        if rule.select == "confident":
+            confidence, labels = adaptation.confidences(self.model, images, self.tokenizer(data.prompts),
+                                                        self.eval_transform, self.device, self.engine.precision,
+                                                        self.config.evaluation.batch_size)  # fmt: skip
+        else:
+            confidence, labels = None, adaptation.labels(images)
+        indices = adaptation.chosen(labels, confidence, rule.share, rule.max_images)
+        say(f"task {data.name}: the generator learns it from {len(indices)} of its images")
+        client = GeneratorClient(self.config.synthetic.generator_url)
+        try:
+            job, adapter = adaptation.adapt(client, adaptation.archive(images, indices, data.prompts),
+                                            self.config.synthetic, rule, f"gift {data.name}",
+                                            self.config.progress)  # fmt: skip
+        finally:
+            client.close()
+        self.results.adaptation[data.name] = adaptation.record(job, adapter, len(indices), started)
+        self._checkpoint()
+        self._report()
 
     def _task(self, index: int, synthetic: ReplaySets | None) -> Task:
         data, schedule = self.tasks[index], self.config.schedule(self.tasks[index].config)

@@ -1,9 +1,11 @@
 """The synthetic sets S_t of METHOD.md: prompts drawn from P_t, images from the generator, kept in a local cache.
 
-S_t depends only on the settings and the class names of tasks before t, so every set is known when the run starts.
-A background thread obtains them in the order the tasks need them (the generator shares its workers among queued
-jobs, so asking for all at once would delay the first), while the engine trains. A set arrives as one streamed
-archive (`GET /v1/jobs/{id}/archive`), one request however many images it holds. Sets are stored by content:
+S_t depends only on the settings and the class names of tasks before t, so every set is known when the run starts
+(under synthetic.adapt, a set's jobs also name the adapters of the tasks before t, so each set is asked for when its
+task starts: one job per adapter, each image with the seed it has without adapt). A background thread obtains them
+in the order the tasks need them (the generator shares its workers among queued jobs, so asking for all at once
+would delay the first), while the engine trains. A job's images arrive as one streamed archive
+(`GET /v1/jobs/{id}/archive`), one request however many images it holds. Sets are stored by content:
 `images/<sha256>.png` and `sets/<request key>.json`; a rerun or a resume reads them without the generator, and
 every image's SHA-256 is checked when it arrives and whenever it is read.
 
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -50,6 +53,7 @@ from services.trainer.registries import CONCEPTS
 
 if TYPE_CHECKING:
     from services.trainer.config import SyntheticConfig
+    from services.trainer.plugins import ReplaySets
 
 POLL_SECONDS = 1.0  # how long a process that does not fetch waits for another's stored set before looking again
 T = TypeVar("T")
@@ -96,6 +100,38 @@ def set_request(pool: Sequence[str], settings: SyntheticConfig, task_index: int)
         width=settings.width,
         negative_prompt=settings.negative_prompt,
     )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One generator job of a set: the set's images at `indices` (in that order), as `request` makes them."""
+
+    indices: tuple[int, ...]
+    request: JobRequest
+
+
+def whole(request: JobRequest) -> list[Part]:
+    """A set made by one job: every set without synthetic.adapt, and any set no adapter applies to."""
+    return [Part(tuple(range(len(request.prompts))), request)]
+
+
+def split_by_adapter(request: JobRequest, adapters: Mapping[str, str], scale: float) -> list[Part]:
+    """The set's prompts grouped by the adapter `adapters` names for them (none: the base model), one job a group,
+    each image keeping the seed it has in `request`; a set no adapter applies to stays the one job `request`."""
+    groups: dict[str | None, list[int]] = {}
+    for index, prompt in enumerate(request.prompts):
+        groups.setdefault(adapters.get(prompt), []).append(index)
+    if list(groups) == [None]:
+        return whole(request)
+    return [Part(tuple(indices), part_request(request, indices, adapter, scale)) for adapter, indices in groups.items()]
+
+
+def part_request(request: JobRequest, indices: Sequence[int], adapter: str | None, scale: float) -> JobRequest:
+    """The images of `request` at `indices` with their own seeds, made with `adapter` at `scale` where one is named."""
+    fields = request.model_dump(exclude={"seed", "seeds", "adapter", "adapter_scale"}, exclude_none=True)
+    with_adapter = {} if adapter is None else {"adapter": adapter, "adapter_scale": scale}
+    return JobRequest.model_validate({**fields, "prompts": [request.prompts[i] for i in indices],
+                                      "seeds": [request.seed_of(i) for i in indices], **with_adapter})  # fmt: skip
 
 
 class SetCache:
@@ -208,6 +244,7 @@ class ChunkReader(io.RawIOBase):
 class SyntheticSets:
     """Obtains the sets of a run's tasks in order in a background thread; `paths(task)` waits for the task's set.
 
+    A set is one job, or several (`parts`: synthetic.adapt's, one per adapter), each cached as a set of its own.
     One job at a time, so that the set needed first is made first; the next job is submitted as soon as the
     current one is generated, so the generator works on it while this one downloads. Only the process that
     `fetches` talks to the generator (one per machine under torchrun); the others wait for it to store each set in
@@ -222,11 +259,13 @@ class SyntheticSets:
         *,
         fetch: bool = True,
         timeout: float | None = None,
+        parts: Mapping[str, list[Part]] | None = None,
     ) -> None:
         self.requests, self.cache, self.timeout, self.fetch = requests, cache, timeout, fetch
+        self.parts = {task: whole(request) for task, request in requests.items()} | dict(parts or {})
         self._client_factory = client_factory
         self._client: GeneratorClient | None = None
-        self._queue = list(requests.values())  # the order the tasks need their sets in
+        self._queue = [part.request for task in requests for part in self.parts[task]]  # in the order needed
         self._jobs: dict[int, str] = {}
         self._sets: dict[str, Future[list[Path]]] = {task: Future() for task in requests}
         self._stop = threading.Event()
@@ -255,7 +294,8 @@ class SyntheticSets:
         """The images of the task's set that the safety checker blacked out and the generator drew again, as the
         set's job reported them (images its cache served count 0); None for a set stored before they were counted."""
         self.paths(task)
-        return self.cache.replaced(self.requests[task])
+        counts = [self.cache.replaced(part.request) for part in self.parts[task]]
+        return None if None in counts else sum(count for count in counts if count is not None)
 
     def close(self) -> None:
         """Stop asking for sets; a wait in progress ends within one long-poll (LONG_POLL_SECONDS)."""
@@ -263,11 +303,14 @@ class SyntheticSets:
 
     def _run(self) -> None:
         try:
-            for index, future in enumerate(self._sets.values()):
+            index = 0
+            for task, future in self._sets.items():
+                parts = self.parts[task]
                 try:
-                    future.set_result(self._obtain(index))
+                    future.set_result(stitched(parts, [self._obtain(index + i) for i in range(len(parts))]))
                 except Exception as error:  # handed to whoever waits for this set
                     future.set_exception(error)
+                index += len(parts)
         finally:
             if self._client is not None:
                 self._client.close()
@@ -324,11 +367,49 @@ class SyntheticSets:
         return self._client
 
 
+def stitched(parts: Sequence[Part], paths: Sequence[list[Path]]) -> list[Path]:
+    """A set's images in prompt order, from its parts' images."""
+    placed: dict[int, Path] = {}
+    for part, files in zip(parts, paths, strict=True):
+        placed |= dict(zip(part.indices, files, strict=True))
+    return [placed[index] for index in range(len(placed))]
+
+
+class TaskByTask:
+    """Replay sets asked for one task at a time, when the task first needs its set (synthetic.adapt: a set's parts
+    are known once the adapter of the task before it exists). `open_set(task)` makes the sets of that task alone."""
+
+    def __init__(self, requests: Mapping[str, JobRequest], open_set: Callable[[str], ReplaySets]) -> None:
+        self.requests, self._open_set = requests, open_set
+        self._current: tuple[str, ReplaySets] | None = None
+
+    def ready(self, task: str) -> bool:
+        return self._sets(task).ready(task)
+
+    def images(self, task: str) -> Sequence[Path] | np.ndarray:
+        return self._sets(task).images(task)
+
+    def replaced(self, task: str) -> int | None:
+        return self._sets(task).replaced(task)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current[1].close()
+
+    def _sets(self, task: str) -> ReplaySets:
+        if self._current is None or self._current[0] != task:
+            self.close()
+            self._current = task, self._open_set(task)
+        return self._current[1]
+
+
 def default_cache_dir(settings: SyntheticConfig) -> Path:
     return settings.cache_dir or load(HomeSettings).home / "synthetic"
 
 
-def generator_sets(requests: Mapping[str, JobRequest], settings: SyntheticConfig) -> SyntheticSets:
+def generator_sets(
+    requests: Mapping[str, JobRequest], settings: SyntheticConfig, parts: Mapping[str, list[Part]] | None = None
+) -> SyntheticSets:
     """The built-in replay source: the generator makes the sets, one process per machine asks for them."""
     return SyntheticSets(
         dict(requests),
@@ -336,6 +417,7 @@ def generator_sets(requests: Mapping[str, JobRequest], settings: SyntheticConfig
         lambda: GeneratorClient(settings.generator_url),
         fetch=distributed.local_rank() == 0,
         timeout=settings.timeout,
+        parts=parts,
     )
 
 
