@@ -2,7 +2,8 @@
 
 Checked as Redis itself sees it: a MONITOR connection records a run of every script of the generator (a submission
 with an idempotency key and its retry, a cache hit, a worker's round, records, a failure, a cancel, the metrics, the
-webhook retries), and Redis' own ``COMMAND GETKEYS`` names the keys of each command a script ran.
+webhook retries, an adaptation job's steps and end), and Redis' own ``COMMAND GETKEYS`` names the keys of each
+command a script ran.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from gift_common.content_key import request_image_key
 from gift_common.schemas import JobRequest, JobState
 from gift_common.settings import Settings
 from services.generator import job_index, store
+from services.generator.adaptations import Adaptation
 from services.generator.api import jobs as api_jobs
 from services.generator.api import webhooks
 from services.generator.api.events import JobEvents
 from services.generator.api.listings import JobListing
+from services.generator.worker.adaptation_queue import AdaptationQueue
 from services.generator.worker.queue import WorkerQueue
 from services.stack import RedisServer
 
@@ -176,7 +179,22 @@ async def scenario(url: str) -> None:
     sender = asyncio.create_task(webhooks.WebhookSender(jobs).run())
     await asyncio.sleep(0.5)
     sender.cancel()
+    adapt(url)
     await api.echo(END_MARK)
+
+
+def adapt(url: str) -> None:
+    """An adaptation job as the API queues it, taken, stepped and ended by a worker."""
+    data = redis.Redis.from_url(url)
+    job = Adaptation("ad-" + "0" * 32, "alice", MODEL, 4, 2, 1e-3, 0, False, None)
+    data.set(redis_keys.adaptation_archive(job.id, job.tenant), b"tar bytes")
+    data.hset(redis_keys.adaptation(job.id, job.tenant), mapping=job.record())  # type: ignore[arg-type]
+    data.xadd(redis_keys.adaptations(job.model), {"id": job.id, "tenant": job.tenant})
+    queue = AdaptationQueue(redis.Redis.from_url(url, decode_responses=True), data, "worker-1", 30.0, 3, ttl=60)
+    queue.ensure_group(MODEL)
+    held = queue.take(MODEL)
+    assert held is not None and queue.progress(held, 1)
+    queue.succeed(held, "a" * 64)
 
 
 @pytest.fixture
