@@ -15,8 +15,10 @@ import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image  # imported where images are read: the settings import this module, the client has no PIL
 
 CAPTIONS = "captions.jsonl"
 FORMATS = {"PNG": "png", "JPEG": "jpg"}
@@ -154,6 +156,8 @@ def _caption_line(line: str, where: str, limits: ArchiveLimits) -> tuple[str, st
 
 def _format(data: bytes, name: str) -> str:
     """PNG or JPEG, by what PIL reads in the bytes' header."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
             return str(image.format)
@@ -163,6 +167,8 @@ def _format(data: bytes, name: str) -> str:
 
 def _image(name: str, data: bytes | None, limits: ArchiveLimits) -> Image.Image:
     """The file decoded as an RGB image; its size is checked before its pixels are decoded."""
+    from PIL import Image
+
     if data is None:
         raise ValueError(f"{name}: named in {CAPTIONS} but not in the archive")
     try:

@@ -3,11 +3,15 @@ the project's own distributions, never the editable checkout the tests run from.
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout whose lock and sources are installed
 # The files the two distributions are built from; built in a copy, so that no build/ folder left in the checkout by
@@ -18,6 +22,25 @@ NOT_SOURCES = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*")
 # path, generator included, in a minute or two; the figures are noise at this size.
 DEMO_TEST_SIZE = ("--tasks", "2", "--iterations", "3", "--synthetic-size", "8", "--synthetic-steps", "2",
                   "--probe-size", "60")  # fmt: skip
+
+
+def check_demo_outputs(out: Path, stdout: str) -> None:
+    """What a `gift demo` of DEMO_TEST_SIZE leaves: its summary (every figure finite), the table and the kept line on
+    stdout, its pictures, one synthetic set per task made by the generator, GIFT's metrics on the test splits."""
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"zero-shot", "ft", "gift"}
+    for entry in summary.values():
+        assert {"transfer", "avg", "last", "forget", "pretraining"} <= set(entry)
+        assert all(math.isfinite(entry[key]) for key in ("avg", "last", "forget", "pretraining"))
+    assert "| gift |" in stdout and "| ft |" in stdout and "| zero-shot |" in stdout
+    assert "of the Transfer that FT lost" in stdout or "FT lost no Transfer" in stdout
+    for picture in ("accuracy_matrices.png", "synthetic_samples.png"):
+        with Image.open(out / picture) as image:
+            assert image.width > 200
+    assert len(list((out / "synthetic" / "sets").glob("*.json"))) == 2  # one per task, made over HTTP
+    assert "succeeded: 8 images" in (out / "logs" / "worker0.log").read_text()
+    gift = json.loads((out / "runs" / "gift" / "metrics.json").read_text())
+    assert gift["split"] == "test" and len(gift["accuracy"]) == 2
 
 
 def run_checked(args: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
