@@ -117,3 +117,25 @@ def peak_memory(device: str) -> int:
         return torch.cuda.max_memory_allocated(device)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def run_until_killed(config: Any, steps: int) -> None:
+    """Run ``config`` afresh and stop it as a kill would, right after the checkpoint that follows its ``steps``-th
+    step (the checkpoint a resumed run starts from)."""
+    from services.trainer.runner import Runner, run  # torch and the whole trainer: only when a test asks
+
+    checkpoint = Runner._checkpoint
+
+    def stop_after(runner: Runner) -> None:
+        checkpoint(runner)
+        if len(runner.log) == steps:
+            raise KeyboardInterrupt
+
+    Runner._checkpoint = stop_after  # type: ignore[method-assign]
+    try:
+        run(config, resume=False, device=torch.device("cpu"))
+    except KeyboardInterrupt:
+        return
+    finally:
+        Runner._checkpoint = checkpoint  # type: ignore[method-assign]
+    raise AssertionError(f"the run ended before its step {steps}")

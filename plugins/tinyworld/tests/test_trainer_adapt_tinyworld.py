@@ -13,10 +13,11 @@ from tinyworld import tasks as tinyworld
 
 from gift_common.adaptation_archive import read_archive
 from services.testing.fake_generator import FakeGenerator
+from services.testing.trainer import run_until_killed
 from services.trainer import runner as runner_module
 from services.trainer import synthetic
 from services.trainer.config import parse_config
-from services.trainer.runner import Runner, run
+from services.trainer.runner import run
 
 pytestmark = [pytest.mark.tinyworld, pytest.mark.usefixtures("one_torch_thread")]
 ADAPTER = "c" * 64
@@ -88,21 +89,9 @@ def test_the_second_task_replays_the_first_tasks_classes_with_its_adapter(
     assert sum(len(job.prompts) for job in second) == 32
 
 
-def test_a_resumed_run_does_not_adapt_again(
-    tmp_path: Path, generator: AdaptingGenerator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_resumed_run_does_not_adapt_again(tmp_path: Path, generator: AdaptingGenerator) -> None:
     stopped = parse_config(config(tmp_path, "stopped"), base=tmp_path)
-    checkpoint = Runner._checkpoint
-
-    def stop_within_the_second_task(runner: Runner) -> None:
-        checkpoint(runner)
-        if len(runner.log) == 3:
-            raise KeyboardInterrupt  # after the second task's first step, as a kill there would
-
-    monkeypatch.setattr(Runner, "_checkpoint", stop_within_the_second_task)
-    with pytest.raises(KeyboardInterrupt):
-        run(stopped, resume=False, device=torch.device("cpu"))
+    run_until_killed(stopped, steps=3)  # after the second task's first step
     assert len(generator.archives_sent) == 1
-    monkeypatch.setattr(Runner, "_checkpoint", checkpoint)
     resumed = run(stopped, resume=True, device=torch.device("cpu"))
     assert len(generator.archives_sent) == 1 and resumed["adaptation"]["objects"]["adapter"] == ADAPTER

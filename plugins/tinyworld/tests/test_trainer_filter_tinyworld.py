@@ -13,12 +13,13 @@ from tinyworld import tasks as tinyworld
 from tinyworld.plugin import WorldSets
 from tinyworld.shipped import clip_files
 
+from services.testing.trainer import run_until_killed
 from services.trainer import filtering
 from services.trainer.config import FilterConfig, SyntheticConfig, parse_config
 from services.trainer.engine import frozen_copy
 from services.trainer.models import create_model, create_tokenizer, image_transforms
 from services.trainer.precision import FP32
-from services.trainer.runner import Runner, run
+from services.trainer.runner import run
 from services.trainer.synthetic import SyntheticPairs, concept_names, prompt_pool, set_request
 
 pytestmark = [pytest.mark.tinyworld, pytest.mark.usefixtures("one_torch_thread")]
@@ -77,16 +78,6 @@ def test_a_run_records_what_each_task_kept_and_resumes_to_the_same_results(
 
     stopped = parse_config({**data, "output_dir": "stopped", "synthetic": {**data["synthetic"], "cache_dir": "other"}},
                            base=tmp_path)  # fmt: skip
-    checkpoint = Runner._checkpoint
-
-    def stop_within_the_second_task(runner: Runner) -> None:
-        checkpoint(runner)
-        if len(runner.log) == 3:
-            raise KeyboardInterrupt  # after the second task's first step, as a kill there would
-
-    monkeypatch.setattr(Runner, "_checkpoint", stop_within_the_second_task)
-    with pytest.raises(KeyboardInterrupt):
-        run(stopped, resume=False, device=torch.device("cpu"))
-    monkeypatch.setattr(Runner, "_checkpoint", checkpoint)
+    run_until_killed(stopped, steps=3)  # after the second task's first step
     assert run(stopped, resume=True, device=torch.device("cpu")) == result
     assert len(list((tmp_path / "other" / "teacher").glob("*.safetensors"))) == 2  # the resumed task read its pass
